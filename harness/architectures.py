@@ -1,0 +1,124 @@
+"""Built-in architectures (small models trained by ``scripts/train_mnist.py``) and the
+RobustBench model-zoo architectures, built without downloading any weights.
+
+Every builder returns an ``nn.Module`` that maps *normalised* inputs to logits; the harness's
+wrapper (:class:`harness.models.NormalizedModel`) puts the submission's mean/std in front.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from .errors import HarnessError
+
+
+def mnist_mlp(num_classes: int = 10, hidden: int = 100) -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(28 * 28, hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def mnist_small_cnn(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+    """The 'small' CNN of Wong & Kolter (2018) and CROWN-IBP (Zhang et al. 2020)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 100), nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+def cifar_small_cnn(num_classes: int = 10) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 8 * 8, 100), nn.ReLU(),
+        nn.Linear(100, num_classes),
+    )
+
+
+def _robustbench_class(name: str) -> Callable[..., nn.Module]:
+    from . import compat  # noqa: F401  (alias autoattack before robustbench imports it)
+    from robustbench.model_zoo.architectures import resnet, wide_resnet
+
+    classes = {
+        "ResNet18": resnet.ResNet18,
+        "ResNet34": resnet.ResNet34,
+        "ResNet50": resnet.ResNet50,
+        "PreActResNet18": resnet.PreActResNet18,
+        "WideResNet": wide_resnet.WideResNet,
+    }
+    return classes[name]
+
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {
+    "mnist_mlp": mnist_mlp,
+    "mnist_small_cnn": mnist_small_cnn,
+    "cifar_small_cnn": cifar_small_cnn,
+}
+ROBUSTBENCH_CLASSES = ("ResNet18", "ResNet34", "ResNet50", "PreActResNet18", "WideResNet")
+
+
+def known_architectures() -> list[str]:
+    return sorted(BUILTIN) + [f"robustbench.{c}" for c in ROBUSTBENCH_CLASSES] + [
+        "robustbench.zoo:<dataset>/<threat_model>/<model_name>"
+    ]
+
+
+def build_architecture(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """Build an architecture by name, with random weights.
+
+    - ``mnist_small_cnn`` etc.: the harness's own (see :data:`BUILTIN`);
+    - ``robustbench.ResNet18``, ``robustbench.WideResNet`` (kwargs ``depth``, ``widen_factor``):
+      RobustBench's architecture classes;
+    - ``robustbench.zoo:cifar10/Linf/Carmon2019Unlabeled``: the architecture of a model-zoo entry,
+      built by the zoo's own constructor (which never downloads: only ``load_model`` does).
+    """
+    kwargs = dict(kwargs or {})
+    try:
+        if name in BUILTIN:
+            return BUILTIN[name](**kwargs)
+        if name.startswith("robustbench.zoo:"):
+            return _build_zoo(name.split(":", 1)[1], kwargs)
+        if name.startswith("robustbench."):
+            cls_name = name.split(".", 1)[1]
+            if cls_name not in ROBUSTBENCH_CLASSES:
+                raise KeyError(cls_name)
+            return _robustbench_class(cls_name)(**kwargs)
+    except TypeError as e:
+        raise HarnessError(f"bad architecture_kwargs for {name!r}: {e}", field="model.architecture_kwargs")
+    except KeyError:
+        pass
+    raise HarnessError(
+        f"unknown architecture {name!r}; known: {', '.join(known_architectures())}",
+        field="model.architecture",
+    )
+
+
+def _build_zoo(spec: str, kwargs: dict[str, Any]) -> nn.Module:
+    from . import compat  # noqa: F401
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    parts = spec.split("/")
+    if len(parts) != 3:
+        raise HarnessError(
+            f"robustbench.zoo architecture must be 'robustbench.zoo:<dataset>/<threat_model>/<name>', got {spec!r}",
+            field="model.architecture",
+        )
+    dataset, threat, model_name = parts
+    try:
+        entries = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)]
+        entry = entries[model_name]
+    except (ValueError, KeyError):
+        raise HarnessError(f"no RobustBench model-zoo entry {spec!r}", field="model.architecture")
+    if kwargs:
+        raise HarnessError("architecture_kwargs are not allowed with robustbench.zoo entries",
+                           field="model.architecture_kwargs")
+    return entry["model"]()

@@ -1,0 +1,522 @@
+#!/usr/bin/env python
+"""Train the example MNIST submissions (``submissions/mnist-*``), deterministically, on CPU.
+
+Every model is the harness's ``mnist_small_cnn`` on inputs x/255 in [0, 1] (NCHW, no
+normalisation). Five training methods, all for the Linf threat model at eps 0.3:
+
+- ``standard``: plain cross-entropy (broken by any attack at 0.3);
+- ``pgd``:      PGD adversarial training (Madry et al. 2018): PGD-10, random start, step 2.5*eps/10,
+                eps ramped up over the first epoch;
+- ``fgsm``:     "fast is better than free" RS-FGSM (Wong et al. 2020): uniform random start in the
+                ball, one signed-gradient step of 1.25*eps;
+- ``fgsm-co``:  FGSM pushed into *catastrophic overfitting* on purpose: zero start, step = train eps,
+                a larger training eps (``--train-eps``). FGSM accuracy stays high, PGD collapses;
+- ``ibp``:      interval-bound-propagation certified training (Gowal et al. 2018): eps and kappa
+                ramps, loss kappa*CE(clean) + (1-kappa)*CE(worst-case IBP margin logits).
+
+Usage::
+
+    python scripts/train_mnist.py --method pgd --eps 0.3 --epochs 8 --seed 0 --out submissions/mnist-pgd
+    python scripts/train_mnist.py --all            # all five, with their committed settings
+    python scripts/train_mnist.py --all --check    # ... and report clean / FGSM / PGD-20 (/ IBP) accuracy
+    python scripts/train_mnist.py --check-only --method pgd --out submissions/mnist-pgd  # evaluate only
+
+Each run writes ``<out>/model.safetensors`` (``model.state_dict()``) and ``<out>/submission.yaml``
+(with the checkpoint's SHA-256 and the exact command that reproduces it).
+
+Determinism: the model initialisation, the shuffling and every random start come from ``--seed``
+(``torch.manual_seed`` plus explicit ``torch.Generator`` objects); ``torch.use_deterministic_algorithms``
+is on and the thread count is fixed (``--threads``, default 2). Re-running a command on the same
+machine reproduces the checkpoint bit for bit; a different CPU (other SIMD kernels) or thread count may
+change the last bits of the floats, hence the SHA-256.
+
+``--check`` is a quick sanity evaluation on the first 1000 test images (clean, FGSM and PGD-20 at the
+evaluation eps, plus IBP-certified accuracy); the leaderboard's numbers come from the harness.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from harness.architectures import mnist_small_cnn  # noqa: E402
+
+DEFAULT_TRAIN = (REPO / ".." / "shared" / "data" / "mnist_train.npz").resolve()
+DEFAULT_TEST = (REPO / ".." / "shared" / "data" / "mnist_test.npz").resolve()
+METHODS = ("standard", "pgd", "fgsm", "fgsm-co", "ibp")
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass
+class Config:
+    """The committed settings of one method; ``--epochs``/``--train-eps``/``--lr`` override them."""
+
+    id: str
+    name: str
+    notes: str
+    epochs: int
+    lr: float = 1e-3
+    batch_size: int = 128
+    train_eps: float | None = None  # None: the evaluation eps
+    attack_steps: int = 0  # recorded in submission.yaml (training.attack_steps)
+    ramp_epochs: float = 0.0  # eps ramps linearly from 0 over this many epochs (after warmup)
+    warmup_epochs: float = 0.0  # epochs of clean training before the ramp (ibp)
+    lr_decay_epochs: tuple[int, ...] = ()  # epochs at which the lr is multiplied by 0.1
+    kappa_end: float = 0.5  # ibp: final weight of the clean loss
+    extra: dict = field(default_factory=dict)
+
+
+CONFIGS: dict[str, Config] = {
+    "standard": Config(
+        id="mnist-standard",
+        name="Small CNN, standard training (no defence)",
+        notes="Undefended baseline: high clean accuracy, broken by any attack at Linf 0.3.",
+        epochs=2,
+    ),
+    "pgd": Config(
+        id="mnist-pgd",
+        name="Small CNN, PGD-10 adversarial training (Linf 0.3)",
+        notes="Madry-style PGD-10 adversarial training at eps 0.3 (random start, step 2.5*eps/10, "
+              "eps ramp over the first epoch): the empirically robust reference.",
+        epochs=8,
+        attack_steps=10,
+        ramp_epochs=1.0,
+        lr_decay_epochs=(6,),
+    ),
+    "fgsm": Config(
+        id="mnist-fgsm",
+        name="Small CNN, RS-FGSM adversarial training (Linf 0.3)",
+        notes="'Fast is better than free' RS-FGSM at eps 0.3 (uniform random start, step 1.25*eps, "
+              "eps ramp over the first epoch): cheap single-step training that stays robust to PGD.",
+        epochs=8,
+        attack_steps=1,
+        ramp_epochs=1.0,
+        lr_decay_epochs=(6,),
+    ),
+    "fgsm-co": Config(
+        id="mnist-fgsm-co",
+        name="Small CNN, FGSM training with catastrophic overfitting (Linf 0.3)",
+        notes="Deliberately broken: zero-start FGSM (step = eps) at train eps 0.5 overfits "
+              "catastrophically: FGSM accuracy at 0.3 stays high while PGD accuracy collapses.",
+        epochs=8,
+        train_eps=0.5,
+        attack_steps=1,
+    ),
+    "ibp": Config(
+        id="mnist-ibp",
+        name="Small CNN, IBP certified training (Linf 0.3, train eps 0.4)",
+        notes="IBP certified training (Gowal et al. 2018) at train eps 0.4 with eps/kappa ramps; "
+              "the verifiably robust reference for bound-based certification.",
+        epochs=20,
+        lr=5e-4,
+        batch_size=100,
+        train_eps=0.4,
+        attack_steps=0,
+        warmup_epochs=1.0,
+        ramp_epochs=8.0,
+        lr_decay_epochs=(15, 18),
+    ),
+}
+
+
+# --------------------------------------------------------------------------- data
+def load_mnist(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    d = np.load(path)
+    x = torch.from_numpy(d["x"]).float().div(255).unsqueeze(1).contiguous()
+    y = torch.from_numpy(d["y"].astype(np.int64))
+    return x, y
+
+
+# --------------------------------------------------------------------------- attacks
+def _input_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x), y)
+    (g,) = torch.autograd.grad(loss, x)
+    return g
+
+
+def fgsm(model, x, y, eps, step=None, random_start=False, gen=None):
+    """One signed-gradient step (from zero, or from a uniform random start), projected to the ball
+    and to [0, 1]."""
+    step = eps if step is None else step
+    if random_start:
+        delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
+    else:
+        delta = torch.zeros_like(x)
+    x0 = (x + delta).clamp(0, 1)
+    g = _input_grad(model, x0, y)
+    delta = (x0 - x + step * g.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0, 1).detach()
+
+
+def pgd(model, x, y, eps, steps, step=None, random_start=True, gen=None):
+    """Linf PGD on the cross-entropy loss (Madry et al.), projected to the ball and to [0, 1]."""
+    step = 2.5 * eps / steps if step is None else step
+    if random_start:
+        xa = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
+    else:
+        xa = x.clone()
+    for _ in range(steps):
+        g = _input_grad(model, xa, y)
+        xa = torch.min(torch.max(xa + step * g.sign(), x - eps), x + eps).clamp(0, 1).detach()
+    return xa
+
+
+# --------------------------------------------------------------------------- IBP
+# A minimal differentiable interval bound propagation for the nn.Sequential models used here. It is
+# only the *training* signal: the leaderboard certifies with the independent bound library
+# (harness.bounds), and ``--check`` cross-checks against it whenever it is importable.
+def margin_spec(y: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """C of shape (B, K-1, K) with rows e_y - e_j for every j != y (margin of the true class)."""
+    eye = torch.eye(k, dtype=torch.float32)
+    c = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # (B, K, K): row j = e_y - e_j
+    keep = ~eye.bool()[y]  # drop j == y
+    return c[keep].view(y.shape[0], k - 1, k)
+
+
+def ibp_bounds(model: nn.Sequential, x: torch.Tensor, eps: float, C: torch.Tensor | None = None):
+    """Interval bounds on model(x') (or on C @ model(x')) over the box ||x'-x||_inf <= eps ∩ [0,1].
+    The spec C is folded into the last linear layer (tighter than bounding the logits first)."""
+    lo, hi = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    mid, rad = (hi + lo) / 2, (hi - lo) / 2
+    layers = list(model)
+    for i, layer in enumerate(layers):
+        last = i == len(layers) - 1
+        if isinstance(layer, nn.Linear):
+            w, b = layer.weight, layer.bias
+            if last and C is not None:
+                w = C @ w  # (B, K-1, in)
+                b = C @ b  # (B, K-1)
+                mid = torch.einsum("bkn,bn->bk", w, mid) + b
+                rad = torch.einsum("bkn,bn->bk", w.abs(), rad)
+                return mid - rad, mid + rad
+            mid = F.linear(mid, w, b)
+            rad = F.linear(rad, w.abs())
+        elif isinstance(layer, nn.Conv2d):
+            mid = layer(mid)
+            rad = F.conv2d(rad, layer.weight.abs(), None, layer.stride, layer.padding,
+                           layer.dilation, layer.groups)
+        elif isinstance(layer, nn.ReLU):
+            lo, hi = F.relu(mid - rad), F.relu(mid + rad)
+            mid, rad = (hi + lo) / 2, (hi - lo) / 2
+        elif isinstance(layer, nn.Flatten):
+            mid, rad = layer(mid), layer(rad)
+        else:
+            raise TypeError(f"ibp_bounds: unsupported layer {type(layer).__name__}")
+    lb, ub = mid - rad, mid + rad
+    if C is not None:
+        cp, cn = C.clamp(min=0), C.clamp(max=0)
+        return (torch.einsum("bkn,bn->bk", cp, lb) + torch.einsum("bkn,bn->bk", cn, ub),
+                torch.einsum("bkn,bn->bk", cp, ub) + torch.einsum("bkn,bn->bk", cn, lb))
+    return lb, ub
+
+
+def ibp_worst_logits(model, x, y, eps):
+    """Gowal et al.'s worst-case logits: z_j = -lb(z_y - z_j) for j != y, z_y = 0."""
+    lb, _ = ibp_bounds(model, x, eps, margin_spec(y))
+    return torch.cat([torch.zeros(lb.shape[0], 1), -lb], dim=1)  # true class in column 0
+
+
+# --------------------------------------------------------------------------- training
+def ramp(progress_epochs: float, start: float, length: float) -> float:
+    """0 before ``start``, 1 after ``start + length``, linear in between."""
+    if length <= 0:
+        return 1.0 if progress_epochs >= start else 0.0
+    return float(min(1.0, max(0.0, (progress_epochs - start) / length)))
+
+
+def train(method: str, cfg: Config, x: torch.Tensor, y: torch.Tensor, eps: float, epochs: int,
+          seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = mnist_small_cnn()
+    gen = torch.Generator().manual_seed(seed)  # shuffling and random starts
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    n, bs = x.shape[0], cfg.batch_size
+    batches = (n + bs - 1) // bs
+    train_eps = cfg.train_eps if cfg.train_eps is not None else eps
+    print(f"[{method}] {epochs} epochs, {n} examples, batch {bs}, lr {cfg.lr}, train eps {train_eps}",
+          flush=True)
+    t_start = time.time()
+    for epoch in range(epochs):
+        if epoch in cfg.lr_decay_epochs:
+            for group in opt.param_groups:
+                group["lr"] *= 0.1
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        tot_loss, tot_correct, tot_robust, t0 = 0.0, 0, 0, time.time()
+        for b in range(batches):
+            idx = perm[b * bs:(b + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            progress = epoch + b / batches
+            r = ramp(progress, cfg.warmup_epochs, cfg.ramp_epochs)
+            e = train_eps * r
+            if method == "standard":
+                out = model(xb)
+                loss = F.cross_entropy(out, yb)
+            elif method in ("pgd", "fgsm", "fgsm-co"):
+                if e > 0:
+                    if method == "pgd":
+                        xa = pgd(model, xb, yb, e, cfg.attack_steps, gen=gen)
+                    elif method == "fgsm":
+                        xa = fgsm(model, xb, yb, e, step=1.25 * e, random_start=True, gen=gen)
+                    else:
+                        xa = fgsm(model, xb, yb, e, step=e, random_start=False)
+                else:
+                    xa = xb
+                out = model(xa)
+                loss = F.cross_entropy(out, yb)
+            elif method == "ibp":
+                kappa = 1.0 - (1.0 - cfg.kappa_end) * r
+                out = model(xb)
+                loss = kappa * F.cross_entropy(out, yb)
+                if e > 0:
+                    worst = ibp_worst_logits(model, xb, yb, e)
+                    loss = loss + (1 - kappa) * F.cross_entropy(worst, torch.zeros_like(yb))
+                    tot_robust += int((worst[:, 1:] < 0).all(dim=1).sum())
+            else:
+                raise ValueError(method)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += loss.item() * len(idx)
+            tot_correct += int((out.argmax(1) == yb).sum())
+        msg = (f"[{method}] epoch {epoch + 1}/{epochs}  "
+               + (f"eps {e:.3f}  " if method != "standard" else "")
+               + f"loss {tot_loss / n:.4f}  "
+               f"train acc ({'clean' if method in ('standard', 'ibp') else 'adv'}) {tot_correct / n:.4f}")
+        if method == "ibp":
+            msg += f"  kappa {kappa:.2f}  ibp-verified (train, at eps {e:.3f}) {tot_robust / n:.4f}"
+        print(f"{msg}  lr {opt.param_groups[0]['lr']:.1e}  {time.time() - t0:.1f}s", flush=True)
+    print(f"[{method}] trained in {time.time() - t_start:.1f}s", flush=True)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- evaluation (--check)
+def check(model: nn.Module, test_path: Path, eps: float, seed: int, n: int = 1000, bs: int = 500) -> dict:
+    """Clean, FGSM (zero start, step eps) and PGD-20 (random start, step 2.5*eps/20) accuracy at eps
+    on the first ``n`` test images, plus IBP-certified accuracy (the harness.bounds library when it is
+    importable, else this script's own IBP)."""
+    model.eval()
+    x, y = load_mnist(test_path)
+    x, y = x[:n], y[:n]
+    gen = torch.Generator().manual_seed(seed)
+    res = {"clean": 0, "fgsm": 0, "pgd20": 0, "ibp_script": 0}
+    lib = _library_ibp()
+    if lib is not None:
+        res["ibp_harness"] = 0
+    for i in range(0, n, bs):
+        xb, yb = x[i:i + bs], y[i:i + bs]
+        with torch.no_grad():
+            clean_ok = model(xb).argmax(1) == yb
+        res["clean"] += int(clean_ok.sum())
+        xa = fgsm(model, xb, yb, eps)
+        with torch.no_grad():
+            res["fgsm"] += int(((model(xa).argmax(1) == yb) & clean_ok).sum())
+        xa = pgd(model, xb, yb, eps, 20, gen=gen)
+        with torch.no_grad():
+            res["pgd20"] += int(((model(xa).argmax(1) == yb) & clean_ok).sum())
+            lb, _ = ibp_bounds(model, xb, eps, margin_spec(yb))
+            res["ibp_script"] += int(((lb > 0).all(1) & clean_ok).sum())
+            if lib is not None:
+                res["ibp_harness"] += int((lib(model, xb, yb, eps) & clean_ok).sum())
+    return {k: v / n for k, v in res.items()}
+
+
+def _library_ibp():
+    """The harness's bound library, if it exists yet; returns f(model, x, y, eps) -> verified mask."""
+    try:
+        from harness.bounds import BoundedModel  # noqa: F401
+    except Exception:
+        return None
+
+    def verified(model, x, y, eps):
+        bm = BoundedModel(model, input_shape=(1, 28, 28))
+        lb, _ = bm.bounds(x, eps, norm="Linf", method="ibp", C=margin_spec(y))
+        return (lb > 0).all(1)
+
+    return verified
+
+
+# --------------------------------------------------------------------------- submission files
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def command_line(method: str, eps: float, epochs: int, seed: int, out: str, cfg: Config,
+                 overrides: dict) -> str:
+    parts = ["python", "scripts/train_mnist.py", "--method", method, "--eps", f"{eps:g}"]
+    if cfg.train_eps is not None or "train_eps" in overrides:
+        parts += ["--train-eps", f"{overrides.get('train_eps', cfg.train_eps):g}"]
+    if "lr" in overrides:
+        parts += ["--lr", f"{overrides['lr']:g}"]
+    parts += ["--epochs", str(epochs), "--seed", str(seed), "--out", out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def write_submission(out: Path, model: nn.Module, method: str, cfg: Config, eps: float, epochs: int,
+                     seed: int, command: str, n_train: int) -> str:
+    import yaml
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "model.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    digest = sha256(ckpt)
+    sub = {
+        "id": out.name,
+        "name": cfg.name,
+        "authors": ["robust-frontier maintainers"],
+        "license": "MIT",
+        "dataset": "mnist",
+        "threat_model": {"norm": "Linf", "eps": eps},
+        "model": {
+            "format": "state_dict",
+            "architecture": "mnist_small_cnn",
+            "checkpoint": {"path": "model.safetensors", "sha256": digest},
+            "preprocessing": {"mean": [0.0], "std": [1.0]},
+            "forward_passes": 1,
+        },
+        "training": {
+            "method": "fgsm" if method == "fgsm-co" else method,
+            "attack_steps": cfg.attack_steps,
+            "epochs": epochs,
+            "examples_per_epoch": n_train,
+            "extra_data": 0,
+            "command": command,
+            "seed": seed,
+        },
+        "evaluation": {"n_examples": 1000, "seed": 0, "batch_size": 500},
+        "notes": cfg.notes,
+    }
+    text = _to_yaml(sub)
+    assert yaml.safe_load(text) == sub, "submission.yaml does not round-trip"
+    (out / "submission.yaml").write_text(text)
+    return digest
+
+
+def _to_yaml(d: dict, indent: int = 0) -> str:
+    """Block mappings at the top two levels, flow style for small leaf mappings and lists: the
+    layout of the documented schema. Strings are JSON-quoted (valid YAML double-quoted scalars)."""
+    import json
+    import re
+
+    import yaml
+
+    def scalar(v):
+        if isinstance(v, str):
+            plain = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", v) and yaml.safe_load(v) == v
+            return v if plain else json.dumps(v)
+        if isinstance(v, bool) or v is None:
+            return json.dumps(v)
+        return repr(v) if isinstance(v, float) else str(v)
+
+    def flow(v):
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k}: {flow(x)}" for k, x in v.items()) + "}"
+        if isinstance(v, list):
+            return "[" + ", ".join(flow(x) for x in v) + "]"
+        return scalar(v)
+
+    lines = []
+    for k, v in d.items():
+        pad = " " * indent
+        if isinstance(v, dict) and indent == 0 and k not in ("threat_model",):
+            lines.append(f"{pad}{k}:")
+            lines.append(_to_yaml(v, indent + 2).rstrip("\n"))
+        else:
+            lines.append(f"{pad}{k}: {flow(v)}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", choices=METHODS)
+    p.add_argument("--all", action="store_true", help="train all five with their committed settings")
+    p.add_argument("--eps", type=float, default=0.3, help="evaluation (threat-model) eps, Linf")
+    p.add_argument("--train-eps", type=float, default=None, help="training eps (default: per method)")
+    p.add_argument("--epochs", type=int, default=None, help="default: per method")
+    p.add_argument("--lr", type=float, default=None, help="default: per method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="submission folder (default submissions/<id>)")
+    p.add_argument("--train-data", default=str(DEFAULT_TRAIN))
+    p.add_argument("--test-data", default=str(DEFAULT_TEST), help="for --check")
+    p.add_argument("--check", action="store_true",
+                   help="after training, print clean/FGSM/PGD-20/IBP accuracy on the first 1000 test images")
+    p.add_argument("--check-only", action="store_true", help="evaluate the checkpoint in --out, no training")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    if args.all == (args.method is not None):
+        p.error("give exactly one of --method or --all")
+    if args.all and (args.out or args.epochs or args.train_eps is not None or args.lr):
+        p.error("--all uses the committed settings; --out/--epochs/--train-eps/--lr go with --method")
+
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    os.chdir(REPO)  # --out and the recorded commands are relative to the repo root
+
+    methods = list(METHODS) if args.all else [args.method]
+    x = y = None
+    summary = []
+    for method in methods:
+        cfg = CONFIGS[method]
+        overrides = {}
+        if args.train_eps is not None:
+            overrides["train_eps"] = args.train_eps
+            cfg = Config(**{**cfg.__dict__, "train_eps": args.train_eps})
+        if args.lr is not None:
+            overrides["lr"] = args.lr
+            cfg = Config(**{**cfg.__dict__, "lr": args.lr})
+        epochs = args.epochs if args.epochs is not None else cfg.epochs
+        out = args.out or f"submissions/{cfg.id}"
+        out = os.path.relpath(os.path.abspath(out), REPO) if os.path.isabs(out) else os.path.normpath(out)
+        if args.check_only:
+            from safetensors.torch import load_file
+            model = mnist_small_cnn()
+            model.load_state_dict(load_file(str(Path(out) / "model.safetensors")))
+            elapsed = float("nan")
+        else:
+            if x is None:
+                x, y = load_mnist(Path(args.train_data))
+            t0 = time.time()
+            model = train(method, cfg, x, y, args.eps, epochs, args.seed)
+            elapsed = time.time() - t0
+            cmd = command_line(method, args.eps, epochs, args.seed, out, cfg, overrides)
+            digest = write_submission(Path(out), model, method, cfg, args.eps, epochs, args.seed, cmd,
+                                      x.shape[0])
+            print(f"[{method}] wrote {out}/model.safetensors (sha256 {digest}) and submission.yaml", flush=True)
+        row = {"method": method, "out": out, "train_s": elapsed}
+        if args.check or args.check_only:
+            t0 = time.time()
+            row.update(check(model, Path(args.test_data), args.eps, args.seed))
+            print(f"[{method}] check at eps {args.eps} on 1000 test images: "
+                  + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in ("method", "out", "train_s"))
+                  + f"  ({time.time() - t0:.1f}s)", flush=True)
+        summary.append(row)
+    if len(summary) > 1:
+        print("\nsummary")
+        for row in summary:
+            print("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
