@@ -17,3 +17,4 @@ sys.modules.setdefault("autoattack.state", pyautoattack.state)
 # robustbench imports pkg_resources (hence setuptools<81), which warns on import.
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 warnings.filterwarnings("ignore", message=".*torch.jit.interface.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)

@@ -1,0 +1,168 @@
+"""The ``harness`` command line: eval, validate, schema, leaderboard build."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .errors import HarnessError
+
+
+def _pct(v: float | None, ci=None) -> str:
+    if v is None:
+        return "-"
+    s = f"{100 * v:.2f}%"
+    return s + (f"  [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def _si(v: float | None) -> str:
+    if v is None:
+        return "-"
+    for unit, f in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= f:
+            return f"{v / f:.3g} {unit}"
+    return f"{v:.3g}"
+
+
+def summary_table(rec) -> str:
+    from tabulate import tabulate
+
+    rows = [["clean accuracy", _pct(rec.clean_accuracy, rec.clean_accuracy_ci95)]]
+    if rec.autoattack is not None:
+        rows.append([f"AutoAttack accuracy ({rec.autoattack.version})", _pct(rec.robust_accuracy, rec.robust_accuracy_ci95)])
+        for a, v in rec.autoattack.accuracy_after.items():
+            if a != "clean":
+                rows.append([f"  after {a}", _pct(v)])
+        for msg in rec.autoattack.checks:
+            rows.append(["  AutoAttack check", msg[:90]])
+    for m, c in (rec.certified or {}).items():
+        tag = " (probabilistic)" if c.probabilistic else ""
+        rows.append([f"certified accuracy, {m}{tag}", _pct(c.certified_accuracy, c.certified_accuracy_ci95)])
+        rows.append([f"ACR, {m}", f"{c.acr:.4f} ({c.acr_percent:.1f}% of eps_max {c.eps_max:g})"])
+    if rec.certify_skipped:
+        rows.append(["certification skipped", rec.certify_skipped[:90]])
+    if rec.diagnostics:
+        flags = [f.get("name", "?") for f in rec.diagnostics.get("flags", [])]
+        rows.append(["diagnostic flags", ", ".join(flags) if flags else "none"])
+    if rec.params is not None:
+        rows.append(["parameters", _si(rec.params)])
+        rows.append(["inference FLOPs", f"{_si(rec.inference_flops)} (1 per multiply-add, fvcore)"])
+        if rec.flops_skipped_ops:
+            rows.append(["  ops fvcore skipped", ", ".join(f"{k} x{v}" for k, v in rec.flops_skipped_ops.items())])
+    if rec.training_flops is not None:
+        rows.append(["training FLOPs", f"{_si(rec.training_flops.value)} ({rec.training_flops.source})"])
+    for stage, s in rec.provenance.stage_seconds.items():
+        resumed = " (resumed)" if stage in rec.provenance.resumed_stages else ""
+        rows.append([f"time: {stage}", f"{s:.1f} s{resumed}"])
+    return tabulate(rows, headers=[f"{rec.submission_id} ({rec.n_examples} examples)", "value"], tablefmt="simple")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate
+    from .stages import EvalOptions, select_stages
+
+    stages = select_stages(args.only, args.skip)
+    opts = EvalOptions(device=args.device, batch_size=args.batch_size, n_examples=args.n_examples,
+                       data_dir=Path(args.data_dir) if args.data_dir else None, progress=not args.no_progress)
+    command = "harness " + " ".join(shlex.quote(a) for a in args.argv)
+    try:
+        outcome = evaluate(args.submission, opts, stages=stages, out=Path(args.out) if args.out else None,
+                           restart=args.restart, command=command)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages and attacks are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    print()
+    print(summary_table(outcome.record))
+    print(f"\nrecord:   {outcome.json_path}\nexamples: {outcome.npz_path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .submission import check_files, parse_submission
+
+    bad = 0
+    for path in args.paths:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "submission.yaml"
+        try:
+            sub, problems = parse_submission(p)
+            if sub is not None:
+                problems = check_files(sub)
+        except HarnessError as e:
+            problems = [str(e)]
+        if problems:
+            bad += 1
+            for pr in problems:
+                print(f"{p}: {pr}")
+        else:
+            print(f"{p}: ok")
+    return 1 if bad else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .submission import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from leaderboard.build import build_leaderboard
+
+    out = build_leaderboard(Path(args.root).resolve(), Path(args.out) if args.out else None)
+    print(f"site written to {out} (open {out / 'index.html'})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="robust-frontier evaluation harness")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("eval", help="evaluate a submission and write its result record")
+    e.add_argument("submission", help="path to submissions/<id>/submission.yaml")
+    e.add_argument("--n-examples", type=int, help="first N test points (default: the submission's)")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    e.add_argument("--batch-size", type=int, help="default: the submission's evaluation.batch_size")
+    e.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
+    e.add_argument("--out", help="record path (default leaderboard/results/<id>.json)")
+    e.add_argument("--only", help="comma-separated stages: clean,flops,certify,autoattack,diagnostics")
+    e.add_argument("--skip", help="comma-separated stages to skip")
+    e.add_argument("--restart", action="store_true", help="drop the saved state instead of resuming")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(func=cmd_eval)
+
+    v = sub.add_parser("validate", help="check submissions without running a model")
+    v.add_argument("paths", nargs="+", help="submission.yaml files or their folders")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("schema", help="print the submission JSON Schema")
+    s.set_defaults(func=cmd_schema)
+
+    lb = sub.add_parser("leaderboard", help="leaderboard commands")
+    lbs = lb.add_subparsers(dest="lb_command", required=True)
+    b = lbs.add_parser("build", help="build the static site, leaderboard.md and leaderboard.json")
+    b.add_argument("--out", help="output folder (default ./site)")
+    b.add_argument("--root", default=".", help="repository root (default .)")
+    b.set_defaults(func=cmd_leaderboard)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from . import compat  # noqa: F401  (quiet robustbench's import warnings, alias autoattack)
+
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return int(args.func(args) or 0)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
