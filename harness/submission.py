@@ -223,13 +223,23 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _field_names() -> set[str]:
+    models = (Submission, ModelSpec, Training, Preprocessing, Evaluation, Checkpoint, ThreatModel, Smoothing, Paper)
+    return {name for cls in models for name in cls.model_fields}
+
+
 def validation_problems(err: ValidationError) -> list[Problem]:
     problems = []
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
+        loc = tuple(e["loc"])
         if e["type"] == "extra_forbidden":
             msg = "unknown field (typo?)"
-        problems.append(Problem(_loc(e["loc"]), msg))
+        elif e["type"] == "value_error" and (m := re.match(r"([a-z_0-9]+) ", msg)) \
+                and m.group(1) in _field_names() and loc[-1:] != (m.group(1),):
+            # cross-field checks (model validators) start their message with the field they blame
+            loc = loc + (m.group(1),)
+        problems.append(Problem(_loc(loc), msg))
     return problems
 
 

@@ -1,0 +1,73 @@
+"""Shared fixtures: the repository, and a factory for small throw-away submissions."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from harness import compat  # noqa: F401  (alias autoattack; quiet robustbench warnings)
+from harness.files import sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TQDM_DISABLE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+def base_spec(sub_id: str, sha: str, **over) -> dict:
+    spec = {
+        "id": sub_id,
+        "name": "test model",
+        "authors": ["tester"],
+        "license": "MIT",
+        "dataset": "mnist",
+        "threat_model": {"norm": "Linf", "eps": 0.3},
+        "model": {
+            "format": "state_dict",
+            "architecture": "mnist_small_cnn",
+            "checkpoint": {"path": "model.pt", "sha256": sha},
+        },
+        "training": {"method": "standard", "epochs": 1},
+        "evaluation": {"n_examples": 20, "batch_size": 20, "seed": 0},
+    }
+    for k, v in over.items():
+        spec[k] = v
+    return spec
+
+
+@pytest.fixture
+def make_submission(tmp_path):
+    """make_submission(sub_id, module=None, checkpoint_bytes=None, **spec_overrides) -> yaml path.
+
+    Writes ``tmp/submissions/<id>/model.pt`` (a state_dict saved with torch.save) and a
+    ``submission.yaml`` whose sha256 matches, unless the overrides say otherwise.
+    """
+
+    def make(sub_id: str = "tmp-model", module: torch.nn.Module | None = None, *,
+             checkpoint_name: str = "model.pt", write=None, **over) -> Path:
+        folder = tmp_path / "submissions" / sub_id
+        folder.mkdir(parents=True, exist_ok=True)
+        ck = folder / checkpoint_name
+        if write is not None:
+            write(ck)
+        else:
+            from harness.architectures import mnist_small_cnn
+
+            torch.manual_seed(0)
+            torch.save((module or mnist_small_cnn()).state_dict(), ck)
+        spec = base_spec(sub_id, sha256_file(ck), **over)
+        spec["model"]["checkpoint"]["path"] = checkpoint_name
+        if "model" in over:
+            spec["model"] = over["model"]
+        path = folder / "submission.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return make
