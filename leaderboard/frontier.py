@@ -1,0 +1,163 @@
+"""Pareto frontiers, non-dominated sorting, the efficiency figure and ties: pure functions.
+
+Every function takes parallel sequences (``costs[i]``, ``values[i]`` belong to entry ``i``) and
+returns a list aligned with them. ``None`` (or a non-finite number, or a cost <= 0) marks a missing
+coordinate; such an entry is on no frontier and gets ``None`` back.
+
+Dominance (cost: lower is better, value: higher is better): entry ``j`` dominates entry ``i`` when
+``value[j] >= value[i]`` and ``cost[j] <= cost[i]``, one of the two strictly. So an entry is on the
+frontier when no other entry has at least its robustness for less compute, nor more robustness for
+the same compute. Two entries at exactly the same point do not dominate each other: both are on it.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Sequence
+
+Number = float | int | None
+
+
+def _ok(x: Number, *, positive: bool = False) -> bool:
+    if x is None or isinstance(x, bool):
+        return False
+    x = float(x)
+    return math.isfinite(x) and (x > 0 or not positive)
+
+
+def dominates(cost_j: float, value_j: float, cost_i: float, value_i: float) -> bool:
+    """Does point j dominate point i?"""
+    return value_j >= value_i and cost_j <= cost_i and (value_j > value_i or cost_j < cost_i)
+
+
+def nondominated_layers(costs: Sequence[Number], values: Sequence[Number]) -> list[int | None]:
+    """Non-dominated sorting in two objectives: layer 1 is the Pareto frontier, layer 2 the frontier
+    of what remains once layer 1 is removed, and so on. ``None`` for entries missing a coordinate.
+
+    O(n log n): sweep by cost (ties: higher value first) and keep, for every layer, the best value
+    seen so far; those bests are non-increasing with the layer, so each point finds its layer (the
+    first whose best value is below its own) by bisection.
+    """
+    if len(costs) != len(values):
+        raise ValueError("costs and values must have the same length")
+    idx = [i for i in range(len(costs)) if _ok(costs[i], positive=True) and _ok(values[i])]
+    idx.sort(key=lambda i: (float(costs[i]), -float(values[i])))
+    layers: list[int | None] = [None] * len(costs)
+    neg_best: list[float] = []  # -best value per layer: non-decreasing, so bisect works
+    prev: tuple[float, float] | None = None
+    prev_layer = 0
+    for i in idx:
+        point = (float(costs[i]), float(values[i]))
+        if point == prev:  # identical points share a layer; neither dominates the other
+            layers[i] = prev_layer
+            continue
+        v = point[1]
+        # the first layer whose best value is < v  <=>  -best > -v
+        k = bisect.bisect_right(neg_best, -v)
+        if k == len(neg_best):
+            neg_best.append(-v)
+        else:
+            neg_best[k] = -v
+        layers[i] = prev_layer = k + 1
+        prev = point
+    return layers
+
+
+def pareto_frontier(costs: Sequence[Number], values: Sequence[Number]) -> list[bool | None]:
+    """True for entries on the frontier, False for dominated ones, None where a coordinate is missing."""
+    return [None if layer is None else layer == 1 for layer in nondominated_layers(costs, values)]
+
+
+def frontier_line(costs: Sequence[Number], values: Sequence[Number]) -> list[int]:
+    """Indices of the frontier's entries, by increasing cost (for drawing the staircase)."""
+    on = pareto_frontier(costs, values)
+    idx = [i for i, f in enumerate(on) if f]
+    return sorted(idx, key=lambda i: (float(costs[i]), float(values[i])))
+
+
+def flop_saving(costs: Sequence[Number], values: Sequence[Number]) -> list[float | None]:
+    """The efficiency figure: for entry ``i``,
+
+        saving[i] = min{ cost[j] : j != i, value[j] >= value[i] } / cost[i]
+
+    the compute of the cheapest *other* entry that is at least as robust, divided by this entry's.
+
+    - ``> 1``: this entry reaches its robustness with ``saving`` times less compute than any other
+      entry that is at least as robust (it is on the frontier);
+    - ``< 1``: another entry is at least as robust with only ``saving`` times this entry's compute
+      (this entry is dominated; 0.25 means a 4x overhead);
+    - ``= 1``: another entry is at least as robust for the same compute;
+    - ``inf``: no other entry is at least as robust (the most robust entry);
+    - ``None``: a coordinate is missing.
+    """
+    if len(costs) != len(values):
+        raise ValueError("costs and values must have the same length")
+    idx = [i for i in range(len(costs)) if _ok(costs[i], positive=True) and _ok(values[i])]
+    idx.sort(key=lambda i: -float(values[i]))
+    out: list[float | None] = [None] * len(costs)
+    best_above = math.inf  # the cheapest cost among strictly more robust entries
+    g = 0
+    while g < len(idx):
+        h = g
+        v = float(values[idx[g]])
+        while h < len(idx) and float(values[idx[h]]) == v:
+            h += 1
+        group = idx[g:h]
+        group_costs = sorted(float(costs[i]) for i in group)
+        for i in group:
+            c = float(costs[i])
+            # cheapest other entry of equal value: the smallest cost, or the second if this is it
+            same = group_costs[1] if (len(group_costs) > 1 and c == group_costs[0]) else (
+                group_costs[0] if len(group_costs) > 1 else math.inf)
+            other = min(best_above, same)
+            out[i] = math.inf if other == math.inf else other / c
+        best_above = min(best_above, group_costs[0])
+        g = h
+    return out
+
+
+CI = tuple[float, float]
+
+
+def ci_overlap(a: CI | None, b: CI | None) -> bool:
+    """Do two closed intervals overlap? False when either is missing."""
+    if a is None or b is None:
+        return False
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def default_order(layers: Sequence[int | None], values: Sequence[Number], costs: Sequence[Number],
+                  names: Sequence[str]) -> list[int]:
+    """The default ranking: by frontier layer (entries without one last), within a layer by value
+    (higher first), then by cost (lower first), then by name."""
+    def key(i: int):
+        layer = layers[i]
+        v = values[i] if _ok(values[i]) else None
+        c = costs[i] if _ok(costs[i], positive=True) else None
+        return (layer is None, layer or 0, v is None, -(v or 0.0), c is None, c or 0.0, names[i])
+
+    return sorted(range(len(layers)), key=key)
+
+
+def ranks_with_ties(order: Sequence[int], layers: Sequence[int | None],
+                    cis: Sequence[CI | None]) -> tuple[list[int], list[bool]]:
+    """Standard competition ranks ("1, 2, 2, 4") along ``order``.
+
+    Walking down the order, an entry joins the tie group of the entry that heads the current group
+    when both are in the same frontier layer and their 95% confidence intervals overlap; it then
+    shares that entry's rank. Otherwise it heads a new group, ranked by its position. Comparing with
+    the head (not with the previous entry) keeps chains of small overlaps from tying far-apart
+    entries. Returns ``(rank, tied)`` aligned with the input (not with ``order``).
+    """
+    n = len(layers)
+    rank = [0] * n
+    tied = [False] * n
+    head: int | None = None
+    for pos, i in enumerate(order, start=1):
+        if head is not None and layers[i] == layers[head] and ci_overlap(cis[i], cis[head]):
+            rank[i] = rank[head]
+            tied[i] = tied[head] = True
+        else:
+            head = i
+            rank[i] = pos
+    return rank, tied

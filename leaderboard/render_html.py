@@ -1,0 +1,106 @@
+"""The static site: ``index.html`` (one sortable, filterable table per board, with its figures) and
+one page per entry, rendered with Jinja2 from ``leaderboard/templates``; the plain JavaScript and CSS
+in ``leaderboard/static`` are copied beside them. No server and no CDN: every asset is a local file
+referenced by a relative path, so the site works opened from disk.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from harness.record import FLOPS_CONVENTION
+
+from . import fmt
+from .boards import FRONTIERS, Board, Entry, Inputs
+from .render_json import EFFICIENCY_DEFINITION, RANKING_DEFINITION, entry_page
+from .render_plots import write_gallery
+from .scaling import MIN_POINTS, PAPER
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+CLASS_NAMES = {
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    "mnist": [str(i) for i in range(10)],
+}
+FRONTIER_SHORT = {
+    "robust_vs_inference_flops": ("inf", "on the AutoAttack-accuracy vs inference-FLOPs frontier"),
+    "robust_vs_training_flops": ("train", "on the AutoAttack-accuracy vs training-FLOPs frontier"),
+    "robust_vs_params": ("params", "on the AutoAttack-accuracy vs parameters frontier"),
+    "certified_vs_inference_flops": ("cert", "on the certified-accuracy vs inference-FLOPs frontier"),
+}
+
+
+def environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(pct=fmt.pct, flops=fmt.flops, ci=fmt.ci, si=fmt.si, saving=fmt.saving, saving_title=fmt.saving_title,
+                       num=fmt.num, sortv=fmt.sort_value, tojson_pretty=lambda v: json.dumps(v, indent=2, default=str))
+    env.globals.update(FRONTIERS=FRONTIERS, FRONTIER_SHORT=FRONTIER_SHORT, DASH=fmt.DASH)
+    return env
+
+
+def reproduce_command(e: Entry) -> str | None:
+    rec = e.record
+    if rec is None:
+        return None
+    cmd = ["harness", "eval", f"submissions/{rec.submission_id}/submission.yaml",
+           "--n-examples", str(rec.n_examples), "--only", ",".join(rec.stages)]
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def _gallery(e: Entry, out: Path) -> list[dict]:
+    rec = e.record
+    if rec is None or e.record_path is None:
+        return []
+    npz = e.record_path.with_name(rec.examples_file or f"{rec.submission_id}.examples.npz")
+    if not npz.is_file():
+        return []
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            if "gallery_clean" not in z.files:
+                return []
+            arrays = {k: z[k] for k in z.files if k.startswith("gallery_") or k in ("index", "label")}
+    except (OSError, ValueError):
+        return []
+    items = write_gallery(arrays, out / "gallery", e.slug)
+    names = CLASS_NAMES.get(rec.dataset)
+    for it in items:
+        for k in ("label", "adv_pred"):
+            v = it[k]
+            it[k + "_name"] = (names[v] if names and v is not None and 0 <= v < len(names)
+                               else (fmt.DASH if v is None else str(v)))
+    return items
+
+
+def board_context(b: Board, plots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"board": b, "plots": plots.get(b.id, {}), "paper": PAPER, "min_points": MIN_POINTS}
+
+
+def render_site(out: Path, boards: list[Board], inputs: Inputs, plots: dict[str, dict[str, Any]]) -> None:
+    env = environment()
+    (out / "static").mkdir(parents=True, exist_ok=True)
+    for f in sorted(STATIC.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, out / "static" / f.name)
+    common = {"convention": FLOPS_CONVENTION, "ranking": RANKING_DEFINITION,
+              "efficiency": EFFICIENCY_DEFINITION, "paper": PAPER, "min_points": MIN_POINTS}
+    index = env.get_template("index.html").render(
+        boards=boards, plots=plots, pending=inputs.pending, root=".", page=entry_page,
+        n_entries=sum(len(b.entries) for b in boards), **common)
+    (out / "index.html").write_text(index, encoding="utf-8")
+
+    entry_tpl = env.get_template("entry.html")
+    (out / "entries").mkdir(exist_ok=True)
+    for b in boards:
+        for e in b.entries:
+            html = entry_tpl.render(e=e, board=b, root="..", gallery=_gallery(e, out),
+                                    reproduce=reproduce_command(e), **common)
+            (out / entry_page(e)).write_text(html, encoding="utf-8")

@@ -1,0 +1,109 @@
+"""``leaderboard.json``: every board, entry and computed figure, machine-readable.
+
+Accuracies are fractions; FLOPs follow fvcore's convention (1 per multiply-add); a value that is
+unknown is ``null``. The efficiency figure ``flop_saving`` is ``null`` for the most robust entry
+(its "infinite" saving) and says so in ``flop_saving_note``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from harness.record import FLOPS_CONVENTION
+
+from .boards import FRONTIERS, Board, Entry, Inputs
+from .fmt import saving_title
+
+JSON_SCHEMA_VERSION = 1
+EFFICIENCY_DEFINITION = (
+    "flop_saving = (inference FLOPs of the cheapest other entry on the board whose AutoAttack accuracy is "
+    "at least this entry's) / (this entry's inference FLOPs). Above 1: the entry reaches its robustness "
+    "that many times more cheaply than any other entry (it is on the frontier); below 1: another entry is "
+    "at least as robust for that fraction of the compute; null with note 'most robust': no other entry is "
+    "at least as robust."
+)
+RANKING_DEFINITION = (
+    "Entries are ordered by frontier layer (non-dominated sorting on AutoAttack accuracy and inference FLOPs; "
+    "layer 1 is the Pareto frontier; entries without both figures come last), then by AutoAttack accuracy. "
+    "An entry shares the rank of the entry heading its group (standard competition ranking, marked tied) "
+    "when both are in the same layer and their 95% confidence intervals of AutoAttack accuracy overlap."
+)
+
+
+def _f(v: float | None) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _ci(c) -> list[float] | None:
+    return None if c is None else [float(c[0]), float(c[1])]
+
+
+def entry_page(e: Entry) -> str:
+    return f"entries/{e.slug}.html"
+
+
+def entry_json(e: Entry) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "name": e.name,
+        "source": e.kind,
+        "page": entry_page(e),
+        "url": e.url,
+        "dataset": e.dataset,
+        "threat_model": {"norm": e.norm, "eps": e.eps},
+        "n_examples": e.n_examples,
+        "rank": e.rank,
+        "tied": e.tied,
+        "frontier_layer": e.layer,
+        "on_frontier": dict(e.on_frontier),
+        "flop_saving": _f(e.flop_saving),
+        "flop_saving_note": saving_title(e.flop_saving),
+        "clean_accuracy": e.clean,
+        "clean_accuracy_ci95": _ci(e.clean_ci),
+        "robust_accuracy": e.robust,
+        "robust_accuracy_ci95": _ci(e.robust_ci),
+        "ci_note": e.ci_note,
+        "certified_accuracy": e.certified,
+        "certified_accuracy_ci95": _ci(e.certified_ci),
+        "certified_method": e.certified_method,
+        "acr": e.acr,
+        "params": e.params,
+        "inference_flops": _f(e.inference_flops),
+        "training_flops": _f(e.training_flops),
+        "training_flops_source": e.training_flops_source,
+        "flags": [f.to_json() for f in e.flags],
+        "separation": e.separation,
+    }
+
+
+def board_json(b: Board) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "title": b.title,
+        "dataset": b.dataset,
+        "threat_model": {"norm": b.norm, "eps": b.eps, "eps_label": b.eps_label},
+        "separation": b.separation,
+        "n_entries": len(b.entries),
+        "frontiers": {key: [e.id for e in b.entries if e.on_frontier.get(key)] for key, *_ in FRONTIERS},
+        "scaling_fit": b.scaling.to_json() if b.scaling is not None else None,
+        "entries": [entry_json(e) for e in b.entries],
+    }
+
+
+def site_json(boards: list[Board], inputs: Inputs) -> dict[str, Any]:
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "flops_convention": FLOPS_CONVENTION,
+        "ranking": RANKING_DEFINITION,
+        "efficiency_figure": EFFICIENCY_DEFINITION,
+        "boards": [board_json(b) for b in boards],
+        "pending_submissions": inputs.pending,
+    }
+
+
+def dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

@@ -1,0 +1,151 @@
+"""Synthetic repositories for the leaderboard's tests and benchmark.
+
+:func:`write_synthetic_repo` writes ``submissions/<id>/submission.yaml`` and matching result records
+(``leaderboard/results/<id>.json``, hashes consistent) for ``n`` made-up entries spread over three
+boards, with a plausible accuracy-vs-compute trend, certified accuracies and ε curves on some,
+trust flags and AutoAttack check messages on a few, a data-separation radius on MNIST records and,
+if asked, an ``.examples.npz`` with a gallery. Nothing here is a real measurement.
+"""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from harness.files import sha256_file
+from harness.record import FLOPS_CONVENTION, ResultRecord
+from harness.stats import clopper_pearson
+
+BOARDS = [  # dataset, norm, eps, eps as written in the yaml, input shape, weight
+    ("cifar10", "Linf", 8 / 255, "8/255", (3, 32, 32), 0.6),
+    ("mnist", "Linf", 0.3, 0.3, (1, 28, 28), 0.25),
+    ("cifar10", "L2", 0.5, 0.5, (3, 32, 32), 0.15),
+]
+
+
+def _ci(acc: float, n: int) -> tuple[float, float]:
+    return clopper_pearson(int(round(acc * n)), n)
+
+
+def synthetic_record(sub_id: str, rng: random.Random, *, board: tuple, submission_sha: str, checkpoint_sha: str,
+                     n_examples: int = 1000, certified: bool = False, flags: bool = False,
+                     separation: float | None = None, training_flops: bool = True) -> ResultRecord:
+    dataset, norm, eps, _, _, _ = board
+    log_f = rng.uniform(6.0, 11.0)  # inference FLOPs 1e6 .. 1e11
+    flops = float(f"{10 ** log_f:.6g}")
+    params = int(flops / rng.uniform(40, 400))
+    # robust accuracy rises with compute and saturates, plus noise
+    robust = min(0.95, max(0.0, 0.75 - 0.6 * math.exp(-(log_f - 6.0) / 2.5) + rng.gauss(0, 0.04)))
+    clean = min(0.999, robust + rng.uniform(0.1, 0.3))
+    k = int(round(robust * n_examples))
+    robust = k / n_examples
+    clean = int(round(clean * n_examples)) / n_examples
+    tf = flops * rng.uniform(1e6, 1e9) * 27 if training_flops else None
+    aa_checks = ["it seems that the model is not robust to small perturbations (synthetic check message)"] if flags else []
+    cert = None
+    if certified:
+        c_acc = round(robust * rng.uniform(0.3, 0.95) * n_examples) / n_examples
+        grid = np.linspace(0, 2 * eps, 9)
+        curve = [(float(e), float(max(0.0, clean * math.exp(-3 * e / eps) if e > 0 else clean))) for e in grid]
+        cert = {"ibp": {
+            "method": "ibp", "eps": eps, "certified_accuracy": c_acc,
+            "certified_accuracy_ci95": _ci(c_acc, n_examples), "acr": eps * c_acc, "acr_percent": 100 * c_acc,
+            "eps_max": 2 * eps, "tolerance": eps / 100, "seconds": 1.5, "curve": curve,
+        }}
+    diagnostics: dict[str, Any] = {}
+    if flags:
+        diagnostics["flags"] = [{"name": "weak-attack-gap", "severity": "error",
+                                 "message": "PGD-20 accuracy exceeds AutoAttack's by 12 points (synthetic)"}]
+    if separation is not None:
+        diagnostics["separation"] = {"half_min": separation, "min": 2 * separation, "n_test": n_examples,
+                                     "n_train": 60000}
+    return ResultRecord(
+        submission_id=sub_id, name=f"Synthetic model {sub_id}", dataset=dataset,
+        threat_model={"norm": norm, "eps": eps}, n_examples=n_examples,
+        stages=["clean", "flops"] + (["certify"] if certified else []) + ["autoattack"] + (["diagnostics"] if diagnostics else []),
+        clean_accuracy=clean, clean_accuracy_ci95=_ci(clean, n_examples),
+        robust_accuracy=robust, robust_accuracy_ci95=_ci(robust, n_examples),
+        autoattack={"version": "standard", "seed": 0, "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
+                    "accuracy_after": {"clean": clean, "apgd-ce": min(clean, robust + 0.02), "apgd-t": robust,
+                                       "fab-t": robust, "square": robust},
+                    "checks": aa_checks, "n_attacked": int(clean * n_examples), "n_skipped_misclassified": 0,
+                    "n_skipped_certified": 0, "seconds_per_attack": {"apgd-ce": 1.0}, "batch_size": 500},
+        params=params, inference_flops=flops, flops_convention=FLOPS_CONVENTION, forward_passes=1,
+        training_flops={"value": tf, "source": "estimated" if tf else "unknown", "formula": "synthetic",
+                        "convention": FLOPS_CONVENTION},
+        certified=cert, diagnostics=diagnostics or None,
+        provenance={"harness_version": "0.1.0", "python": "3.11", "packages": {"torch": "2"}, "device": "cpu",
+                    "checkpoint_sha256": checkpoint_sha, "submission_sha256": submission_sha,
+                    "data_source": "synthetic", "seed": 0, "batch_size": 500,
+                    "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00",
+                    "stage_seconds": {"clean": 1.0}, "command": f"harness eval submissions/{sub_id}/submission.yaml"},
+    )
+
+
+def write_submission(root: Path, sub_id: str, board: tuple, checkpoint_sha: str, *, paper_url: str | None = None) -> Path:
+    dataset, norm, _, eps_text, _, _ = board
+    spec: dict[str, Any] = {
+        "id": sub_id, "name": f"Synthetic model {sub_id}", "authors": ["synthetic"], "license": "MIT",
+        "dataset": dataset, "threat_model": {"norm": norm, "eps": eps_text},
+        "model": {"format": "state_dict", "architecture": "cifar_small_cnn" if dataset != "mnist" else "mnist_small_cnn",
+                  "checkpoint": {"path": "model.safetensors", "sha256": checkpoint_sha}},
+        "training": {"method": "pgd", "attack_steps": 10, "epochs": 10},
+        "evaluation": {"n_examples": 1000, "seed": 0},
+    }
+    if paper_url:
+        spec["paper"] = {"title": "A synthetic paper", "url": paper_url}
+    folder = root / "submissions" / sub_id
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "submission.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def gallery_arrays(rng: random.Random, shape: tuple[int, ...], n: int, k: int = 4) -> dict[str, np.ndarray]:
+    g = np.random.default_rng(rng.randrange(2 ** 31))
+    clean = g.integers(0, 256, size=(k, *shape), dtype=np.uint8)
+    adv = np.clip(clean.astype(int) + g.integers(-20, 21, size=clean.shape), 0, 255).astype(np.uint8)
+    return {
+        "index": np.arange(n), "label": g.integers(0, 10, size=n).astype(np.int16),
+        "clean_correct": np.ones(n, bool), "autoattack_robust": np.zeros(n, bool),
+        "gallery_index": np.arange(k), "gallery_clean": clean, "gallery_adv": adv,
+        "gallery_adv_pred": g.integers(0, 10, size=k),
+    }
+
+
+def write_synthetic_repo(root: Path, n: int, *, seed: int = 0, gallery: int = 0, reported_csv: Path | None = None,
+                         prefix: str = "syn") -> list[str]:
+    """Write ``n`` synthetic submissions and records under ``root``; returns their ids.
+
+    ``gallery``: how many of them (the first) get an ``.examples.npz`` with gallery images.
+    ``reported_csv``: copied to ``root/leaderboard/reported.csv`` when given.
+    """
+    rng = random.Random(seed)
+    root = Path(root)
+    results = root / "leaderboard" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    weights = [b[5] for b in BOARDS]
+    ids = []
+    for i in range(n):
+        board = BOARDS[0] if i == 0 else rng.choices(BOARDS, weights)[0]
+        sub_id = f"{prefix}-{i:04d}"
+        ck = f"{rng.getrandbits(256):064x}"
+        yaml_path = write_submission(root, sub_id, board, ck, paper_url="https://example.org/paper" if i % 7 == 0 else None)
+        rec = synthetic_record(
+            sub_id, rng, board=board, submission_sha=sha256_file(yaml_path), checkpoint_sha=ck,
+            certified=(i % 3 == 0), flags=(i % 11 == 5), separation=0.4 if board[0] == "mnist" else None,
+            training_flops=(i % 4 != 3))
+        out = results / f"{sub_id}.json"
+        if i < gallery:
+            from harness.record import write_record
+            write_record(rec, gallery_arrays(rng, board[4], rec.n_examples), out)
+        else:
+            out.write_text(rec.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        ids.append(sub_id)
+    if reported_csv is not None:
+        (root / "leaderboard" / "reported.csv").write_bytes(Path(reported_csv).read_bytes())
+    return ids

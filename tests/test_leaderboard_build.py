@@ -1,0 +1,393 @@
+"""``build_leaderboard``: the site, leaderboard.md/json, the data checks, all-or-nothing writes."""
+from __future__ import annotations
+
+import csv
+import filecmp
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.files import sha256_file
+from harness.stats import clopper_pearson
+from leaderboard import frontier as fr
+from leaderboard.boards import load_reported
+from leaderboard.build import MARKER, build_leaderboard, main
+from leaderboard.fmt import compute_key
+from leaderboard.synthetic import write_synthetic_repo
+
+REPO = Path(__file__).resolve().parents[1]
+REPORTED = REPO / "leaderboard" / "reported.csv"
+
+
+def small_reported(dst: Path, n_rows: int = 6) -> Path:
+    """The first rows of the real reported.csv (CIFAR-10 Linf 8/255), to keep builds quick."""
+    lines = REPORTED.read_text(encoding="utf-8").splitlines(keepends=True)
+    dst.write_text("".join(lines[: n_rows + 1]), encoding="utf-8")
+    return dst
+
+
+def make_repo(root: Path, n: int = 14, *, gallery: int = 2, reported: bool = True) -> Path:
+    csv_path = small_reported(root.parent / f"{root.name}-reported.csv") if reported else None
+    write_synthetic_repo(root, n, gallery=gallery, reported_csv=csv_path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = make_repo(tmp_path_factory.mktemp("lb") / "repo")
+    out = build_leaderboard(root, root / "site-out")
+    return root, out
+
+
+def load_json(out: Path) -> dict:
+    return json.loads((out / "leaderboard.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+def test_site_files(built):
+    root, out = built
+    assert out == (root / "site-out").resolve()
+    for name in ("index.html", "leaderboard.md", "leaderboard.json", "static/leaderboard.js",
+                 "static/leaderboard.css", MARKER):
+        assert (out / name).is_file(), name
+    data = load_json(out)
+    ids = [e["id"] for b in data["boards"] for e in b["entries"]]
+    assert len(ids) == len(set(ids)) == 14 + 6
+    for b in data["boards"]:
+        for e in b["entries"]:
+            assert (out / e["page"]).is_file()
+    # no temporary folders left beside the site
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+
+
+def test_boards_group_by_dataset_threat_model_and_eps(built):
+    _, out = built
+    data = load_json(out)
+    keys = [(b["dataset"], b["threat_model"]["norm"], b["threat_model"]["eps_label"]) for b in data["boards"]]
+    assert len(keys) == len(set(keys))
+    for b in data["boards"]:
+        for e in b["entries"]:
+            assert (e["dataset"], e["threat_model"]["norm"]) == (b["dataset"], b["threat_model"]["norm"])
+            assert e["threat_model"]["eps"] == pytest.approx(b["threat_model"]["eps"])
+    cifar = next(b for b in data["boards"] if keys[data["boards"].index(b)] == ("cifar10", "Linf", "8/255"))
+    assert {e["source"] for e in cifar["entries"]} == {"reported", "re-evaluated"}  # 8/255 from yaml == CSV's
+
+
+def test_ranking_frontiers_and_efficiency_are_consistent(built):
+    _, out = built
+    for b in load_json(out)["boards"]:
+        es = b["entries"]
+        costs = [compute_key(e["inference_flops"]) for e in es]
+        robust = [e["robust_accuracy"] for e in es]
+        assert [e["frontier_layer"] for e in es] == fr.nondominated_layers(costs, robust)
+        # default order: by layer (None last), then robust accuracy descending
+        keys = [(e["frontier_layer"] is None, e["frontier_layer"] or 0, -e["robust_accuracy"]) for e in es]
+        assert keys == sorted(keys)
+        ranks = [e["rank"] for e in es]
+        assert ranks[0] == 1 and ranks == sorted(ranks)
+        for prev, cur in zip(es, es[1:]):
+            if cur["rank"] == prev["rank"]:
+                assert cur["tied"] and prev["tied"]
+                assert cur["frontier_layer"] == prev["frontier_layer"]
+        # every frontier list is exactly the non-dominated set of its two figures
+        for key, cost, value in (("robust_vs_inference_flops", "inference_flops", "robust_accuracy"),
+                                 ("robust_vs_training_flops", "training_flops", "robust_accuracy"),
+                                 ("robust_vs_params", "params", "robust_accuracy"),
+                                 ("certified_vs_inference_flops", "inference_flops", "certified_accuracy")):
+            on = fr.pareto_frontier([compute_key(e[cost]) for e in es], [e[value] for e in es])
+            assert b["frontiers"][key] == [e["id"] for e, f in zip(es, on) if f]
+        for e in es:
+            s = e["flop_saving"]
+            if e["frontier_layer"] is None:
+                assert s is None
+            elif s is None:  # the most robust entry
+                assert e["robust_accuracy"] == max(r for r in robust if r is not None)
+                assert "no other entry" in e["flop_saving_note"]
+            elif s > 1:
+                assert e["frontier_layer"] == 1
+
+
+def test_reported_rows_are_marked_and_get_binomial_cis(built):
+    _, out = built
+    rows = [e for b in load_json(out)["boards"] for e in b["entries"] if e["source"] == "reported"]
+    assert len(rows) == 6
+    for e in rows:
+        k = round(e["robust_accuracy"] * 10_000)
+        assert e["robust_accuracy_ci95"] == pytest.approx(list(clopper_pearson(k, 10_000)))
+        assert "n = 10000" in e["ci_note"]
+        assert e["url"].startswith("https://")
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    assert md.count("reported (not re-evaluated)") == 6
+    assert md.count("## ") == len(load_json(out)["boards"])
+    page = (out / rows[0]["page"]).read_text(encoding="utf-8")
+    assert "Reported, not re-evaluated" in page
+
+
+def test_index_has_one_sortable_table_per_board_with_all_columns(built):
+    _, out = built
+    html = (out / "index.html").read_text(encoding="utf-8")
+    data = load_json(out)
+    assert html.count('<table class="board-table sortable"') == len(data["boards"])
+    for key in ("rank", "model", "source", "clean", "robust", "certified", "acr", "params", "inference_flops",
+                "training_flops", "frontier", "saving", "flags"):
+        assert html.count(f'data-key="{key}"') == len(data["boards"]), key
+    assert "FLOP saving" in html and "How to read this page" in html  # the efficiency figure is documented
+    assert "Data-separation radius r = 0.4" in html  # the MNIST records carry one
+    assert "weak-attack-gap" in html and "autoattack-check" in html  # flags from diagnostics and AutoAttack
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.assets: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("script", "img") and a.get("src"):
+            self.assets.append(a["src"])
+        if tag == "link" and a.get("href"):
+            self.assets.append(a["href"])
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+
+
+def test_every_asset_is_local_and_every_internal_link_resolves(built):
+    _, out = built
+    pages = sorted(out.rglob("*.html"))
+    assert len(pages) > 10
+    n_assets = 0
+    for page in pages:
+        p = _Refs()
+        p.feed(page.read_text(encoding="utf-8"))
+        for ref in p.assets + [h for h in p.links if not urlparse(h).scheme]:
+            parsed = urlparse(ref)
+            assert not parsed.scheme and not parsed.netloc, f"{page.name}: external asset {ref}"
+            if not parsed.path:
+                continue  # same-page anchor
+            target = (page.parent / unquote(parsed.path)).resolve()
+            assert target.is_file(), f"{page.relative_to(out)}: {ref} does not exist"
+            assert out.resolve() in target.parents
+        n_assets += len(p.assets)
+        assert not [h for h in p.links if urlparse(h).scheme not in ("", "http", "https")]
+    assert n_assets > 2 * len(pages)
+
+
+def test_entry_page_gallery_reproduce_and_metrics(built):
+    root, out = built
+    page = (out / "entries" / "syn-0000.html").read_text(encoding="utf-8")
+    assert "harness eval submissions/syn-0000/submission.yaml --n-examples 1000 --only" in page
+    assert "95% CI" in page and "Certified accuracy (ibp)" in page
+    assert "apgd-t" in page and "Provenance" in page
+    pngs = sorted((out / "gallery").glob("syn-0000-*.png"))
+    assert len(pngs) == 8  # 4 pairs
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    # an entry without an examples file has no gallery
+    assert not list((out / "gallery").glob("syn-0005-*"))
+    assert "Gallery" not in (out / "entries" / "syn-0005.html").read_text(encoding="utf-8")
+
+
+def test_plots_are_svg_and_cover_every_figure(built):
+    _, out = built
+    svgs = sorted((out / "plots").glob("*.svg"))
+    names = {p.name for p in svgs}
+    for suffix in ("robust_vs_inference_flops", "robust_vs_training_flops", "robust_vs_params",
+                   "certified_vs_inference_flops", "sandwich", "cert_eps", "scaling"):
+        assert f"cifar10-Linf-8_255-{suffix}.svg" in names
+    for p in svgs:
+        text = p.read_text(encoding="utf-8")
+        assert text.lstrip().startswith("<?xml") and "<svg" in text
+        assert "http://" not in text.replace("http://www.w3.org", "").replace("http://purl.org", "") \
+            .replace("http://creativecommons.org", "").replace("http://matplotlib.org", "")
+
+
+def test_build_is_deterministic_and_replaces_its_previous_site(built, tmp_path):
+    root, out = built
+    again = tmp_path / "again"
+    build_leaderboard(root, again)
+    (again / "stale.html").write_text("old", encoding="utf-8")
+    build_leaderboard(root, again)  # replaces its own previous site, stale files included
+    assert not (again / "stale.html").exists()
+    cmp = filecmp.dircmp(out, again)
+
+    def same(c):
+        assert not c.left_only and not c.right_only and not c.funny_files
+        _, mismatch, errors = filecmp.cmpfiles(c.left, c.right, c.common_files, shallow=False)
+        assert not mismatch and not errors, mismatch
+        for sub in c.subdirs.values():
+            same(sub)
+
+    same(cmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals: a clear one-line error, and nothing written
+@pytest.fixture
+def repo(tmp_path):
+    return make_repo(tmp_path / "repo", n=4, gallery=0, reported=False)
+
+
+def refuse(root: Path, match: str) -> str:
+    out = root / "site-out"
+    before = sorted(p.name for p in root.iterdir())
+    with pytest.raises(HarnessError, match=match) as exc:
+        build_leaderboard(root, out)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert not out.exists()
+    assert sorted(p.name for p in root.iterdir()) == before  # no half site, no temporary folder
+    return msg
+
+
+def _edit_record(path: Path, fn) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    fn(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_refuses_a_checkpoint_hash_mismatch(repo):
+    _edit_record(repo / "leaderboard/results/syn-0001.json",
+                 lambda d: d["provenance"].__setitem__("checkpoint_sha256", "0" * 64))
+    msg = refuse(repo, "checkpoint hash mismatch")
+    assert "syn-0001.json" in msg
+
+
+def test_refuses_a_submission_hash_mismatch(repo):
+    y = repo / "submissions/syn-0002/submission.yaml"
+    y.write_text(y.read_text(encoding="utf-8") + "notes: edited after the evaluation\n", encoding="utf-8")
+    refuse(repo, "submission hash mismatch")
+
+
+def test_refuses_a_duplicate_id(repo):
+    shutil.copyfile(repo / "leaderboard/results/syn-0001.json", repo / "leaderboard/results/syn-zz-copy.json")
+    refuse(repo, "duplicate id 'syn-0001'")
+
+
+def test_refuses_a_record_named_after_another_id(repo):
+    (repo / "leaderboard/results/syn-0003.json").rename(repo / "leaderboard/results/other.json")
+    refuse(repo, "must be named <submission_id>.json")
+
+
+def test_refuses_another_schema_version(repo):
+    _edit_record(repo / "leaderboard/results/syn-0000.json", lambda d: d.__setitem__("schema_version", 2))
+    refuse(repo, "schema_version 2 is not the supported 1")
+
+
+def test_refuses_a_record_without_its_submission(repo):
+    shutil.rmtree(repo / "submissions/syn-0002")
+    refuse(repo, "does not exist")
+
+
+def test_refuses_a_reported_row_that_reuses_an_id(repo):
+    small_reported(repo / "leaderboard/reported.csv", 2)
+    with open(repo / "leaderboard/reported.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    rows[1]["id"] = rows[0]["id"]
+    with open(repo / "leaderboard/reported.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    refuse(repo, "duplicate id")
+
+
+def test_refuses_a_malformed_reported_row(repo):
+    p = small_reported(repo / "leaderboard/reported.csv", 2)
+    p.write_text(p.read_text(encoding="utf-8").replace(",73.71,", ",seventy,"), encoding="utf-8")
+    msg = refuse(repo, "autoattack_acc_percent is not a number")
+    assert "reported.csv:2" in msg
+
+
+def test_a_refused_build_leaves_the_previous_site_untouched(built, tmp_path):
+    _, good = built
+    out = tmp_path / "site"
+    shutil.copytree(good, out)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    root = make_repo(tmp_path / "bad", n=3, gallery=0, reported=False)
+    _edit_record(root / "leaderboard/results/syn-0000.json",
+                 lambda d: d["provenance"].__setitem__("submission_sha256", "f" * 64))
+    with pytest.raises(HarnessError):
+        build_leaderboard(root, out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert filecmp.cmp(out / "index.html", good / "index.html", shallow=False)
+
+
+def test_refuses_to_replace_a_folder_it_did_not_build(repo, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(HarnessError, match="refusing to replace"):
+        build_leaderboard(repo, out)
+    assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_main_prints_one_line_errors_and_builds(repo, tmp_path, capsys):
+    y = repo / "submissions/syn-0001/submission.yaml"
+    original = y.read_bytes()
+    y.write_bytes(original + b"# changed\n")
+    assert main(["--root", str(repo), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "submission hash mismatch" in err
+    assert not (tmp_path / "o").exists()
+    y.write_bytes(original)
+    assert sha256_file(y) == json.loads((repo / "leaderboard/results/syn-0001.json").read_text())["provenance"]["submission_sha256"]
+    assert main(["--root", str(repo), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "index.html").is_file()
+    assert "site written to" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+def test_packaged_reported_csv():
+    rows = {e.id: e for e in load_reported(REPORTED)}
+    assert len(rows) >= 20
+    b94 = rows["reported-cifar10-Linf-Bartoldson2024Adversarial_WRN-94-16"]
+    b82 = rows["reported-cifar10-Linf-Bartoldson2024Adversarial_WRN-82-8"]
+    assert b94.robust == pytest.approx(0.7371) and b82.robust == pytest.approx(0.7159)
+    # the scaling-law repository's numbers (2 FLOPs per multiply-add) halved to fvcore's convention
+    assert b94.training_flops == pytest.approx(1.47e21 / 2) and b82.training_flops == pytest.approx(2.17e20 / 2)
+    assert b94.inference_flops == pytest.approx(106.5e9 / 2, rel=0.01)
+    assert b82.params == pytest.approx(79.1e6, rel=0.01)
+    wang = rows["reported-cifar10-Linf-Wang2023Better_WRN-70-16"]
+    assert wang.training_flops == pytest.approx(2.14e20 / 2)
+    linf = [e for e in rows.values() if (e.dataset, e.norm) == ("cifar10", "Linf")]
+    assert all(abs(e.eps - 8 / 255) < 1e-12 for e in linf)
+    names = " ".join(rows)
+    for author in ("Bartoldson", "Wang2023", "Pang2022", "Cui2023", "Gowal", "Rebuffi"):
+        assert author in names
+    for e in rows.values():
+        assert e.kind == "reported" and e.url and e.url.startswith("http")
+        assert e.reported["accuracy_source_url"].startswith("https://github.com/RobustBench/")
+        assert e.params and e.inference_flops and e.reported["flops_convention"].startswith("fvcore")
+        assert e.robust_ci[0] <= e.robust <= e.robust_ci[1]
+    assert sum(e.training_flops is not None for e in rows.values()) == 3
+
+
+def test_reported_accuracies_match_the_reference_table():
+    ref = REPO.parent / "shared" / "reference" / "robustbench_model_info.csv"
+    if not ref.is_file():
+        pytest.skip(f"{ref} is not beside the checkout")
+    with open(ref, newline="", encoding="utf-8") as f:
+        info = {(r["dataset"], r["threat_model"], r["robustbench_id"]): r for r in csv.DictReader(f)}
+    for e in load_reported(REPORTED):
+        src = info[(e.dataset, e.norm, e.reported["robustbench_id"])]
+        assert e.robust == pytest.approx(float(src["autoattack_acc"]) / 100)
+        assert e.clean == pytest.approx(float(src["clean_acc"]) / 100)
+        assert e.url == src["link"]
+
+
+def test_the_repository_itself_builds(tmp_path):
+    """The committed records, submissions and reported.csv pass every check."""
+    out = build_leaderboard(REPO, tmp_path / "site")
+    data = load_json(out)
+    board = next(b for b in data["boards"] if b["id"] == "cifar10-Linf-8_255")
+    top = board["entries"][0]
+    assert top["id"] == "reported-cifar10-Linf-Bartoldson2024Adversarial_WRN-94-16"
+    assert "reported-cifar10-Linf-Bartoldson2024Adversarial_WRN-82-8" in board["frontiers"]["robust_vs_inference_flops"]
+    assert not board["scaling_fit"]["ok"] and "too few points" in board["scaling_fit"]["message"]
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "89.65%" in html
