@@ -54,8 +54,18 @@ def _save(fig: Figure, path: Path) -> None:
     fig.savefig(path, format="svg", metadata=SVG_META)
 
 
-def _short(name: str, n: int = 30) -> str:
+def _short(name: str, n: int = 36) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
+
+
+def _label(ax, points: list[tuple[str, float, float]], xs: list[float], dy: float = 3) -> None:
+    """Name the points; those in the right half (in log x) get their label on the left, so that
+    labels stay inside the axes."""
+    lo, hi = math.log10(min(xs)), math.log10(max(xs))
+    for name, x, y in points:
+        right = hi > lo and (math.log10(x) - lo) / (hi - lo) > 0.5
+        ax.annotate(_short(name), (x, y), xytext=(-4 if right else 4, dy), textcoords="offset points",
+                    fontsize=6.5, color="#333333", ha="right" if right else "left")
 
 
 def _ylim(ax, values_pct: list[float]) -> None:
@@ -100,9 +110,7 @@ def frontier_plot(board: Board, key: str, cost_attr: str, value_attr: str, title
         ax.step(xs + [xmax * 1.5], ys + [ys[-1]], where="post", color=FRONTIER_COLOR, lw=1.4,
                 label="frontier", zorder=1)
         if len(front) <= MAX_LABELS:
-            for e, x, y in zip(front, xs, ys):
-                ax.annotate(_short(e.name), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6.5,
-                            color="#333333")
+            _label(ax, [(e.name, x, y) for e, x, y in zip(front, xs, ys)], xs)
     _ylim(ax, [100 * getattr(e, value_attr) for e in pts])
     _logx(ax, [float(getattr(e, cost_attr)) for e in pts])
     ax.set_xlabel(xlabel)
@@ -185,9 +193,8 @@ def scaling_plot(board: Board, path: Path) -> bool:
         if sel:
             ax.scatter([e.training_flops for e in sel], [100 * e.robust for e in sel], **style)
     if len(pts) <= MAX_LABELS:
-        for e in pts:
-            ax.annotate(_short(e.name), (e.training_flops, 100 * e.robust), xytext=(4, -9),
-                        textcoords="offset points", fontsize=6.5, color="#333333")
+        _label(ax, [(e.name, e.training_flops, 100 * e.robust) for e in pts],
+               [e.training_flops for e in pts], dy=-9)
     fit = board.scaling
     cs = np.array([e.training_flops for e in pts], dtype=float)
     xlims = [float(cs.min()), float(cs.max())]

@@ -40,8 +40,15 @@ def make_repo(root: Path, n: int = 14, *, gallery: int = 2, reported: bool = Tru
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = make_repo(tmp_path_factory.mktemp("lb") / "repo")
+    # a record whose AutoAttack and FLOP stages did not run, under a name that needs escaping
+    _edit_record(root / "leaderboard/results/syn-0004.json", lambda d: d.update(
+        name=EVIL, robust_accuracy=None, robust_accuracy_ci95=None, autoattack=None, inference_flops=None,
+        stages=["clean"]))
     out = build_leaderboard(root, root / "site-out")
     return root, out
+
+
+EVIL = "Partial <script>alert(1)</script> & co"
 
 
 def load_json(out: Path) -> dict:
@@ -86,7 +93,8 @@ def test_ranking_frontiers_and_efficiency_are_consistent(built):
         robust = [e["robust_accuracy"] for e in es]
         assert [e["frontier_layer"] for e in es] == fr.nondominated_layers(costs, robust)
         # default order: by layer (None last), then robust accuracy descending
-        keys = [(e["frontier_layer"] is None, e["frontier_layer"] or 0, -e["robust_accuracy"]) for e in es]
+        keys = [(e["frontier_layer"] is None, e["frontier_layer"] or 0, e["robust_accuracy"] is None,
+                 -(e["robust_accuracy"] or 0)) for e in es]
         assert keys == sorted(keys)
         ranks = [e["rank"] for e in es]
         assert ranks[0] == 1 and ranks == sorted(ranks)
@@ -110,6 +118,18 @@ def test_ranking_frontiers_and_efficiency_are_consistent(built):
                 assert "no other entry" in e["flop_saving_note"]
             elif s > 1:
                 assert e["frontier_layer"] == 1
+
+
+def test_an_entry_without_autoattack_or_flops_comes_last_and_names_are_escaped(built):
+    _, out = built
+    board = next(b for b in load_json(out)["boards"] if any(e["id"] == "syn-0004" for e in b["entries"]))
+    last = board["entries"][-1]
+    assert last["id"] == "syn-0004" and last["name"] == EVIL
+    assert last["frontier_layer"] is None and last["flop_saving"] is None
+    assert not any(last["on_frontier"].values())
+    for page in (out / "index.html", out / "entries" / "syn-0004.html"):
+        html = page.read_text(encoding="utf-8")
+        assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in html
 
 
 def test_reported_rows_are_marked_and_get_binomial_cis(built):
@@ -385,8 +405,9 @@ def test_the_repository_itself_builds(tmp_path):
     out = build_leaderboard(REPO, tmp_path / "site")
     data = load_json(out)
     board = next(b for b in data["boards"] if b["id"] == "cifar10-Linf-8_255")
-    top = board["entries"][0]
+    top = next(e for e in board["entries"] if e["source"] == "reported")
     assert top["id"] == "reported-cifar10-Linf-Bartoldson2024Adversarial_WRN-94-16"
+    assert top["frontier_layer"] == 1
     assert "reported-cifar10-Linf-Bartoldson2024Adversarial_WRN-82-8" in board["frontiers"]["robust_vs_inference_flops"]
     assert not board["scaling_fit"]["ok"] and "too few points" in board["scaling_fit"]["message"]
     html = (out / "index.html").read_text(encoding="utf-8")
