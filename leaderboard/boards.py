@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import HarnessError
-from harness.record import FLOPS_CONVENTION, ResultRecord, read_record
+from harness.record import ResultRecord, read_record
 from harness.stats import clopper_pearson
 from harness.submission import LoadedSubmission, format_eps, parse_eps, parse_submission
 
@@ -395,7 +395,3 @@ def make_boards(entries: list[Entry]) -> list[Board]:
             board.separation = dict(best.separation, source=best.id)
         boards.append(board)
     return boards
-
-
-def convention_note() -> str:
-    return FLOPS_CONVENTION

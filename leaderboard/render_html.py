@@ -80,10 +80,6 @@ def _gallery(e: Entry, out: Path) -> list[dict]:
     return items
 
 
-def board_context(b: Board, plots: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {"board": b, "plots": plots.get(b.id, {}), "paper": PAPER, "min_points": MIN_POINTS}
-
-
 def render_site(out: Path, boards: list[Board], inputs: Inputs, plots: dict[str, dict[str, Any]]) -> None:
     env = environment()
     (out / "static").mkdir(parents=True, exist_ok=True)

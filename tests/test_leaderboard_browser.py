@@ -86,10 +86,15 @@ class Browser:
         self._buf = b""
         self._id = 0
         self.events: list[dict] = []
-        page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        self.session = self.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
-        for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
-            self.send(domain, session=self.session)
+        try:
+            pages = [t["targetId"] for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+            target = pages[0] if pages else self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
+                self.send(domain, session=self.session)
+        except BaseException:
+            self.close()
+            raise
 
     def _read(self, deadline: float) -> dict:
         while b"\0" not in self._buf:
