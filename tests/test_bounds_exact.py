@@ -162,3 +162,63 @@ def test_bounds_shrink_to_the_point_value(norm):
         assert widths[-1] == pytest.approx(0.0, abs=1e-12)
         assert all(w1 >= w2 - 1e-12 for w1, w2 in zip(widths, widths[1:]))
         assert widths[-2] < 1e-3 * max(widths[0], 1e-12) or widths[-2] < 1e-8
+
+
+class _Pool(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False, ceil_mode=True)
+
+    def forward(self, x):
+        if self.kind == "mean":
+            return x.mean(dim=(2, 3))
+        return self.pool(x).flatten(1)
+
+
+@pytest.mark.parametrize("kind", ["avgpool", "mean"])
+def test_ibp_of_pooling_on_the_input_box_is_exact(kind):
+    """Pooling has non-negative weights, so each output's range over the box is the pooling of
+    the box's corners."""
+    model = _Pool(kind).eval()
+    bm = BoundedModel(model, (2, 5, 5))
+    x = torch.rand(2, 2, 5, 5, generator=torch.Generator().manual_seed(0), dtype=DT)
+    eps = 0.1
+    want_lo, want_hi = model((x - eps).clamp(0, 1)), model((x + eps).clamp(0, 1))
+    for method in METHODS:
+        lo, hi = bm.bounds(x, eps, "Linf", method)
+        torch.testing.assert_close(lo, want_lo, rtol=0, atol=1e-12)
+        torch.testing.assert_close(hi, want_hi, rtol=0, atol=1e-12)
+
+
+def test_crown_is_exact_on_an_affine_chain():
+    """conv (stride 2, padding) -> BN -> avg pool (ceil mode, no pad counting) -> flatten ->
+    linear, behind sub/div normalisation: affine, so CROWN must give the exact range
+    f(x) + sum_j min/max(J_ij (lo_j - x_j), J_ij (hi_j - x_j)), with J the Jacobian computed
+    by autograd."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(3)
+    bn.running_mean.copy_(torch.randn(3))
+    bn.running_var.copy_(torch.rand(3) + 0.5)
+    inner = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), bn,
+                          nn.AvgPool2d(2, stride=1, padding=1, count_include_pad=False,
+                                       ceil_mode=True),
+                          nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).to(DT)
+    model = Normalized(inner, [0.5, 0.2], [0.3, 0.6]).eval()
+    bm = BoundedModel(model, (2, 6, 6))
+    x = torch.rand(2, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=DT)
+    for norm, eps in (("Linf", 0.07), ("L2", 0.3)):
+        lo, hi = bm.bounds(x, eps, norm, "crown")
+        for b in range(2):
+            J = torch.autograd.functional.jacobian(lambda z: model(z.unsqueeze(0))[0], x[b])
+            J = J.reshape(4, -1)
+            f = model(x[b:b + 1])[0].detach()
+            if norm == "Linf":
+                dlo = ((x[b] - eps).clamp(0, 1) - x[b]).reshape(-1)
+                dhi = ((x[b] + eps).clamp(0, 1) - x[b]).reshape(-1)
+                want_lo = f + torch.minimum(J * dlo, J * dhi).sum(1)
+                want_hi = f + torch.maximum(J * dlo, J * dhi).sum(1)
+            else:
+                want_lo, want_hi = f - eps * J.norm(dim=1), f + eps * J.norm(dim=1)
+            torch.testing.assert_close(lo[b].detach(), want_lo, rtol=0, atol=1e-10)
+            torch.testing.assert_close(hi[b].detach(), want_hi, rtol=0, atol=1e-10)
