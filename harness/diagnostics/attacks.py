@@ -58,8 +58,9 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
     uniformly in the ball (from ``generator``, else a CPU generator seeded with ``seed``) and clipped
     to [0, 1].
 
-    Returns ``x_adv``: per example, the first iterate that the model misclassifies if there is one
-    (so an example counts as broken if *any* iterate broke it), else the last iterate.
+    Returns ``x_adv``: per example, the first iterate (the random start included) that the model
+    misclassifies if there is one, so that an example counts as broken if *any* iterate broke it;
+    else the last iterate.
     """
     check_threat(norm, eps)
     if steps < 1:
@@ -75,7 +76,9 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
         else:
             x_adv = xb.clone()
         best = x_adv.clone()
-        found = torch.zeros(xb.shape[0], dtype=torch.bool, device=xb.device)
+        with torch.no_grad():  # the random start may already be adversarial
+            found = model(x_adv).argmax(dim=1) != yb if random_start else \
+                torch.zeros(xb.shape[0], dtype=torch.bool, device=xb.device)
         for _ in range(steps):
             g = input_gradient(model, x_adv, yb, loss_fn)
             x_adv = project(x_adv + step_size * ascent_direction(g, norm), xb, eps, norm)
@@ -116,7 +119,7 @@ def attack_ladder(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     n = int(x.shape[0])
 
     def acc(t):
-        return float(t.float().mean().item()) if n else float("nan")
+        return int(t.sum().item()) / n if n else float("nan")
 
     return {
         "n": n, "clean": acc(clean), "fgsm": acc(f), "pgd": acc(p), "pgd_steps": int(pgd_steps),
