@@ -54,6 +54,19 @@ def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     return a + b
 
 
+def _accumulate(acc: dict, j: int, a_l: Optional[Tensor], a_u: Optional[Tensor]) -> None:
+    """Add a coefficient pair into ``acc[j]``, keeping lower/upper shared when both are."""
+    if j not in acc:
+        acc[j] = [a_l, a_u]
+        return
+    old_l, old_u = acc[j]
+    if old_l is old_u and a_l is a_u and a_l is not None:
+        t = _add(old_l, a_l)
+        acc[j] = [t, t]
+    else:
+        acc[j] = [_add(old_l, a_l), _add(old_u, a_u)]
+
+
 def backward(graph, target: int, lA: Optional[Tensor], uA: Optional[Tensor], relax: _Relax,
              inputs: InputSet) -> tuple:
     """Lower/upper bounds (B, S) on ``A . v_target`` for ``A = lA`` / ``uA`` of shape
@@ -84,11 +97,11 @@ def backward_from(graph, top: int, acc: dict, lbias: Tensor, ubias: Tensor, rela
         if ub is not None:
             ubias = ubias + ub
         for j, (a_l, a_u) in zip(node.inputs, ins):
-            if j in acc:
-                acc[j] = [_add(acc[j][0], a_l), _add(acc[j][1], a_u)]
-            else:
-                acc[j] = [a_l, a_u]
+            _accumulate(acc, j, a_l, a_u)
     A0 = acc.get(0, [None, None])
+    if want_lower and want_upper and A0[0] is not None and A0[0] is A0[1]:
+        c, r = inputs.center_radius(A0[0])
+        return c - r + lbias, c + r + ubias
     lo = hi = None
     if want_lower:
         lo = lbias if A0[0] is None else inputs.concretize(A0[0], -1) + lbias
@@ -98,31 +111,44 @@ def backward_from(graph, top: int, acc: dict, lbias: Tensor, ubias: Tensor, rela
 
 
 def _identity_rows(graph, i: int, idx: Tensor, relax: _Relax, inputs: InputSet) -> tuple:
-    """Bounds on the neurons ``idx`` (B, k) (flat indices) of node ``i``.
+    """Lower and upper bounds (B, k) on the neurons ``idx`` (B, k) (flat indices) of node ``i``.
 
-    When node ``i`` is affine, its first backward step does not depend on the example, so it
-    is computed once for the distinct neurons of the chunk and gathered per example (this
-    saves a factor up to B on the usually most expensive transposition).
+    Until the backward pass crosses a ReLU, the coefficients do not depend on the example
+    (affine ops and sums are the same for all of them). That part is computed once for the
+    distinct neurons of the chunk (batch dimension 1, lower = upper coefficients), then
+    gathered per example at the ReLUs (and the input) where it stops; the rest of the pass is
+    per example. The backward rules are linear up to the ReLUs, so splitting a node's
+    coefficients into a shared and a per-example part and processing each is exact, and every
+    ReLU and the input see their complete coefficients before being processed.
     """
     node = graph.nodes[i]
-    B, k = idx.shape
-    n = node.numel
     dt, dev = inputs.x.dtype, inputs.x.device
-    if isinstance(node.op, O.AffineOp):
-        uniq, pos = torch.unique(idx, return_inverse=True)
-        E = torch.zeros(1, uniq.numel(), n, dtype=dt, device=dev)
-        E[0, torch.arange(uniq.numel(), device=dev), uniq] = 1.0
-        E = E.reshape(1, uniq.numel(), *node.shape)
-        J = node.op.transpose(E)[0]
-        bias = node.op.bias_dot(E)
-        A = J[pos]
-        b = torch.zeros(B, k, dtype=dt, device=dev) if bias is None else bias[0][pos]
-        j = node.inputs[0]
-        return backward_from(graph, j, {j: [A, A]}, b, b, relax, inputs, True, True)
-    A = torch.zeros(B, k, n, dtype=dt, device=dev)
-    A.scatter_(2, idx.unsqueeze(-1), 1.0)
-    A = A.reshape(B, k, *node.shape)
-    return backward(graph, i, A, A, relax, inputs)
+    uniq, pos = torch.unique(idx, return_inverse=True)
+    U = uniq.numel()
+    E = torch.zeros(U, node.numel, dtype=dt, device=dev)
+    E[torch.arange(U, device=dev), uniq] = 1.0
+    shared: dict = {i: E.reshape(1, U, *node.shape)}
+    bias = torch.zeros(1, U, dtype=dt, device=dev)
+    frontier: dict = {}
+    for j in sorted(graph.ancestors[i], reverse=True):
+        if j not in shared:
+            continue
+        A = shared.pop(j)
+        op = graph.nodes[j].op
+        if j == 0 or not op.shared_backward:
+            frontier[j] = A
+            continue
+        ins, lb, _ = op.backward(A, A, None)
+        if lb is not None:
+            bias = bias + lb
+        for k, (a, _) in zip(graph.nodes[j].inputs, ins):
+            shared[k] = a if k not in shared else shared[k] + a
+    acc: dict = {}
+    for j, A in frontier.items():
+        g = A[0][pos]  # (B, k, *shape_j)
+        acc[j] = [g, g]
+    b = bias[0][pos]
+    return backward_from(graph, i, acc, b, b, relax, inputs, True, True)
 
 
 def _max_ancestor_numel(graph, i: int) -> int:

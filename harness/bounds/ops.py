@@ -43,11 +43,25 @@ def _flat_sum(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
 
 
+def _dot(A: Tensor, c) -> Tensor:
+    """``sum(A * c)`` over the per-example dims of ``A`` (B, S, *shape), for ``c`` a number or a
+    tensor broadcastable to ``shape``; dims along which ``c`` is constant are summed first."""
+    if not torch.is_tensor(c) or c.dim() == 0:
+        return _flat_sum(A) * c
+    nd = A.dim() - 2
+    c = c.reshape((1,) * (nd - c.dim()) + tuple(c.shape))
+    dims = [2 + d for d in range(nd) if c.shape[d] == 1 and A.shape[2 + d] != 1]
+    if dims:
+        A = A.sum(dim=dims, keepdim=True)
+    return _flat_sum(A * c)
+
+
 class Op:
     """Base class: one operator node with its bound rules."""
 
     kind = "op"
     diagonal = False  # maps each coordinate to exactly one coordinate (elementwise affine/reshape)
+    shared_backward = False  # backward rule independent of the example (linear, no input bounds)
 
     def __init__(self) -> None:
         self.name = ""
@@ -84,6 +98,7 @@ class AffineOp(Op):
     """
 
     kind = "affine"
+    shared_backward = True
 
     def apply(self, x: Tensor, bias: bool = True) -> Tensor:  # (N, *in) -> (N, *out)
         raise NotImplementedError
@@ -120,6 +135,10 @@ class AffineOp(Op):
         return m - r, m + r
 
     def backward(self, lA, uA, in_bounds):
+        if lA is not None and lA is uA:  # identical coefficients: transpose once
+            la = self.transpose(lA)
+            lb = self.bias_dot(lA)
+            return [(la, la)], lb, lb
         la = None if lA is None else self.transpose(lA)
         ua = None if uA is None else self.transpose(uA)
         lb = None if lA is None else self.bias_dot(lA)
@@ -252,8 +271,7 @@ class BatchNormOp(AffineOp):
         return A * self._scale_shift()[0]
 
     def bias_dot(self, A):
-        sh = self._scale_shift()[1]
-        return _flat_sum(A * sh)
+        return _dot(A, self._scale_shift()[1])
 
 
 class ScaleShiftOp(AffineOp):
@@ -296,11 +314,7 @@ class ScaleShiftOp(AffineOp):
 
     def bias_dot(self, A):
         b = self.shift()
-        if b is None:
-            return None
-        if not torch.is_tensor(b) or b.dim() == 0:
-            return _flat_sum(A) * b
-        return _flat_sum(A * b)
+        return None if b is None else _dot(A, b)
 
 
 class ReshapeOp(AffineOp):
@@ -476,6 +490,7 @@ class AddOp(Op):
     """
 
     kind = "add"
+    shared_backward = True
 
     def forward(self, x, y):
         return x + y
@@ -494,6 +509,7 @@ class SubOp(Op):
     """
 
     kind = "sub"
+    shared_backward = True
 
     def forward(self, x, y):
         return x - y
@@ -502,5 +518,8 @@ class SubOp(Op):
         return a[0] - b[1], a[1] - b[0]
 
     def backward(self, lA, uA, in_bounds):
+        if lA is not None and lA is uA:
+            n = -lA
+            return [(lA, uA), (n, n)], None, None
         neg = (None if lA is None else -lA, None if uA is None else -uA)
         return [(lA, uA), neg], None, None

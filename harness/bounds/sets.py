@@ -62,18 +62,23 @@ class InputSet:
         return self.eps.view(-1, *([1] * (ndim - 1)))
 
     def concretize(self, A: Tensor, sign: int) -> Tensor:
-        """min (sign=-1) or max (sign=+1) of ``A . x'`` over the set; ``A`` is (B, S, *shape).
+        """min (sign=-1) or max (sign=+1) of ``A . x'`` over the set; ``A`` is (B, S, *shape)."""
+        c, r = self.center_radius(A)
+        return c + sign * r
 
-        Linf box: ``A.mid +- |A|.rad`` (attained at a vertex). L2 ball (Hoelder / dual norm):
-        ``A.x +- eps * ||A||_2``.
+    def center_radius(self, A: Tensor) -> tuple[Tensor, Tensor]:
+        """``(c, r)`` (B, S) with ``{A . x'} = [c - r, c + r]`` over the set.
+
+        Linf box: ``c = A.mid``, ``r = |A|.rad`` (attained at a vertex). L2 ball (Hoelder, dual
+        norm): ``c = A.x``, ``r = eps * ||A||_2``.
         """
         Af = A.reshape(A.shape[0], A.shape[1], -1)
         if self.norm == "Linf":
             mid = ((self.upper + self.lower) / 2).reshape(self.batch, -1, 1)
             rad = ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1)
-            return Af.bmm(mid).squeeze(-1) + sign * Af.abs().bmm(rad).squeeze(-1)
+            return Af.bmm(mid).squeeze(-1), Af.abs().bmm(rad).squeeze(-1)
         center = self.x.reshape(self.batch, -1, 1)
-        return Af.bmm(center).squeeze(-1) + sign * self.eps.unsqueeze(1) * _l2(Af)
+        return Af.bmm(center).squeeze(-1), self.eps.unsqueeze(1) * _l2(Af)
 
 
 def _l2(t: Tensor) -> Tensor:
