@@ -72,3 +72,24 @@ def test_radius_reaches_eps_max_and_per_example_eps():
     assert torch.all(r_big == 1e-4)  # tiny eps_max: everything certified at eps_max
     r, calls = certified_radius(bm, x, y, 0.1, "Linf", "crown", 1e-3)
     assert torch.all(bm.certify(x, y, r, "Linf", "crown"))
+
+
+@pytest.mark.parametrize("eps0", [0.05, 0.3])
+def test_known_certification_starts_the_bracket(eps0):
+    model = tiny_cnn(1)
+    bm = BoundedModel(model, (1, 4, 4))
+    x = torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(5), dtype=DT)
+    y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 4
+    c0 = bm.certify(x, y, eps0, "Linf", "crown")
+    tol, eps_max = 2e-3, 0.5
+    r, calls = certified_radius(bm, x, y, eps_max, "Linf", "crown", tol, known=(eps0, c0))
+    correct = model(x).argmax(1) == y
+    assert torch.all(r[~correct] == 0)
+    pos = correct & (r > 0)
+    assert torch.all(bm.certify(x[pos], y[pos], r[pos], "Linf", "crown"))
+    below = correct & (r < eps_max)
+    probe = torch.clamp(r[below] + tol, max=eps_max)
+    assert not torch.any(bm.certify(x[below], y[below], probe, "Linf", "crown"))
+    # consistent with the hint: certified at eps0 -> r >= eps0
+    assert torch.all(r[c0] >= eps0)
