@@ -213,8 +213,12 @@ def test_robustbench_resnet_traces_and_ibp_runs():
     assert lb.shape == (1, 9) and torch.isfinite(lb).all()
     c = estimate_cost(bm)
     assert c["relu_layers"] == 17
-    ok, reason = check_affordable(bm, "crown", max_relu_neurons=100_000)
+    ok, reason = check_affordable(bm, "crown")
     assert not ok and "ReLU neurons" in reason
+    assert check_affordable(bm, "ibp") == (True, "") and check_affordable(bm, "crown-ibp")[0]
+    # a float64 input is cast to the model's dtype
+    lb64 = bm.margin_lower_bounds(x.double(), y, 1 / 255, "Linf", "ibp")
+    torch.testing.assert_close(lb64, lb)
 
 
 def test_cost_estimate_of_mnist_small_cnn():

@@ -38,6 +38,8 @@ from .base import EvalContext, StageResult
 DEFAULT_METHODS = ("ibp", "crown")
 #: wall-clock budget per certification method, by device type (seconds)
 BUDGET_S = {"cpu": 900.0, "cuda": 3600.0}
+#: cap on full CROWN's worst-case coefficient floats per example (see check_affordable)
+CROWN_MAX_ELEMENTS = {"cpu": 2e9, "cuda": 5e10}
 #: batch size cap for full CROWN (its intermediate bounds are the memory-hungry part)
 CROWN_BATCH = 32
 CURVE_POINTS = 21
@@ -80,7 +82,8 @@ class CertifyStage:
                 skipped.append(f"{', '.join(methods)}: {e}")
         if bm is not None:
             for method in methods:
-                ok, why = check_affordable(bm, method)
+                ok, why = check_affordable(bm, method, max_crown_elements=CROWN_MAX_ELEMENTS.get(
+                    ctx.model.device.type, 2e9))
                 if not ok:
                     skipped.append(f"{method}: too large ({why})")
                     continue
