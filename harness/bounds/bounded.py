@@ -58,8 +58,10 @@ class BoundedModel:
         self.graph: BoundGraph = build_graph(model, self.input_shape)
         self.num_classes = int(self.graph.nodes[self.graph.output].shape[0])
         p = next(iter(list(model.parameters()) + list(model.buffers())), None)
-        self.dtype = p.dtype if (p is not None and p.is_floating_point()) else torch.float32
-        self.device = p.device if p is not None else torch.device("cpu")
+        # inputs are cast to the model's dtype and device (left as they are for a model
+        # without floating-point parameters or buffers)
+        self.dtype = p.dtype if (p is not None and p.is_floating_point()) else None
+        self.device = p.device if p is not None else None
         self.max_elements = int(max_elements)
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -74,8 +76,10 @@ class BoundedModel:
         if not torch.is_tensor(x) or tuple(x.shape[1:]) != self.input_shape or x.dim() != len(self.input_shape) + 1:
             raise HarnessError(f"expected inputs of shape (B, {', '.join(map(str, self.input_shape))}), "
                                f"got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-        if x.dtype != self.dtype or x.device != self.device:
-            x = x.to(device=self.device, dtype=self.dtype)
+        dtype = self.dtype or (x.dtype if x.is_floating_point() else torch.float32)
+        device = self.device or x.device
+        if x.dtype != dtype or x.device != device:
+            x = x.to(device=device, dtype=dtype)
         if x.numel() and (bool(x.detach().min() < -1e-6) or bool(x.detach().max() > 1 + 1e-6)):
             raise HarnessError("certified bounds need inputs in [0, 1] (normalisation belongs "
                                "inside the model)")
