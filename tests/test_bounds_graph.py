@@ -234,3 +234,24 @@ def test_cost_estimate_of_mnist_small_cnn():
     want = sum(n * sum(sizes[:i + 1]) for i, n in pre.items()) + 9 * sum(sizes)
     assert c["crown_elements"] == want
     assert check_affordable(bm, "crown")[0]
+
+
+class ReluOnInput(nn.Module):
+    """A ReLU applied to the (shifted) input, and a tensor used twice in one sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.relu(x)
+        z = torch.flatten(h - 0.5, 1)
+        return self.fc(torch.relu(z) + z + z)
+
+
+@pytest.mark.parametrize("model", [ReluOnInput, lambda: nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))])
+def test_relu_on_the_input_and_repeated_operands(model):
+    torch.manual_seed(0)
+    m = model().double().eval()
+    bm = BoundedModel(m, (1, 4, 4))
+    _sample_check(m, bm, (1, 4, 4), eps=0.2)

@@ -101,6 +101,9 @@ def propagate(graph, inputs: InputSet, refine: Optional[Refine] = None,
     states: list = [None] * len(graph.nodes)
     states[0] = input_state(inputs)
     pre: dict = {}
+    if 0 in graph.pre_relu:  # a ReLU applied to the input itself
+        b = to_box(states[0])
+        pre[0] = (b.lower, b.upper)
     for i in range(1, len(graph.nodes)):
         if needed is not None and i not in needed:
             continue
