@@ -9,7 +9,6 @@ import torch.nn as nn
 from ..errors import HarnessError, SandwichViolation
 from . import crown as CR
 from . import ibp as I
-from . import ops as O
 from .graph import BoundGraph, build_graph
 from .sets import InputSet, as_eps, parse_norm
 
