@@ -1,7 +1,6 @@
 """Exactness and tightness: closed forms for affine models, CROWN vs IBP, epsilon -> 0."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn as nn
