@@ -119,8 +119,13 @@ def test_autoattack_checks_become_named_flags():
     by = {f.name: f for f in flags}
     assert by["aa-zero-gradients"].value == 8 and len(by["aa-zero-gradients"].details["messages"]) == 1
     assert by["aa-square-beats-whitebox"].value == pytest.approx(0.40)
+    assert by["aa-square-beats-whitebox"].severity == "error"  # a 40-point drop
     assert by["aa-randomized"].severity == "error" and by["aa-other"].severity == "warning"
     assert classify_autoattack_messages([]) == []
+    # a 3-point drop by Square (as on our PGD-trained MNIST model) is a warning
+    small = classify_autoattack_messages(["Square Attack has decreased the robust accuracy of 3.00%. This "
+                                          "might indicate that the robustness evaluation ..."])
+    assert [(f.name, f.severity, f.value) for f in small] == [("aa-square-beats-whitebox", "warning", 0.03)]
     # after the block the logger is as before
     assert logger.propagate and not [h for h in logger.handlers if type(h).__name__ == "_ListHandler"]
 

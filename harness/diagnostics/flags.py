@@ -55,10 +55,10 @@ from ._common import batches, input_gradient, flat_norm
 
 __all__ = [
     "Flag", "WEAK_GAP_TOLERANCE", "WEAK_GAP_Z", "CO_MIN_FGSM", "CO_MIN_FGSM_CLEAN_RATIO",
-    "CO_MAX_MULTISTEP", "RANDOMIZED_TOLERANCE", "gap_threshold", "weak_attack_gap_flags",
-    "catastrophic_overfitting_flag", "classify_autoattack_messages", "capture_autoattack_messages",
-    "detect_randomized", "randomized_model_flag", "autoattack_version_for",
-    "zero_gradient_fraction", "zero_gradient_flag", "ladder_flags",
+    "CO_MAX_MULTISTEP", "RANDOMIZED_TOLERANCE", "SQUARE_ERROR_DROP", "gap_threshold",
+    "weak_attack_gap_flags", "catastrophic_overfitting_flag", "classify_autoattack_messages",
+    "capture_autoattack_messages", "detect_randomized", "randomized_model_flag",
+    "autoattack_version_for", "zero_gradient_fraction", "zero_gradient_flag", "ladder_flags",
 ]
 
 SEVERITIES = ("warning", "error")
@@ -69,6 +69,7 @@ CO_MIN_FGSM = 0.3
 CO_MIN_FGSM_CLEAN_RATIO = 0.5
 CO_MAX_MULTISTEP = 0.05
 RANDOMIZED_TOLERANCE = 1e-4  # AutoAttack's check_randomized alpha
+SQUARE_ERROR_DROP = 0.05  # aa-square-beats-whitebox is an error from this accuracy drop on
 AA_LOGGER = "auto-attack"
 
 
@@ -190,7 +191,7 @@ _AA_RULES: tuple[tuple[str, str, str], ...] = (
     (r"randomized defense", "aa-randomized", "error"),
     (r"output is a probability distribution", "aa-softmax-output", "error"),
     (r"points? with zero gradient", "aa-zero-gradients", "warning"),
-    (r"Square Attack has decreased the robust accuracy", "aa-square-beats-whitebox", "error"),
+    (r"Square Attack has decreased the robust accuracy", "aa-square-beats-whitebox", "warning"),
     (r"dynamic defense", "aa-dynamic", "warning"),
     (r"classes it is not possible|more target classes|too many target classes",
      "aa-n-classes", "warning"),
@@ -232,6 +233,13 @@ def classify_autoattack_messages(messages: list[str]) -> list[Flag]:
     ``value`` is the number of zero-gradient points (the largest reported, since APGD reports per
     batch and restart) or the accuracy drop due to Square (a fraction); ``details["messages"]``
     keeps the original texts.
+
+    Severities: ``error`` for ``aa-randomized`` and ``aa-softmax-output`` (the standard evaluation
+    is not valid as run) and for ``aa-square-beats-whitebox`` when Square took at least
+    :data:`SQUARE_ERROR_DROP` (5 points, the PGD tolerance of ``weak-attack-gap``) off the white-box
+    accuracy; a smaller drop is a ``warning`` (AutoAttack's figure already includes Square's
+    successes, and on MNIST Square often takes a few points off honest adversarially trained models:
+    3 points on our PGD-trained small CNN); the rest are warnings.
     """
     grouped: dict[str, dict] = {}
     for msg in messages:
@@ -254,6 +262,8 @@ def classify_autoattack_messages(messages: list[str]) -> list[Flag]:
     for name, g in grouped.items():
         explain = _AA_EXPLAIN[name]
         first = g["messages"][0]
+        if name == "aa-square-beats-whitebox" and (g["value"] or 0) >= SQUARE_ERROR_DROP:
+            g["severity"] = "error"
         out.append(Flag(name, g["severity"], f"AutoAttack: {explain} ({first})",
                         value=g["value"], threshold=g["threshold"],
                         details={"messages": list(g["messages"])}))
