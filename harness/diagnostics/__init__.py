@@ -17,7 +17,7 @@ from .flags import (
     classify_autoattack_messages, detect_randomized, gap_threshold, ladder_flags,
     randomized_model_flag, weak_attack_gap_flags, zero_gradient_flag, zero_gradient_fraction,
 )
-from .linearity import gradient_alignment, input_hessian_top_eigenvalue, lanczos
+from .linearity import fd_step_for, gradient_alignment, input_hessian_top_eigenvalue, lanczos
 from .lipschitz import lipschitz_report, local_lipschitz
 from .separation import min_distance_to_other_class, separation_report
 
@@ -27,7 +27,7 @@ __all__ = [
     "ladder_flags", "classify_autoattack_messages", "capture_autoattack_messages",
     "detect_randomized", "randomized_model_flag", "autoattack_version_for",
     "zero_gradient_fraction", "zero_gradient_flag",
-    "gradient_alignment", "lanczos", "input_hessian_top_eigenvalue",
+    "gradient_alignment", "lanczos", "input_hessian_top_eigenvalue", "fd_step_for",
     "local_lipschitz", "lipschitz_report",
     "min_distance_to_other_class", "separation_report",
 ]

@@ -8,8 +8,10 @@ What runs, on the same N points as the other stages:
 - AutoAttack's own check messages (recorded by the ``autoattack`` stage) as named ``aa-*`` flags,
   and the fraction of points with an exactly zero input gradient (``zero-gradients``);
 - on the first :data:`N_LOCAL` points: gradient alignment in the eps-ball, the top eigenvalue of the
-  input Hessian (Lanczos on finite differences) and the empirical local Lipschitz constant of the
-  logits (Yang et al. 2020; test points only: the harness has no training data);
+  input Hessian (Lanczos on finite differences with a step of 0.1 x the threat ball's L2 radius,
+  i.e. the curvature within the ball, see :func:`harness.diagnostics.linearity.fd_step_for`) and
+  the empirical local Lipschitz constant of the logits (Yang et al. 2020; test points only: the
+  harness has no training data);
 - for MNIST in the official test order: the data separation of the evaluated points from the
   training set (Yang et al. 2020), read from the precomputed exact table
   ``harness/diagnostics/mnist_separation.npz``; ``half_min`` is the largest radius at which a
@@ -90,6 +92,7 @@ class DiagnosticsStage:
             input_hessian_top_eigenvalue, ladder_flags, local_lipschitz, randomized_model_flag,
             zero_gradient_flag, zero_gradient_fraction,
         )
+        from ..diagnostics.linearity import fd_step_for
 
         module, device = ctx.model.module, ctx.model.device
         n, bs, eps, norm, seed = len(ctx.data), ctx.batch_size, ctx.eps, ctx.norm, ctx.seed
@@ -128,7 +131,9 @@ class DiagnosticsStage:
             ga = gradient_alignment(module, xl, yl, eps, norm, seed=seed, batch_size=bs)
             bar.update(1)
             bar.set_postfix_str("curvature")
-            cu = input_hessian_top_eigenvalue(module, xl, yl, k=LANCZOS_K, seed=seed, batch_size=bs)
+            h = fd_step_for(eps, norm, int(xl[0].numel())) if m else 0.0
+            cu = input_hessian_top_eigenvalue(module, xl, yl, k=LANCZOS_K, h=h or 1e-2, seed=seed,
+                                              batch_size=bs)
             bar.update(1)
             bar.set_postfix_str("local Lipschitz")
             li = local_lipschitz(module, xl, eps, norm, seed=seed, batch_size=bs)
