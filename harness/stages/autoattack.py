@@ -108,6 +108,11 @@ class AutoAttackStage:
         if meta["done"]:
             meta["resumed_after"] = meta["done"][-1]
 
+        # pyautoattack's check_dynamic counts calls in a module-level dict that it never resets:
+        # after one dynamic model, every later run in the process would be reported as dynamic.
+        for key in checks.funcs:
+            checks.funcs[key] = 0
+
         logger = logging.getLogger("auto-attack")
         old_level, old_prop = logger.level, logger.propagate
         bar = ctx.progress(total=len(attacks), desc=f"autoattack ({version})", unit="attack")
