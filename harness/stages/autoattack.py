@@ -50,12 +50,6 @@ class _Capture(logging.Handler):
             self.bar.set_postfix_str(msg, refresh=True)
 
 
-@torch.no_grad()
-def is_randomized(module, x: torch.Tensor) -> bool:
-    a, b = module(x), module(x)
-    return not torch.equal(a, b)
-
-
 def certified_mask(ctx: EvalContext) -> np.ndarray:
     n = len(ctx.data)
     mask = np.zeros(n, dtype=bool)
@@ -82,11 +76,13 @@ class AutoAttackStage:
         certified = certified_mask(ctx) & correct if ctx.spec.evaluation.certify_first else np.zeros(n, bool)
         attacked = correct & ~certified
 
-        version = ctx.spec.evaluation.autoattack_version
+        from ..diagnostics.flags import autoattack_version_for
+
+        requested = ctx.spec.evaluation.autoattack_version
         probe = ctx.data.floats(slice(0, min(n, ctx.batch_size)), ctx.model.device)
-        switched = version == "standard" and is_randomized(ctx.model.module, probe)
-        if switched:
-            version = "rand"
+        with torch.no_grad():
+            version, _ = autoattack_version_for(ctx.model.module, probe, requested=requested)
+        switched = version != requested
 
         device = ctx.model.device
         aa = AutoAttack(ctx.model.module, device=device, eps=ctx.eps, norm=ctx.norm, seed=ctx.seed, version=version)
