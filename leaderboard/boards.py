@@ -226,23 +226,21 @@ def load_reported(path: Path) -> list[Entry]:
 
 # ---------------------------------------------------------------------------------------------
 def _separation(diagnostics: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The data-separation radius, if a diagnostics stage recorded one (several spellings tolerated)."""
-    if not isinstance(diagnostics, dict):
+    """The data-separation radius recorded by the diagnostics stage (half the minimum distance to a
+    differently labelled training point): for the whole test set when recorded
+    (``separation.full_test_set``, a property of the data set), else for the evaluated points."""
+    if not isinstance(diagnostics, dict) or not isinstance(diagnostics.get("separation"), dict):
         return None
-    for key in ("separation", "data_separation", "separation_radius", "data_separation_radius"):
-        v = diagnostics.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            return {"radius": float(v)}
-        if isinstance(v, dict):
-            for rk in ("half_min", "radius", "r"):
-                r = v.get(rk)
-                if isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r):
-                    out = {"radius": float(r)}
-                    for k in ("n_test", "n_train", "min", "median"):
-                        if isinstance(v.get(k), (int, float)):
-                            out[k] = v[k]
-                    return out
-    return None
+    sep = diagnostics["separation"]
+    v = sep.get("full_test_set") if isinstance(sep.get("full_test_set"), dict) else sep
+    r = v.get("half_min")
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r):
+        return None
+    out = {"radius": float(r)}
+    for k in ("n_test", "n_train", "min", "median"):
+        if isinstance(v.get(k), (int, float)):
+            out[k] = v[k]
+    return out
 
 
 def _record_flags(rec: ResultRecord) -> list[Flag]:
