@@ -164,7 +164,6 @@ def make_refine(graph, inputs: InputSet, max_elements: int):
         if relax is None or relax.pre is not pre:
             relax = holder["relax"] = _Relax(pre)
         B = lo.shape[0]
-        shape = lo.shape[1:]
         lf, hf = lo.reshape(B, -1), hi.reshape(B, -1)
         n = lf.shape[1]
         unstable = (lf < 0) & (hf > 0)
