@@ -65,7 +65,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     stages = select_stages(args.only, args.skip)
     opts = EvalOptions(device=args.device, batch_size=args.batch_size, n_examples=args.n_examples,
-                       data_dir=Path(args.data_dir) if args.data_dir else None, progress=not args.no_progress)
+                       data_dir=Path(args.data_dir) if args.data_dir else None,
+                       train_data=Path(args.train_data) if args.train_data else None, progress=not args.no_progress)
     command = "harness " + " ".join(shlex.quote(a) for a in args.argv)
     try:
         outcome = evaluate(args.submission, opts, stages=stages, out=Path(args.out) if args.out else None,
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     e.add_argument("--batch-size", type=int, help="default: the submission's evaluation.batch_size")
     e.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
+    e.add_argument("--train-data", help="an .npz of training images (uint8 x, y) for the train/test "
+                   "local-Lipschitz gap (default: the training split of --data-dir, if given)")
     e.add_argument("--out", help="record path (default leaderboard/results/<id>.json)")
     e.add_argument("--only", help="comma-separated stages: clean,flops,certify,autoattack,diagnostics")
     e.add_argument("--skip", help="comma-separated stages to skip")

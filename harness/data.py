@@ -130,3 +130,22 @@ def load_test_data(
         raise HarnessError(f"n_examples={n} but {source} has only {n_total} test points{hint}")
     y_t = torch.from_numpy(np.asarray(y[:n]).astype(np.int64))
     return EvalData(_to_nchw(np.asarray(x[:n]), source), y_t, np.arange(n), source, dataset)
+
+
+def load_train_images(dataset: str, n: int, *, data_dir: str | Path | None = None,
+                      npz: str | Path | None = None) -> tuple[torch.Tensor, str] | None:
+    """The first ``n`` training images (uint8 NCHW) for diagnostics that compare train and test
+    (the local Lipschitz gap), from ``--train-data`` (an .npz with ``x``, ``y``) or the training
+    split of ``--data-dir``; None when neither is given (no training data is bundled)."""
+    if npz is not None:
+        path = Path(npz)
+        if not path.is_file():
+            raise HarnessError(f"--train-data {path}: no such file")
+        x, _ = _from_npz(path, "--train-data")
+        source = f"npz:{path.name}"
+    elif data_dir is not None and dataset in NUM_CLASSES:
+        x, _ = _from_torchvision(dataset, Path(data_dir), train=True)
+        source = f"torchvision-folder:{dataset}:train"
+    else:
+        return None
+    return _to_nchw(np.asarray(x[:n]), source), source

@@ -54,11 +54,12 @@ def default_record_path(sub: LoadedSubmission) -> Path:
     return root / "leaderboard" / "results" / f"{sub.spec.id}.json"
 
 
-def run_key(sub: LoadedSubmission, n: int, batch_size: int, device: torch.device, data_source: str) -> str:
+def run_key(sub: LoadedSubmission, n: int, batch_size: int, device: torch.device, data_source: str,
+            train_source: str | None = None) -> str:
     key = {
         "harness": __version__, "submission": sub.yaml_sha256, "checkpoint": sub.spec.model.checkpoint.sha256,
         "n": n, "batch_size": batch_size, "device": device.type, "seed": sub.spec.evaluation.seed,
-        "data": data_source,
+        "data": data_source, "train": train_source,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -131,7 +132,10 @@ def evaluate(
     model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=device)
 
     out = Path(out) if out is not None else default_record_path(sub)
-    state_dir = out.parent / ".state" / spec.id / run_key(sub, len(data), batch_size, device, data.source)
+    train_source = str(options.train_data.resolve()) if options.train_data else (
+        f"{options.data_dir}:train" if options.data_dir else None)
+    state_dir = out.parent / ".state" / spec.id / run_key(sub, len(data), batch_size, device, data.source,
+                                                          train_source)
     if restart and state_dir.exists():
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)

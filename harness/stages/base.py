@@ -32,6 +32,7 @@ class EvalOptions:
     batch_size: int | None = None  # None: the submission's evaluation.batch_size
     n_examples: int | None = None  # None: the submission's evaluation.n_examples
     data_dir: Path | None = None
+    train_data: Path | None = None  # an .npz of training images, for train/test diagnostics
     progress: bool = True
 
 

@@ -27,7 +27,9 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..errors import HarnessError
 from .base import EvalContext, StageResult
 
 N_LOCAL = 100
@@ -137,6 +139,18 @@ class DiagnosticsStage:
             bar.update(1)
             bar.set_postfix_str("local Lipschitz")
             li = local_lipschitz(module, xl, eps, norm, seed=seed, batch_size=bs)
+            li_train, train_source = None, None
+            from ..data import load_train_images
+
+            train = load_train_images(ctx.data.dataset, m, data_dir=ctx.options.data_dir,
+                                      npz=ctx.options.train_data)
+            if train is not None and m:
+                x_train, train_source = train
+                if tuple(x_train.shape[1:]) != tuple(xl.shape[1:]):
+                    raise HarnessError(f"training images have shape {tuple(x_train.shape[1:])}, "
+                                       f"test images {tuple(xl.shape[1:])}")
+                li_train = local_lipschitz(module, x_train.to(device=device, dtype=torch.float32) / 255.0,
+                                           eps, norm, seed=seed, batch_size=bs)
             bar.update(1)
             bar.set_postfix_str("separation")
             sep, sep_dist, sep_reason = separation_for(ctx)
@@ -156,8 +170,12 @@ class DiagnosticsStage:
             "gradient_alignment": stats(ga, "n_finite", "zero_gradient_fraction"),
             "curvature": stats(cu, "n_finite", "k", "h"),
             "lipschitz": {**stats(li, "output", "steps", "step_size", "init_radius"),
-                          "test": li["mean"], "train": None,
-                          "note": "test points only: the harness has no training data"},
+                          "test": li["mean"],
+                          "train": li_train["mean"] if li_train else None,
+                          "gap": li["mean"] - li_train["mean"] if li_train else None,
+                          "train_source": train_source,
+                          "note": ("mean over the first points of each split; gap = test - train" if li_train
+                                   else "test points only: pass --train-data (or --data-dir) for the train/test gap")},
             "separation": sep,
         }
         if sep is None:
