@@ -51,6 +51,8 @@ def summary_table(rec) -> str:
         rows.append(["inference FLOPs", f"{_si(rec.inference_flops)} (1 per multiply-add, fvcore)"])
         if rec.flops_skipped_ops:
             rows.append(["  ops fvcore skipped", ", ".join(f"{k} x{v}" for k, v in rec.flops_skipped_ops.items())])
+    if rec.flops_error:
+        rows.append(["  FLOPs not counted", rec.flops_error[:90]])
     if rec.training_flops is not None:
         rows.append(["training FLOPs", f"{_si(rec.training_flops.value)} ({rec.training_flops.source})"])
     for stage, s in rec.provenance.stage_seconds.items():

@@ -115,6 +115,8 @@ class ResultRecord(_Rec):
     flops_convention: str | None = None
     flops_skipped_ops: dict[str, int] | None = None
     flops_by_operator: dict[str, float] | None = None
+    #: why inference FLOPs could not be counted (fvcore cannot trace some converted models)
+    flops_error: str | None = None
     forward_passes: int | None = None
     training_flops: TrainingFlopsRecord | None = None
 

@@ -1,7 +1,8 @@
 """Inference FLOPs and parameters (fvcore) on one input, and training FLOPs."""
 from __future__ import annotations
 
-from ..flops import count_inference_flops, training_flops
+from ..flops import count_inference_flops, count_params, training_flops
+from ..record import FLOPS_CONVENTION
 from .base import EvalContext, StageResult
 
 
@@ -10,9 +11,18 @@ class FlopsStage:
     reads: tuple[str, ...] = ()
 
     def run(self, ctx: EvalContext) -> StageResult:
-        # The wrapped model, normalisation included, as every other stage sees it.
-        fc = count_inference_flops(ctx.model.module, ctx.model.input_shape, ctx.model.device)
         passes = ctx.spec.model.forward_passes
+        try:
+            # The wrapped model, normalisation included, as every other stage sees it.
+            fc = count_inference_flops(ctx.model.module, ctx.model.input_shape, ctx.model.device)
+        except Exception as e:  # fvcore's tracer fails on some TorchScript and onnx2torch modules
+            reason = f"fvcore cannot analyse this {ctx.model.format} model: {type(e).__name__}: {str(e)[:200]}"
+            train = training_flops(ctx.spec.training, ctx.spec.dataset, None, ctx.model.num_classes)
+            return StageResult(summary={
+                "params": count_params(ctx.model.module), "inference_flops": None,
+                "flops_convention": FLOPS_CONVENTION, "flops_error": " ".join(reason.split()),
+                "forward_passes": passes, "training_flops": train.model_dump(),
+            })
         inference = fc.total * passes
         train = training_flops(ctx.spec.training, ctx.spec.dataset, fc.total, ctx.model.num_classes)
         return StageResult(summary={
