@@ -28,11 +28,12 @@ import time
 import numpy as np
 import torch
 
+from ..bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
 from ..files import atomic_savez, atomic_write_text
+from ..stats import accuracy_with_ci
 from .base import EvalContext, StageResult
 
 GALLERY_SIZE = 8
-EXACT_CERTIFIERS = ("ibp", "crown", "crown-ibp")
 
 
 class _Capture(logging.Handler):
@@ -164,8 +165,6 @@ class AutoAttackStage:
         # A certified point would survive every attack: it would have cost one pass through each.
         per_point = sum(meta["seconds"][a] / meta["n_input"][a] for a in attacks if meta["n_input"].get(a))
         saved = per_point * int(certified.sum()) if any(meta["n_input"].values()) else None
-
-        from ..stats import accuracy_with_ci
 
         acc, ci = accuracy_with_ci(robust)
         order = np.argsort(g_idx) if g_idx else np.array([], dtype=int)
