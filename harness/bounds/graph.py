@@ -4,8 +4,10 @@ Every fx node is put in one of four classes, using the values of one concrete fo
 (batch of 2, inputs in [0, 1]):
 
 * the **input** (the single placeholder);
-* **perturbed** nodes: tensors that depend on the input's values. Each must map to a supported
-  op, else ``HarnessError("unsupported operator X at node Y")``;
+* **perturbed** nodes: tensors that depend on the input's values. Each is looked up in the
+  operator table of :mod:`.ops` (by module class, function or method name) and built by the op
+  class's ``from_node(builder, node)``; a node with no entry raises
+  ``HarnessError("unsupported operator X at node Y")``;
 * **constants**: nodes that do not depend on the input (parameters, buffers such as the
   normalisation mean/std, arithmetic on them). They are re-evaluated from the live module each
   time an op reads them, so bounds follow training updates;
@@ -232,7 +234,6 @@ class Builder:
             return self.eval_const(a)
         return a
 
-    eval_literal = literal
 
     def const_value(self, a):
         """The current value of a constant argument (node or literal)."""
