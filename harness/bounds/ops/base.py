@@ -201,11 +201,11 @@ class ElementwiseRelaxedOp(Op):
         if lA is not None:
             neg = lA.clamp(max=0)
             la = lA * d_l + neg * gap
-            lb = _add(_bias(neg, b_u), _bias(lA.clamp(min=0), b_l))
+            lb = _add(_bias(neg, b_u), None if b_l is None else bias_dot(lA.clamp(min=0), b_l))
         if uA is not None:
             pos = uA.clamp(min=0)
             ua = uA * d_l + pos * gap
-            ub = _add(_bias(pos, b_u), _bias(uA.clamp(max=0), b_l))
+            ub = _add(_bias(pos, b_u), None if b_l is None else bias_dot(uA.clamp(max=0), b_l))
         return [(la, ua)], lb, ub
 
 
