@@ -9,9 +9,11 @@ from harness.bounds import BoundedModel, margin_spec, other_classes
 from harness.architectures import mnist_small_cnn
 
 try:
-    from test_bounds_soundness import DT, METHODS, Normalized, resnet_tiny, tiny_cnn
+    from test_bounds_soundness import (DT, METHODS, Normalized, leaky_pool_cnn, overlap_pool_cnn,
+                                       resnet_tiny, tiny_cnn)
 except ImportError:  # tests/ imported as a package
-    from tests.test_bounds_soundness import DT, METHODS, Normalized, resnet_tiny, tiny_cnn
+    from tests.test_bounds_soundness import (DT, METHODS, Normalized, leaky_pool_cnn,
+                                             overlap_pool_cnn, resnet_tiny, tiny_cnn)
 
 
 def _linear_model(seed: int, normalized: bool) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -106,6 +108,8 @@ def test_per_example_eps_matches_separate_calls():
 @pytest.mark.parametrize("build,shape,eps_inf,eps_2", [
     (tiny_cnn, (1, 4, 4), 0.08, 0.25),
     (resnet_tiny, (2, 4, 4), 0.05, 0.12),
+    (leaky_pool_cnn, (1, 4, 4), 0.08, 0.25),
+    (overlap_pool_cnn, (2, 5, 5), 0.05, 0.15),
 ])
 def test_crown_not_looser_than_ibp(build, shape, eps_inf, eps_2):
     """On these (image-like, >= 16 input dims) networks CROWN's margin bounds are at least as

@@ -1,4 +1,5 @@
-"""Soundness of IBP / CROWN / CROWN-IBP against brute force on tiny random networks.
+"""Soundness of IBP / CROWN / CROWN-IBP against brute force on tiny random networks (ReLU,
+LeakyReLU and max pooling among them).
 
 Every bound must contain the network's value at every point of the input set we can reach:
 dense random samples, the box's vertices (all of them where the dimension allows, else a random
@@ -105,12 +106,58 @@ def normalized_cnn(seed: int) -> nn.Module:
     return Normalized(inner, [0.4, 0.6], [0.3, 0.2]).eval()
 
 
+class LeakyPoolNet(nn.Module):
+    """1x4x4: conv, nn.LeakyReLU(0.1), nn.MaxPool2d(2), linear, F.leaky_relu(0.3), linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.act = nn.LeakyReLU(0.1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(12, 8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.pool(self.act(self.conv(x))).flatten(1)
+        return self.fc2(F.leaky_relu(self.fc1(h), 0.3))
+
+
+def leaky_pool_cnn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return LeakyPoolNet().to(DT).eval()
+
+
+class OverlapPoolNet(nn.Module):
+    """2x5x5: max pooling of the input itself (overlapping 3x3 windows, stride 2, padding 1),
+    conv, LeakyReLU, then two max poolings summed: overlapping windows in ceil mode (the last
+    window passes the edge) and a dilated one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 2, padding=1)         # 2x3x3 -> 4x4x4
+        self.dpool = nn.MaxPool2d(2, stride=1, dilation=2)  # 4x4x4 -> 4x2x2
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        p = F.max_pool2d(x, 3, stride=2, padding=1)        # 2x5x5 -> 2x3x3
+        h = F.leaky_relu(self.conv(p), 0.05)
+        h = F.max_pool2d(h, 3, 2, ceil_mode=True) + self.dpool(h)
+        return self.fc(h.flatten(1))
+
+
+def overlap_pool_cnn(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return OverlapPoolNet().to(DT).eval()
+
+
 # name: (builder, input shape, eps Linf, eps L2)
 NETS = {
     "mlp2d": (mlp2d, (2,), 0.15, 0.2),
     "cnn1x4x4": (tiny_cnn, (1, 4, 4), 0.08, 0.25),
     "resblock_bn": (resnet_tiny, (2, 4, 4), 0.05, 0.12),
     "normalized": (normalized_cnn, (2, 4, 4), 0.03, 0.06),
+    "leaky_maxpool": (leaky_pool_cnn, (1, 4, 4), 0.08, 0.25),
+    "overlap_maxpool": (overlap_pool_cnn, (2, 5, 5), 0.05, 0.15),
 }
 
 

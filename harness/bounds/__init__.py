@@ -1,8 +1,10 @@
-"""Certified robustness bounds for ReLU networks: IBP, CROWN and CROWN-IBP, written for this
-harness (the ideas of auto_LiRPA, none of its code).
+"""Certified robustness bounds: IBP, CROWN and CROWN-IBP, written for this harness (the ideas of
+auto_LiRPA, none of its code).
 
-A model is traced once with torch.fx into a graph of bound ops (:mod:`.graph`, :mod:`.ops`);
-bounds are always computed on a specification ``C . f`` (margins ``f_y - f_j``):
+A model is traced once with torch.fx into a graph of bound ops (:mod:`.graph`); each node's op
+comes from the operator table in :mod:`.ops` (affine layers, pooling, arithmetic, ReLU,
+LeakyReLU, MaxPool2d; adding one is a class in one file, registered in one line). Bounds are
+always computed on a specification ``C . f`` (margins ``f_y - f_j``):
 
 >>> bm = BoundedModel(model, input_shape=(1, 28, 28))
 >>> lb, ub = bm.bounds(x, 0.1, norm="Linf", method="ibp", C=margin_spec(y, 10))

@@ -173,24 +173,31 @@ def certified_from(logits: Tensor, y: Tensor, lb: Tensor, num_classes: int) -> T
 def estimate_cost(bm: BoundedModel, batch: int = 1) -> dict:
     """Size figures to decide whether certification is affordable (per ``batch`` examples).
 
-    - ``relu_neurons`` / ``relu_layers``: ReLU units per example and ReLU nodes;
+    - ``relaxed_neurons`` / ``relaxed_layers``: output units per example and nodes of the ops
+      whose relaxation needs input bounds (ReLU, LeakyReLU, MaxPool2d, ...);
+      ``relu_neurons`` / ``relu_layers`` are the same figures under their historical names
+      (every such op counts, ReLU or not); ``relaxed_kinds``: the op kinds, e.g. "ReLU";
     - ``activations``: floats in all intermediate tensors per example (the IBP cost scale);
-    - ``crown_elements``: worst case (every neuron unstable) floats of CROWN coefficients
-      created for intermediate bounds: for each pre-ReLU node with ``n`` neurons,
-      ``n * sum(numel of its ancestors)``; ``crown_ibp_elements`` the same for the final
-      margin spec only.
+    - ``crown_elements``: worst case (every neuron loose) floats of CROWN coefficients
+      created for intermediate bounds: for each node whose bounds a relaxation needs, with
+      ``n`` neurons, ``n * sum(numel of its ancestors)``; ``crown_ibp_elements`` the same for
+      the final margin spec only.
     """
     g = bm.graph
-    relus = g.relu_nodes()
-    relu_neurons = sum(g.nodes[i].numel for i in relus)
+    relaxed = g.relaxed_nodes()
+    neurons = sum(g.nodes[i].numel for i in relaxed)
+    kinds = sorted({g.nodes[i].op.kind for i in relaxed})
     activations = sum(n.numel for n in g.nodes)
     crown = 0
-    for i in g.pre_relu:
+    for i in g.needs_bounds:
         crown += g.nodes[i].numel * sum(g.nodes[j].numel for j in g.ancestors[i])
     spec = (bm.num_classes - 1) * sum(g.nodes[j].numel for j in g.ancestors[g.output])
     return {
-        "relu_layers": len(relus),
-        "relu_neurons": relu_neurons,
+        "relu_layers": len(relaxed),
+        "relu_neurons": neurons,
+        "relaxed_layers": len(relaxed),
+        "relaxed_neurons": neurons,
+        "relaxed_kinds": "/".join(kinds),
         "activations": activations * batch,
         "input_dim": g.nodes[0].numel,
         "crown_elements": (crown + spec) * batch,
@@ -206,10 +213,11 @@ def check_affordable(bm: BoundedModel, method: str, *, max_relu_neurons: int = 2
 
     IBP costs about two forward passes and is always affordable. CROWN-IBP adds one backward
     pass with K-1 rows (capped by ``max_crown_ibp_elements`` coefficient floats per example).
-    Full CROWN is capped by the number of ReLU neurons and by its worst-case coefficient
-    floats per example (:func:`estimate_cost`). For scale, on one CPU core pair: the MNIST
-    small CNN is 2.7e7 (well under a second per example), a 2-block width-8 ResNet on 32x32
-    1.9e8 (a few seconds), WideResNet-16-1 3.1e10 (minutes); the default cap 2e9 suits CPUs."""
+    Full CROWN is capped by the number of relaxed neurons (ReLU and the other ops that relax
+    with input bounds; ``max_relu_neurons``) and by its worst-case coefficient floats per
+    example (:func:`estimate_cost`). For scale, on one CPU core pair: the MNIST small CNN is
+    2.7e7 (well under a second per example), a 2-block width-8 ResNet on 32x32 1.9e8 (a few
+    seconds), WideResNet-16-1 3.1e10 (minutes); the default cap 2e9 suits CPUs."""
     method = parse_method(method)
     if method == "ibp":
         return True, ""
@@ -219,8 +227,9 @@ def check_affordable(bm: BoundedModel, method: str, *, max_relu_neurons: int = 2
             return False, (f"CROWN-IBP needs {c['crown_ibp_elements']:.3g} coefficient floats per "
                            f"example > {max_crown_ibp_elements:.3g}")
         return True, ""
-    if c["relu_neurons"] > max_relu_neurons:
-        return False, f"{c['relu_neurons']} ReLU neurons > {max_relu_neurons}"
+    if c["relaxed_neurons"] > max_relu_neurons:
+        return False, (f"{c['relaxed_neurons']} {c['relaxed_kinds']} neurons > "
+                       f"{max_relu_neurons}")
     if c["crown_elements"] > max_crown_elements:
         return False, (f"full CROWN worst case {c['crown_elements']:.3g} coefficient floats per "
                        f"example > {max_crown_elements:.3g}")

@@ -2,19 +2,20 @@
 
 A bound on ``A . v_target`` is pushed backward through the graph, node by node in reverse
 topological order, with each op's ``backward`` rule (exact for affine ops, a linear relaxation
-for ReLU using bounds on its input); coefficients from several consumers of a node add up
-(residual connections). At the input the linear function is concretised over the input set
-(:meth:`InputSet.concretize`).
+for ops that declare ``needs_input_bounds``, built by ``op.relax`` from bounds on their
+inputs); coefficients from several consumers of a node add up (residual connections). At the
+input the linear function is concretised over the input set (:meth:`InputSet.concretize`).
 
-Intermediate bounds (the pre-activation bounds each ReLU relaxation needs):
+Intermediate bounds (the pre-activation bounds each relaxation needs):
 
 ``crown``
-    full CROWN: for every pre-ReLU node, in topological order, run the same backward pass from
-    that node with an identity specification. Neurons whose sign is already fixed by the IBP
-    box (computed from the already-tightened earlier layers) are skipped, since a stable
-    neuron's relaxation is exact whatever its bounds; the CROWN box is intersected with the
-    IBP box (both are sound, so their intersection is). Where IBP is exact (e.g. the first
-    layer) CROWN cannot improve and is skipped.
+    full CROWN: for every node whose bounds a relaxation needs, in topological order, run the
+    same backward pass from that node with an identity specification. Only the neurons the
+    consumers' relaxations are sensitive to (``op.loose``: e.g. ReLU neurons whose sign the IBP
+    box, computed from the already-tightened earlier layers, leaves open) are tightened, since
+    the relaxation of the others is exact whatever their bounds; the CROWN box is intersected
+    with the IBP box (both are sound, so their intersection is). Where IBP is exact (e.g. the
+    first layer) CROWN cannot improve and is skipped.
 ``crown-ibp``
     IBP intermediate bounds, CROWN only for the final specification.
 """
@@ -25,14 +26,14 @@ from typing import Optional
 import torch
 
 from . import ibp as I
-from . import ops as O
 from .sets import InputSet
 
 Tensor = torch.Tensor
 
 
 class _Relax:
-    """Per-call cache of ReLU relaxations (a ReLU's input bounds are final once computed)."""
+    """Per-call cache of the relaxations of ops that need input bounds (an op's input bounds
+    are final once computed)."""
 
     def __init__(self, pre: dict):
         self.pre = pre
@@ -41,8 +42,8 @@ class _Relax:
     def get(self, graph, i: int):
         r = self.cache.get(i)
         if r is None:
-            lo, hi = self.pre[graph.nodes[i].inputs[0]]
-            r = self.cache[i] = O.ReLUOp.relaxation(lo, hi)
+            node = graph.nodes[i]
+            r = self.cache[i] = node.op.relax([self.pre[j] for j in node.inputs])
         return r
 
 
@@ -88,10 +89,8 @@ def backward_from(graph, top: int, acc: dict, lbias: Tensor, ubias: Tensor, rela
         if la is None and ua is None:
             continue
         node = graph.nodes[i]
-        if isinstance(node.op, O.ReLUOp):
-            ins, lb, ub = node.op.backward(la, ua, None, relax=relax.get(graph, i))
-        else:
-            ins, lb, ub = node.op.backward(la, ua, None)
+        r = relax.get(graph, i) if node.op.needs_input_bounds else None
+        ins, lb, ub = node.op.backward(la, ua, r)
         if lb is not None:
             lbias = lbias + lb
         if ub is not None:
@@ -113,13 +112,14 @@ def backward_from(graph, top: int, acc: dict, lbias: Tensor, ubias: Tensor, rela
 def _identity_rows(graph, i: int, idx: Tensor, relax: _Relax, inputs: InputSet) -> tuple:
     """Lower and upper bounds (B, k) on the neurons ``idx`` (B, k) (flat indices) of node ``i``.
 
-    Until the backward pass crosses a ReLU, the coefficients do not depend on the example
-    (affine ops and sums are the same for all of them). That part is computed once for the
-    distinct neurons of the chunk (batch dimension 1, lower = upper coefficients), then
-    gathered per example at the ReLUs (and the input) where it stops; the rest of the pass is
-    per example. The backward rules are linear up to the ReLUs, so splitting a node's
-    coefficients into a shared and a per-example part and processing each is exact, and every
-    ReLU and the input see their complete coefficients before being processed.
+    Until the backward pass crosses a relaxed op (ReLU, ...), the coefficients do not depend on
+    the example (affine ops and sums are the same for all of them: ``op.shared_backward``).
+    That part is computed once for the distinct neurons of the chunk (batch dimension 1,
+    lower = upper coefficients), then gathered per example at the ops where it stops (and the
+    input); the rest of the pass is per example. The backward rules are linear up to there, so
+    splitting a node's coefficients into a shared and a per-example part and processing each is
+    exact, and every such op and the input see their complete coefficients before being
+    processed.
     """
     node = graph.nodes[i]
     dt, dev = inputs.x.dtype, inputs.x.device
@@ -166,12 +166,12 @@ def make_refine(graph, inputs: InputSet, max_elements: int):
         B = lo.shape[0]
         lf, hf = lo.reshape(B, -1), hi.reshape(B, -1)
         n = lf.shape[1]
-        unstable = (lf < 0) & (hf > 0)
-        count = int(unstable.sum(1).max()) if n else 0
+        loose = graph.loose(i, lo, hi).reshape(B, -1)
+        count = int(loose.sum(1).max()) if n else 0
         if count == 0:
             return lo, hi
-        # per example: the unstable neurons first (stable sort keeps index order)
-        order = torch.argsort((~unstable).to(torch.int8), dim=1, stable=True)[:, :count]
+        # per example: the loose neurons first (stable sort keeps index order)
+        order = torch.argsort((~loose).to(torch.int8), dim=1, stable=True)[:, :count]
         chunk = max(1, max_elements // max(1, B * _max_ancestor_numel(graph, i)))
         new_l, new_h = [], []
         for s in range(0, count, chunk):
@@ -179,7 +179,7 @@ def make_refine(graph, inputs: InputSet, max_elements: int):
             new_l.append(cl)
             new_h.append(ch)
         cl, ch = torch.cat(new_l, 1), torch.cat(new_h, 1)
-        # rows past an example's own unstable count point at stable neurons: still valid bounds
+        # rows past an example's own loose count point at other neurons: still valid bounds
         lf = lf.scatter(1, order, torch.maximum(lf.gather(1, order), cl))
         hf = hf.scatter(1, order, torch.minimum(hf.gather(1, order), ch))
         return lf.reshape(lo.shape), hf.reshape(hi.shape)
@@ -192,7 +192,7 @@ def crown_bounds(graph, inputs: InputSet, C: Tensor, method: str, lower: bool, u
     """Bounds (B, S) on ``C . f`` with CROWN ("crown") or CROWN-IBP ("crown-ibp")."""
     out = graph.output
     needed = set()
-    for i in graph.pre_relu:
+    for i in graph.needs_bounds:
         if i in graph.ancestors[out]:
             needed |= graph.ancestors[i]
     refine = make_refine(graph, inputs, max_elements) if method == "crown" else None

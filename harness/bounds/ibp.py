@@ -65,27 +65,21 @@ def input_state(inputs: InputSet) -> State:
 
 
 def step(op: O.Op, ins: list) -> State:
-    """IBP through one op."""
-    if isinstance(op, O.AffineOp):
+    """IBP through one op: its interval rule on the input boxes, with the exactness flags it
+    reports (:meth:`Op.ibp_flags`). Affine ops also carry an L2 :class:`Ball` exactly."""
+    if isinstance(op, O.AffineOp) and isinstance(ins[0], Ball):
         s = ins[0]
-        if isinstance(s, Ball):
-            if op.diagonal:
-                return Ball(op.apply(s.center), op.diag_scale(s.scale), s.eps)
-            sq = op.apply_sq(s.scale * s.scale)
-            if sq is not None:
-                c = op.apply(s.center)
-                r = s.eps.view(-1, *([1] * (c.dim() - 1))) * safe_sqrt(sq)
-                return Box(c - r, c + r, exact=True, indep=False)
-            s = s.box()
-        lo, hi = op.ibp((s.lower, s.upper))
-        return Box(lo, hi, exact=s.exact and (op.diagonal or s.indep), indep=s.indep and op.diagonal)
-    if isinstance(op, O.ReLUOp):
-        s = to_box(ins[0])
-        lo, hi = op.ibp((s.lower, s.upper))
-        return Box(lo, hi, exact=s.exact, indep=s.indep)
+        if op.diagonal:
+            return Ball(op.apply(s.center), op.diag_scale(s.scale), s.eps)
+        sq = op.apply_sq(s.scale * s.scale)
+        if sq is not None:
+            c = op.apply(s.center)
+            r = s.eps.view(-1, *([1] * (c.dim() - 1))) * safe_sqrt(sq)
+            return Box(c - r, c + r, exact=True, indep=False)
     boxes = [to_box(s) for s in ins]
     lo, hi = op.ibp(*[(b.lower, b.upper) for b in boxes])
-    return Box(lo, hi)
+    exact, indep = op.ibp_flags([(b.exact, b.indep) for b in boxes])
+    return Box(lo, hi, exact=exact, indep=indep)
 
 
 Refine = Callable[[int, Tensor, Tensor, dict], tuple]
@@ -93,15 +87,16 @@ Refine = Callable[[int, Tensor, Tensor, dict], tuple]
 
 def propagate(graph, inputs: InputSet, refine: Optional[Refine] = None,
               needed: Optional[set] = None) -> tuple[list, dict]:
-    """IBP over the graph. Returns (states per node, {pre-ReLU node: (lower, upper)}).
+    """IBP over the graph. Returns (states per node, {node: (lower, upper)} for the nodes whose
+    bounds a relaxation needs, ``graph.needs_bounds``: the pre-activation bounds).
 
-    ``refine(i, lower, upper, bounds)`` may tighten the box of a pre-ReLU node ``i`` (CROWN);
-    it is called only where IBP is not already exact. ``needed``: nodes to compute (default all).
+    ``refine(i, lower, upper, bounds)`` may tighten the box of such a node ``i`` (CROWN); it is
+    called only where IBP is not already exact. ``needed``: nodes to compute (default all).
     """
     states: list = [None] * len(graph.nodes)
     states[0] = input_state(inputs)
     pre: dict = {}
-    if 0 in graph.pre_relu:  # a ReLU applied to the input itself
+    if 0 in graph.needs_bounds:  # an activation applied to the input itself
         b = to_box(states[0])
         pre[0] = (b.lower, b.upper)
     for i in range(1, len(graph.nodes)):
@@ -109,7 +104,7 @@ def propagate(graph, inputs: InputSet, refine: Optional[Refine] = None,
             continue
         node = graph.nodes[i]
         st = step(node.op, [states[j] for j in node.inputs])
-        if i in graph.pre_relu:
+        if i in graph.needs_bounds:
             box = to_box(st)
             if refine is not None and not box.exact:
                 lo, hi = refine(i, box.lower, box.upper, pre)
