@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 
 
 def _pct(v: float | None, ci=None) -> str:
@@ -89,20 +89,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.paths:
         p = Path(path)
-        if p.is_dir():
-            p = p / "submission.yaml"
+        try:
+            if p.is_dir():
+                p = p / "submission.yaml"
+        except (OSError, ValueError):  # a NUL byte or an over-long name: parse_submission says so in one line
+            pass
         try:
             sub, problems = parse_submission(p)
             if sub is not None:
                 problems = check_files(sub)
         except HarnessError as e:
-            problems = [str(e)]
+            problems = [str(e).removeprefix(f"{one_line(p)}: ")]
+        where = one_line(p, 300)
         if problems:
             bad += 1
             for pr in problems:
-                print(f"{p}: {pr}")
+                print(f"{where}: {pr}")
         else:
-            print(f"{p}: ok")
+            print(f"{where}: ok")
     return 1 if bad else 0
 
 
