@@ -125,15 +125,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(limit: int):
+    """An argparse type: an integer in [1, limit] (argparse prints the one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text) if len(text) <= 30 else None
+        except ValueError:
+            v = None
+        if v is None or not 1 <= v <= limit:
+            raise argparse.ArgumentTypeError(f"must be an integer in [1, {limit}], got {text[:40]!r}")
+        return v
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="robust-frontier evaluation harness")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("eval", help="evaluate a submission and write its result record")
     e.add_argument("submission", help="path to submissions/<id>/submission.yaml")
-    e.add_argument("--n-examples", type=int, help="first N test points (default: the submission's)")
+    e.add_argument("--n-examples", type=_count(10**8), help="first N test points (default: the submission's)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    e.add_argument("--batch-size", type=int, help="default: the submission's evaluation.batch_size")
+    e.add_argument("--batch-size", type=_count(100_000), help="default: the submission's evaluation.batch_size")
     e.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
     e.add_argument("--train-data", help="an .npz of training images (uint8 x, y) for the train/test "
                    "local-Lipschitz gap (default: the training split of --data-dir, if given)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -121,6 +122,7 @@ def check(sub: "LoadedSubmission") -> tuple[list[FileProblem], str | None]:
         return [FileProblem("", f"cannot read the submission folder: {_reason(e)}")], None
     found, walk_problems = list_files(root)
     problems += walk_problems
+    started = time.time()
     key = _cache_key(sub, root, found) if not walk_problems else None
     if key is not None and key in _VERIFIED:
         return [], _VERIFIED[key]
@@ -202,15 +204,18 @@ def check(sub: "LoadedSubmission") -> tuple[list[FileProblem], str | None]:
     if package_line is not None:
         lines.append(package_line)
     digest = hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
-    if key is not None:
+    if key is not None and all(st[3] < (started - RACY_SECONDS) * 1e9 for st in key[-1]):
         _VERIFIED[key] = digest
     return [], digest
 
 
 #: folder digests already verified, by everything they depend on: the declared hashes, and the
 #: (size, mtime, ctime, inode) of every file. ctime changes on any write and cannot be set from user
-#: space, so a file changed since it was hashed misses the cache (as git's index works).
+#: space, so a file changed since it was hashed misses the cache (as git's index works). File
+#: timestamps are coarse (a few ms), so, like git's "racily clean" rule, a folder with a file changed
+#: less than RACY_SECONDS before hashing began is never cached: it is hashed again every time.
 _VERIFIED: dict[tuple, str] = {}
+RACY_SECONDS = 2.0
 
 
 def _cache_key(sub: "LoadedSubmission", root: Path, found: dict[str, Path]) -> tuple | None:

@@ -35,7 +35,7 @@ from .models import load_model, resolve_device
 from .provenance import device_name, now, package_versions, python_version
 from .record import Provenance, ResultRecord, write_record
 from .stages import STAGE_ORDER, EvalContext, EvalOptions, StageResult, get_stage
-from .submission import LoadedSubmission, load_submission, verify_files
+from .submission import LoadedSubmission, load_submission
 
 
 
@@ -183,7 +183,7 @@ def build_record(ctx: EvalContext, *, started: str, command: str) -> tuple[Resul
         torch_threads=torch.get_num_threads(),
         checkpoint_sha256=ctx.model.checkpoint_sha256,
         submission_sha256=ctx.submission.yaml_sha256,
-        files_sha256=verify_files(ctx.submission),  # the folder digest (harness.manifest); cached, no rehash
+        files_sha256=ctx.submission.files_sha256,  # the folder digest verified at load (harness.manifest)
         data_source=ctx.data.source,
         seed=ctx.seed,
         batch_size=ctx.batch_size,

@@ -192,29 +192,48 @@ class _Refused(ValueError):
     pass
 
 
+class _Bad:
+    """A number the JSON held that a record may not: kept until its key is known, then refused."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+def _bad_in(v: Any) -> _Bad | None:
+    if isinstance(v, _Bad):
+        return v
+    if isinstance(v, list):  # lists of numbers, and lists of pairs (curves)
+        for x in v:
+            if (b := _bad_in(x)) is not None:
+                return b
+    return None
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
             raise _Refused(f"duplicate key {k[:80]!r}")
+        if (b := _bad_in(v)) is not None:
+            raise _Refused(f"{k[:80]}: {b.why}")
         out[k] = v
     return out
 
 
 def _refuse_constant(name: str) -> Any:
-    raise _Refused(f"{name} is not a number a record may hold (accuracies and figures are finite)")
+    return _Bad(f"{name} is not a number a record may hold (accuracies and figures are finite)")
 
 
-def _finite_float(text: str) -> float:
+def _finite_float(text: str) -> Any:
     v = float(text)
     if not math.isfinite(v):
-        raise _Refused(f"number {text[:40]} is out of range (not finite as a float)")
+        return _Bad(f"number {text[:40]} is out of range (not finite as a float)")
     return v
 
 
-def _short_int(text: str) -> int:
+def _short_int(text: str) -> Any:
     if len(text.lstrip("-")) > 40:
-        raise _Refused(f"an integer of {len(text)} digits is out of range")
+        return _Bad(f"an integer of {len(text)} digits is out of range")
     return int(text)
 
 
@@ -245,6 +264,8 @@ def parse_record_json(data: bytes, where: str) -> dict[str, Any]:
     except ValueError as e:  # json.JSONDecodeError, with line and column
         raise HarnessError(f"{where}: cannot read result record: {e}")
     if not isinstance(raw, dict):
+        if (b := _bad_in(raw)) is not None:
+            raise HarnessError(f"{where}: invalid result record: {b.why}")
         raise HarnessError(f"{where}: a result record must be a JSON object")
     if _depth(raw, MAX_JSON_DEPTH):
         raise HarnessError(f"{where}: invalid result record: nested deeper than {MAX_JSON_DEPTH} levels")
@@ -420,8 +441,12 @@ def read_examples(rec: ResultRecord, json_path: Path) -> dict[str, np.ndarray]:
         raise HarnessError(f"{where}: invalid result record: examples_file: missing; the summary is checked "
                            "against the per-example arrays, so a record comes with its .examples.npz")
     npz = Path(json_path).with_name(rec.examples_file)
-    arrays = read_npz(npz, max_file_bytes=MAX_EXAMPLES_BYTES, max_total_bytes=MAX_EXAMPLES_ARRAY_BYTES,
-                      check=_examples_check(rec), what="examples file")
+    try:
+        arrays = read_npz(npz, max_file_bytes=MAX_EXAMPLES_BYTES, max_total_bytes=MAX_EXAMPLES_ARRAY_BYTES,
+                          check=_examples_check(rec), what="examples file")
+    except HarnessError as e:  # name the record and the field, then what is wrong in the npz
+        why = str(e).removeprefix(f"{npz}: ").removeprefix("examples file: ")
+        raise HarnessError(f"{where}: invalid result record: examples_file: {npz.name}: {why}")
 
     def bad(field: str, msg: str) -> HarnessError:
         return HarnessError(f"{where}: invalid result record: {field}: {msg} (per {npz.name})")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -45,7 +45,7 @@ class _Strict(BaseModel):
 def parse_eps(value: Any) -> float:
     """A finite number, or a string such as ``"8/255"`` or ``"0.3"``."""
     if isinstance(value, bool):
-        raise ValueError("eps must be a number or a fraction string like '8/255'")
+        raise ValueError("must be a number or a fraction string like '8/255'")
     out: float | None = None
     try:
         if isinstance(value, (int, float)):
@@ -57,9 +57,9 @@ def parse_eps(value: Any) -> float:
         out = None
     if out is None:
         shown = repr(value) if not isinstance(value, (int, str)) or len(str(value)) <= 40 else f"{str(value)[:20]}..."
-        raise ValueError(f"eps must be a number or a fraction string like '8/255', got {shown}")
+        raise ValueError(f"must be a number or a fraction string like '8/255', got {shown}")
     if not math.isfinite(out):
-        raise ValueError("eps must be a finite number")
+        raise ValueError("must be a finite number")
     return out
 
 
@@ -318,6 +318,8 @@ class LoadedSubmission:
     folder: Path
     yaml_path: Path
     yaml_sha256: str
+    #: the folder digest (harness.manifest) when every file was verified at load time
+    files_sha256: str | None = None
 
     def checkpoint_path(self) -> Path:
         return resolve_checkpoint(self.spec, self.folder)
@@ -437,7 +439,10 @@ def check_files(sub: LoadedSubmission, *, check_hash: bool = True) -> list[Probl
 
 
 def load_submission(path: str | Path, *, check_hash: bool = True) -> LoadedSubmission:
-    """Parse, validate and check files; raise a one-line HarnessError on the first problem."""
+    """Parse, validate and check files; raise a one-line HarnessError on the first problem.
+
+    With ``check_hash``, the result carries the folder digest (``files_sha256``) of the files it
+    verified, which the record's provenance keeps."""
     sub, problems = parse_submission(path)
     if sub is not None:
         problems = check_files(sub, check_hash=check_hash)
@@ -445,6 +450,8 @@ def load_submission(path: str | Path, *, check_hash: bool = True) -> LoadedSubmi
         extra = f" (and {len(problems) - 1} more; run `harness validate {path}`)" if len(problems) > 1 else ""
         raise HarnessError(f"{path}: {problems[0]}{extra}")
     assert sub is not None
+    if check_hash:
+        sub = replace(sub, files_sha256=verify_files(sub))  # the manifest's cache: no second hashing
     return sub
 
 

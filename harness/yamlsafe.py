@@ -91,18 +91,22 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct
 
 def load_yaml_text(text: str, name: str = "<yaml>") -> Any:
     """Parse one YAML document with the strict loader; one-line HarnessError naming ``name`` and the line."""
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # the reader refuses non-printable characters here already
         return loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        if isinstance(e, yaml.reader.ReaderError) and isinstance(e.position, int):
+            where = f" at line {text.count(chr(10), 0, e.position) + 1}"
         problem = getattr(e, "problem", None) or (str(e).splitlines() or ["malformed"])[0]
         raise HarnessError(f"{name}: malformed YAML{where}: {problem}")
     except (ValueError, OverflowError, RecursionError, MemoryError) as e:  # belt and braces
         raise HarnessError(f"{name}: malformed YAML: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | Path, *, max_bytes: int = MAX_BYTES) -> Any:
