@@ -19,6 +19,7 @@ record that breaks an invariant, checked here independently of harness.record: a
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import io
 import json
@@ -184,7 +185,13 @@ def _apply_all(base: Any, ms: list[Mutation]) -> Any:
 # ---------------------------------------------------------------------------------------------
 # records and their arrays
 def base_record() -> tuple[dict, dict[str, np.ndarray]]:
-    """A valid record (with certified accuracies and a gallery) and its per-example arrays."""
+    """A valid record (with certified accuracies and a gallery) and its per-example arrays (copies)."""
+    rec, arrays = _base_record()
+    return copy.deepcopy(rec), {k: v.copy() for k, v in arrays.items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _base_record() -> tuple[dict, dict[str, np.ndarray]]:
     from leaderboard.synthetic import BOARDS, example_arrays, gallery_arrays, synthetic_record
 
     rng = random.Random(1)
@@ -194,6 +201,11 @@ def base_record() -> tuple[dict, dict[str, np.ndarray]]:
     arrays.update(gallery_arrays(rng, BOARDS[1][4], k=2))
     rec.examples_file = "fz.examples.npz"
     return json.loads(rec.model_dump_json()), arrays
+
+
+@functools.lru_cache(maxsize=1)
+def _base_npz() -> bytes:
+    return _npz_bytes(_base_record()[1])
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -379,16 +391,14 @@ def run_record(tally: Tally, workdir: Path, text: bytes, npz: bytes | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "fz.json"
     if npz is None:
-        rec, arrays = base_record()
-        npz = _npz_bytes(arrays)
+        npz = _base_npz()
     json_path.write_bytes(text)
     json_path.with_name("fz.examples.npz").write_bytes(npz)
     _classify(tally, target, lambda: _read(json_path))
 
 
 def run_npz(tally: Tally, workdir: Path, npz: bytes) -> None:
-    rec, _ = base_record()
-    run_record(tally, workdir, json.dumps(rec).encode(), npz, target="npz")
+    run_record(tally, workdir, json.dumps(_base_record()[0]).encode(), npz, target="npz")
 
 
 def check_base_inputs(workdir: Path) -> None:
