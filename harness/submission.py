@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -56,7 +56,10 @@ def parse_eps(value: Any) -> float:
     except (ValueError, ZeroDivisionError, OverflowError):
         out = None
     if out is None:
-        shown = repr(value) if not isinstance(value, (int, str)) or len(str(value)) <= 40 else f"{str(value)[:20]}..."
+        if isinstance(value, int):
+            shown = str(value) if value.bit_length() < 100 else f"an integer of {value.bit_length()} bits"
+        else:
+            shown = repr(value)[:40]
         raise ValueError(f"must be a number or a fraction string like '8/255', got {shown}")
     if not math.isfinite(out):
         raise ValueError("must be a finite number")
