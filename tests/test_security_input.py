@@ -121,6 +121,17 @@ def test_symlinked_submission_yaml_outside_the_folder_is_not_read(tmp_path, caps
     assert sub is None and problems  # read (then refused by the schema), not refused as a link
 
 
+def test_bad_paths_on_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.symlink("loop-b", "loop-a")
+    os.symlink("loop-a", "loop-b")
+    for arg, why in (("loop-a", "Symlink loop"), ("a" * 300, "File name too long"), ("a\x00b", "null byte"),
+                     ("missing/submission.yaml", "no such file")):
+        lines = validate_lines(capsys, arg)
+        assert len(lines) == 1 and why in lines[0], lines
+        eval_error(capsys, arg)
+
+
 def test_special_files_do_not_hang(tmp_path, capsys):
     folder = tmp_path / "submissions" / "fifo"
     folder.mkdir(parents=True)
@@ -776,3 +787,12 @@ def test_exact_methods_agree_with_the_bounds_package():
     from harness.bounds import METHODS
 
     assert set(EXACT_METHODS) == set(METHODS)
+
+
+def test_messages_escape_terminal_control_characters(make_submission, capsys):
+    """A key written as "\\e[2J" in YAML is a real escape sequence: it is printed escaped."""
+    path = make_submission("esc")
+    path.write_text(path.read_text() + '"\\e[2J\\e[31mowned": 1\n')
+    lines = validate_lines(capsys, path)
+    assert any("\\x1b[2J" in line for line in lines), lines
+    assert not any("\x1b" in line for line in lines)
