@@ -58,6 +58,11 @@ def read_npz(
     where = f"{path}: {what}"
     with open_confined(path, max_bytes=max_file_bytes, what=what) as fh:
         try:
+            # numpy decides by these first bytes whether a file is an .npz, and treats anything else
+            # as a pickle: zipfile alone would accept a zip behind other bytes that np.load reads as one
+            if fh.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):
+                raise HarnessError(f"{where}: not an .npz (a zip archive): wrong first bytes")
+            fh.seek(0)
             with zipfile.ZipFile(fh) as zf:
                 infos = zf.infolist()
                 if len(infos) > max_arrays:

@@ -262,9 +262,9 @@ def examples_files(draw) -> bytes:
             arrays.pop(name)
         elif op == "shape":
             arrays[name] = np.zeros(tuple(draw(st.lists(st.integers(0, 70), max_size=4))), a.dtype)
-        elif op == "dtype":
+        elif op == "dtype" and a.dtype.kind in "biuf":
             arrays[name] = a.astype(draw(st.sampled_from([np.float64, np.int8, np.uint8, np.bool_])))
-        else:
+        elif op == "object":
             arrays[name] = np.array([None] * max(1, a.size), dtype=object)
     if not arrays:
         return b""
