@@ -803,3 +803,24 @@ def test_messages_escape_terminal_control_characters(make_submission, capsys):
     lines = validate_lines(capsys, path)
     assert any("\\x1b[2J" in line for line in lines), lines
     assert not any("\x1b" in line for line in lines)
+
+
+@pytest.mark.parametrize("doc", ["a: 1\na: 2\n", "a: " + "[" * 500 + "]" * 500 + "\n", "a: &x 1\nb: *x\n",
+                                 "a: !!python/object/apply:os.system ['true']\n", "a: [1,\n", "<<: {a: 1}\n",
+                                 "x: " + "9" * 1200 + "\n", "a: {b: 1, b: 2}\n", "- 1\n- {a: [x, y]}\n",
+                                 "a: 0x1f\nb: 1_000\nc: .inf\nd: 1:30\ne: 2001-12-14\n"])
+def test_libyaml_and_pure_python_loaders_agree(doc):
+    """The strict checks sit in PyYAML's Python composer; libyaml only parses (when present)."""
+    import yaml as pyyaml
+    from harness import yamlsafe
+
+    outcomes = []
+    for cls in {yamlsafe._StrictLoader, *yamlsafe._LOADERS}:
+        loader = cls(doc)
+        try:
+            outcomes.append(("ok", loader.get_single_data()))
+        except pyyaml.YAMLError as e:
+            outcomes.append(("refused", e.problem_mark.line if getattr(e, "problem_mark", None) else None))
+        finally:
+            loader.dispose()
+    assert all(o == outcomes[0] for o in outcomes), outcomes
