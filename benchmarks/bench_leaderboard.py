@@ -4,9 +4,10 @@
 
 Prints the build time, the seconds per 100 entries at each size and their ratio (about 1 means
 linear growth; the fixed cost of the figures, a few dozen SVGs whatever the size, makes small builds
-cost more per entry). The synthetic entries (``leaderboard.synthetic``) spread over three boards and
-have no ``.examples.npz``, so no gallery PNGs are written; writing the synthetic repository is not
-timed. Also runs under pytest-benchmark:
+cost more per entry). The synthetic entries (``leaderboard.synthetic``) spread over three boards; each
+has an ``.examples.npz`` without gallery images (the build checks every record against its arrays and
+hashes every submission folder again), so no gallery PNGs are written; writing the synthetic
+repository is not timed. Also runs under pytest-benchmark:
 ``pytest benchmarks/bench_leaderboard.py --benchmark-enable``.
 """
 from __future__ import annotations

@@ -81,24 +81,54 @@ def build_architecture(name: str, kwargs: dict[str, Any] | None = None) -> nn.Mo
       built by the zoo's own constructor (which never downloads: only ``load_model`` does).
     """
     kwargs = dict(kwargs or {})
+    if name.startswith("robustbench.zoo:"):
+        return _build_zoo(name.split(":", 1)[1], kwargs)
+    if name in BUILTIN:
+        builder = BUILTIN[name]
+    elif name.startswith("robustbench.") and name.split(".", 1)[1] in ROBUSTBENCH_CLASSES:
+        builder = _robustbench_class(name.split(".", 1)[1])
+    else:
+        raise HarnessError(
+            f"unknown architecture {name[:200]!r}; known: {', '.join(known_architectures())}",
+            field="model.architecture",
+        )
+    for key, limit in DEPTH_LIMITS.items():
+        v = kwargs.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > limit:
+            raise HarnessError(f"{key} must be at most {limit}, got {v}", field=f"model.architecture_kwargs.{key}")
+    if kwargs:
+        # the submission chose the sizes: count the parameters on the meta device (no memory) first,
+        # so that `hidden: 1000000` is refused instead of allocating terabytes
+        n = _count_parameters(builder, name, kwargs)
+        if n > MAX_PARAMETERS:
+            raise HarnessError(f"{name} with these arguments has {n:.3g} parameters, more than the limit of "
+                               f"{MAX_PARAMETERS:.0e}", field="model.architecture_kwargs")
+    return _call(builder, name, kwargs)
+
+
+#: arguments that set the number of layers: bounded, since even a meta-device build takes time per layer
+DEPTH_LIMITS = {"depth": 1000}
+#: the largest model a submission's ``architecture_kwargs`` may ask for (a WRN-94-16 has 3.7e8)
+MAX_PARAMETERS = 2_000_000_000
+
+
+def _call(builder: Callable[..., nn.Module], name: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
-        if name in BUILTIN:
-            return BUILTIN[name](**kwargs)
-        if name.startswith("robustbench.zoo:"):
-            return _build_zoo(name.split(":", 1)[1], kwargs)
-        if name.startswith("robustbench."):
-            cls_name = name.split(".", 1)[1]
-            if cls_name not in ROBUSTBENCH_CLASSES:
-                raise KeyError(cls_name)
-            return _robustbench_class(cls_name)(**kwargs)
-    except TypeError as e:
-        raise HarnessError(f"bad architecture_kwargs for {name!r}: {e}", field="model.architecture_kwargs")
-    except KeyError:
-        pass
-    raise HarnessError(
-        f"unknown architecture {name!r}; known: {', '.join(known_architectures())}",
-        field="model.architecture",
-    )
+        return builder(**kwargs)
+    except HarnessError:
+        raise
+    except Exception as e:  # TypeError (unknown argument), RuntimeError (negative size), ValueError, ...
+        msg = " ".join(str(e).split())[:200]
+        raise HarnessError(f"bad architecture_kwargs for {name!r}: {type(e).__name__}: {msg}",
+                           field="model.architecture_kwargs")
+
+
+def _count_parameters(builder: Callable[..., nn.Module], name: str, kwargs: dict[str, Any]) -> int:
+    import torch
+
+    with torch.device("meta"):
+        net = _call(builder, name, kwargs)
+    return sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
 
 
 def _build_zoo(spec: str, kwargs: dict[str, Any]) -> nn.Module:

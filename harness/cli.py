@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 
 
 def _pct(v: float | None, ci=None) -> str:
@@ -89,20 +89,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.paths:
         p = Path(path)
-        if p.is_dir():
-            p = p / "submission.yaml"
+        try:
+            if p.is_dir():
+                p = p / "submission.yaml"
+        except (OSError, ValueError):  # a NUL byte or an over-long name: parse_submission says so in one line
+            pass
         try:
             sub, problems = parse_submission(p)
             if sub is not None:
                 problems = check_files(sub)
         except HarnessError as e:
-            problems = [str(e)]
+            problems = [str(e).removeprefix(f"{one_line(p)}: ")]
+        where = one_line(p, 300)
         if problems:
             bad += 1
             for pr in problems:
-                print(f"{p}: {pr}")
+                print(f"{where}: {pr}")
         else:
-            print(f"{p}: ok")
+            print(f"{where}: ok")
     return 1 if bad else 0
 
 
@@ -121,15 +125,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(limit: int):
+    """An argparse type: an integer in [1, limit] (argparse prints the one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text) if len(text) <= 30 else None
+        except ValueError:
+            v = None
+        if v is None or not 1 <= v <= limit:
+            raise argparse.ArgumentTypeError(f"must be an integer in [1, {limit}], got {text[:40]!r}")
+        return v
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="robust-frontier evaluation harness")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("eval", help="evaluate a submission and write its result record")
     e.add_argument("submission", help="path to submissions/<id>/submission.yaml")
-    e.add_argument("--n-examples", type=int, help="first N test points (default: the submission's)")
+    e.add_argument("--n-examples", type=_count(10**8), help="first N test points (default: the submission's)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    e.add_argument("--batch-size", type=int, help="default: the submission's evaluation.batch_size")
+    e.add_argument("--batch-size", type=_count(100_000), help="default: the submission's evaluation.batch_size")
     e.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
     e.add_argument("--train-data", help="an .npz of training images (uint8 x, y) for the train/test "
                    "local-Lipschitz gap (default: the training split of --data-dir, if given)")

@@ -71,16 +71,40 @@ def _to_nchw(x: np.ndarray, what: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+#: bounds on an image .npz (a custom data set, --train-data): file size, and bytes its arrays declare
+MAX_DATA_FILE_BYTES = 4 << 30
+MAX_DATA_ARRAY_BYTES = 8 << 30
+MAX_LABEL = 100_000
+
+
+def _data_check(name: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    if name == "x":
+        if dtype != np.uint8 or len(shape) not in (3, 4):
+            return f"images must be uint8 of shape (N,H,W) or (N,H,W,C), got {dtype} {shape[:8]}"
+        if not (1 <= shape[1] <= 4096 and 1 <= shape[2] <= 4096 and (len(shape) == 3 or 1 <= shape[3] <= 4)):
+            return f"images of shape {shape[1:]} are outside (1..4096, 1..4096, 1..4 channels)"
+    elif dtype.kind not in "iu" or len(shape) != 1:
+        return f"labels must be integers of shape (N,), got {dtype} {shape[:8]}"
+    return None
+
+
 def _from_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` of an .npz, read by :func:`harness.npzsafe.read_npz` (no pickles, shapes and
+    sizes checked from the headers before anything is allocated)."""
+    from .npzsafe import read_npz
+
     try:
-        with np.load(path, allow_pickle=False) as d:
-            if "x" not in d or "y" not in d:
-                raise HarnessError(f"{what}: {path.name} must hold arrays 'x' and 'y'")
-            return d["x"], d["y"]
-    except HarnessError:
-        raise
-    except Exception as e:  # zip errors, object arrays refused by allow_pickle=False, ...
-        raise HarnessError(f"{what}: cannot read {path.name} as a plain .npz: {type(e).__name__}: {e}")
+        d = read_npz(path, max_file_bytes=MAX_DATA_FILE_BYTES, max_total_bytes=MAX_DATA_ARRAY_BYTES,
+                     check=_data_check, names=("x", "y"), what=what)
+    except HarnessError as e:
+        raise HarnessError(f"{what}: {str(e).removeprefix(f'{path}: {what}: ')}")
+    if "x" not in d or "y" not in d:
+        raise HarnessError(f"{what}: {path.name} must hold arrays 'x' and 'y'")
+    y = d["y"]
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= MAX_LABEL):
+        raise HarnessError(f"{what}: {path.name}: labels must lie in [0, {MAX_LABEL}), "
+                           f"got [{int(y.min())}, {int(y.max())}]")
+    return d["x"], y
 
 
 def _from_torchvision(dataset: str, root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -6,14 +6,26 @@ name the field or the cause in the message.
 """
 from __future__ import annotations
 
+MAX_MESSAGE = 2000
+
+
+def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
+    """``text`` as one printable line: whitespace runs become one space, other non-printable
+    characters (NUL, terminal escape sequences from a stranger's file) are shown escaped, and the
+    line is cut at ``limit`` characters."""
+    s = " ".join(str(text).split())
+    if not s.isprintable():
+        s = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
 
 class HarnessError(Exception):
     """A bad input or a failed check, reported to the user as one line."""
 
     def __init__(self, message: str, *, field: str | None = None):
         self.field = field
-        text = " ".join(str(message).split())  # always one line
-        super().__init__(f"{field}: {text}" if field else text)
+        text = one_line(f"{field}: {message}" if field else message)  # always one line
+        super().__init__(text)
 
 
 class SandwichViolation(HarnessError):

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .errors import HarnessError
 from .files import sha256_file
-from .submission import LoadedSubmission
+from .submission import LoadedSubmission, verify_files
 
 
 class NormalizedModel(nn.Module):
@@ -147,6 +147,7 @@ def _build_onnx(path: Path) -> nn.Module:
 def load_model(sub: LoadedSubmission, *, input_shape: tuple[int, int, int], num_classes: int,
                device: torch.device) -> LoadedModel:
     """Verify the checkpoint's SHA-256, load it safely, wrap it, and check its outputs."""
+    verify_files(sub)  # every file of the folder (ONNX external data too) matches its hash: harness.manifest
     path = sub.checkpoint_path()
     if not path.is_file():
         raise HarnessError(f"file not found: {path}", field="model.checkpoint.path")

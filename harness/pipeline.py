@@ -183,6 +183,7 @@ def build_record(ctx: EvalContext, *, started: str, command: str) -> tuple[Resul
         torch_threads=torch.get_num_threads(),
         checkpoint_sha256=ctx.model.checkpoint_sha256,
         submission_sha256=ctx.submission.yaml_sha256,
+        files_sha256=ctx.submission.files_sha256,  # the folder digest verified at load (harness.manifest)
         data_source=ctx.data.source,
         seed=ctx.seed,
         batch_size=ctx.batch_size,

@@ -3,121 +3,158 @@ validated by a versioned pydantic model, plus ``<id>.examples.npz`` with per-exa
 
 Accuracies are fractions in [0, 1]; each comes with a 95% Clopper-Pearson interval in the field
 ``<name>_ci95``. Fields of stages that did not run are ``null``.
+
+A record in a pull request is a stranger's input, and the leaderboard believes nothing it cannot
+check: :func:`read_record` parses the JSON strictly (bounded size and depth, no duplicate keys, no
+NaN or infinities), validates the schema (every accuracy a finite fraction, every compute figure
+finite and >= 0, every count bounded) and then every invariant that ties the numbers together
+(:func:`record_problems`: each accuracy is k/n with k an integer, its interval is the Clopper-Pearson
+interval of k/n, certified <= robust <= clean, AutoAttack's accuracies after each attack fall and
+end at the robust accuracy, ...), and the per-example arrays of ``<id>.examples.npz``
+(:func:`read_examples`: bounded, shapes read from the headers before anything is allocated, each
+summary equal to its array's mean, and the sandwich certified => robust => correct per example).
+:func:`check_against_submission` ties the record to its submission (data set, threat model, eps,
+the folder digest of :mod:`harness.manifest`). Every refusal is one line naming the file and field.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import HarnessError
-from .files import atomic_savez, atomic_write_text
+from .files import atomic_savez, atomic_write_text, read_bytes_confined
+
+if TYPE_CHECKING:
+    from .submission import LoadedSubmission
 
 SCHEMA_VERSION = 1
 FLOPS_CONVENTION = "fvcore: 1 FLOP = 1 multiply-add (papers such as Bartoldson et al. 2024 count 2)"
+#: the sound bound methods (harness.bounds.METHODS; not imported here, to keep torch out of the
+#: leaderboard build; a test checks they agree) and the probabilistic one
+EXACT_METHODS = ("ibp", "crown-ibp", "crown")
+CERTIFY_METHODS = (*EXACT_METHODS, "smoothing")
+
+MAX_RECORD_BYTES = 16 << 20
+MAX_JSON_DEPTH = 32
+MAX_EXAMPLES_BYTES = 64 << 20  # an .examples.npz of the full 10,000-point test set is well under 1 MB
+MAX_EXAMPLES_ARRAY_BYTES = 256 << 20
+MAX_GALLERY = 64
+#: the image shape (C, H, W) of each data set's gallery; custom data sets: 1 or 3 channels, <= 512 px
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
 
 
 class _Rec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: every float of a record is finite
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-CI = tuple[float, float]
+Frac = Annotated[float, Field(ge=0, le=1)]
+NonNeg = Annotated[float, Field(ge=0, le=1e40)]
+Count = Annotated[int, Field(ge=0, le=10**15)]
+Short = Annotated[str, Field(max_length=2000)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+CI = tuple[Frac, Frac]
 
 
 class ThreatModelRecord(_Rec):
     norm: Literal["Linf", "L2"]
-    eps: float
+    eps: float = Field(gt=0, le=1000)
 
 
 class AutoAttackRecord(_Rec):
-    version: str
-    seed: int
-    attacks: list[str]
+    version: Short
+    seed: Count
+    attacks: list[Short] = Field(max_length=32)
     #: robust accuracy over all N points after each attack, in order ("clean" first)
-    accuracy_after: dict[str, float]
+    accuracy_after: dict[str, Frac] = Field(max_length=33)
     #: AutoAttack's own check messages (warnings it logged), verbatim
-    checks: list[str] = Field(default_factory=list)
-    n_attacked: int
-    n_skipped_misclassified: int
-    n_skipped_certified: int
-    seconds_per_attack: dict[str, float] = Field(default_factory=dict)
+    checks: list[Annotated[str, Field(max_length=5000)]] = Field(default_factory=list, max_length=100)
+    n_attacked: Count
+    n_skipped_misclassified: Count
+    n_skipped_certified: Count
+    seconds_per_attack: dict[str, NonNeg] = Field(default_factory=dict)
     #: estimated attack seconds saved by not attacking certified points
-    seconds_saved_by_certify_first: float | None = None
-    batch_size: int
+    seconds_saved_by_certify_first: NonNeg | None = None
+    batch_size: int = Field(ge=1, le=10**9)
 
 
 class TrainingFlopsRecord(_Rec):
-    value: float | None
+    value: NonNeg | None
     source: Literal["declared", "estimated", "unknown"]
-    formula: str
-    convention: str
-    multiplier: float | None = None
-    examples_seen: float | None = None
-    forward_flops: float | None = None
+    formula: Short
+    convention: Short
+    multiplier: NonNeg | None = None
+    examples_seen: NonNeg | None = None
+    forward_flops: NonNeg | None = None
 
 
 class CertifiedRecord(_Rec):
     method: str
-    eps: float
-    certified_accuracy: float
+    eps: float = Field(gt=0, le=1000)
+    certified_accuracy: Frac
     certified_accuracy_ci95: CI
-    acr: float
-    acr_percent: float
-    eps_max: float
-    tolerance: float
-    seconds: float
+    acr: NonNeg
+    acr_percent: NonNeg
+    eps_max: NonNeg
+    tolerance: NonNeg
+    seconds: NonNeg
     probabilistic: bool = False
-    bound_calls_per_example: float | None = None
+    bound_calls_per_example: NonNeg | None = None
     #: certified accuracy at each eps of a grid over [0, eps_max]: [[eps, accuracy], ...]
-    curve: list[tuple[float, float]] = Field(default_factory=list)
+    curve: list[tuple[NonNeg, Frac]] = Field(default_factory=list, max_length=10_000)
     details: dict[str, Any] = Field(default_factory=dict)
 
 
 class Provenance(_Rec):
-    harness_version: str
-    python: str
-    packages: dict[str, str]
-    device: str
-    device_name: str | None = None
-    torch_threads: int | None = None
-    checkpoint_sha256: str
-    submission_sha256: str
-    data_source: str
-    seed: int
-    batch_size: int
-    started_at: str
-    finished_at: str
-    stage_seconds: dict[str, float]
-    resumed_stages: list[str] = Field(default_factory=list)
-    command: str
+    harness_version: Short
+    python: Short
+    packages: dict[str, Short]
+    device: Short
+    device_name: Short | None = None
+    torch_threads: Count | None = None
+    checkpoint_sha256: Sha256
+    submission_sha256: Sha256
+    #: SHA-256 over every file of the submission folder (harness.manifest); the build recomputes it
+    files_sha256: Sha256 | None = None
+    data_source: Short
+    seed: Count
+    batch_size: int = Field(ge=1, le=10**9)
+    started_at: Short
+    finished_at: Short
+    stage_seconds: dict[str, NonNeg]
+    resumed_stages: list[Short] = Field(default_factory=list)
+    command: Annotated[str, Field(max_length=20_000)]
 
 
 class ResultRecord(_Rec):
     schema_version: Literal[1] = SCHEMA_VERSION
-    submission_id: str
-    name: str
-    dataset: str
+    submission_id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    name: Annotated[str, Field(max_length=300)]
+    dataset: Literal["mnist", "cifar10", "cifar100", "custom"]
     threat_model: ThreatModelRecord
-    n_examples: int
-    stages: list[str]
+    n_examples: int = Field(ge=1, le=10**9)
+    stages: list[Literal["clean", "flops", "certify", "autoattack", "diagnostics"]] = Field(max_length=5)
 
-    clean_accuracy: float | None = None
+    clean_accuracy: Frac | None = None
     clean_accuracy_ci95: CI | None = None
-    robust_accuracy: float | None = Field(default=None, description="final AutoAttack robust accuracy")
+    robust_accuracy: Frac | None = Field(default=None, description="final AutoAttack robust accuracy")
     robust_accuracy_ci95: CI | None = None
     autoattack: AutoAttackRecord | None = None
 
-    params: int | None = None
-    inference_flops: float | None = None
-    flops_convention: str | None = None
-    flops_skipped_ops: dict[str, int] | None = None
-    flops_by_operator: dict[str, float] | None = None
+    params: Count | None = None
+    inference_flops: NonNeg | None = None
+    flops_convention: Short | None = None
+    flops_skipped_ops: dict[str, Count] | None = None
+    flops_by_operator: dict[str, NonNeg] | None = None
     #: why inference FLOPs could not be counted (fvcore cannot trace some converted models)
-    flops_error: str | None = None
-    forward_passes: int | None = None
+    flops_error: Short | None = None
+    forward_passes: int | None = Field(default=None, ge=1, le=10_000)
     training_flops: TrainingFlopsRecord | None = None
 
     certified: dict[str, CertifiedRecord] | None = None
@@ -127,6 +164,13 @@ class ResultRecord(_Rec):
 
     provenance: Provenance
     examples_file: str | None = None
+
+    @field_validator("examples_file")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.npz", v):
+            raise ValueError("must be a plain file name ending in .npz (no '/', no '..'), beside the record")
+        return v
 
 
 def record_paths(out: Path) -> tuple[Path, Path]:
@@ -142,19 +186,341 @@ def write_record(record: ResultRecord, arrays: dict[str, np.ndarray], out: Path)
     return json_path, npz_path
 
 
-def read_record(path: Path) -> ResultRecord:
+# ---------------------------------------------------------------------------------------------
+# reading a record: strict JSON, the schema, the invariants, the per-example arrays
+class _Refused(ValueError):
+    pass
+
+
+class _Bad:
+    """A number the JSON held that a record may not: kept until its key is known, then refused."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
+def _bad_in(v: Any) -> _Bad | None:
+    if isinstance(v, _Bad):
+        return v
+    if isinstance(v, list):  # lists of numbers, and lists of pairs (curves)
+        for x in v:
+            if (b := _bad_in(x)) is not None:
+                return b
+    return None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Refused(f"duplicate key {k[:80]!r}")
+        if (b := _bad_in(v)) is not None:
+            raise _Refused(f"{k[:80]}: {b.why}")
+        out[k] = v
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    return _Bad(f"{name} is not a number a record may hold (accuracies and figures are finite)")
+
+
+def _finite_float(text: str) -> Any:
+    v = float(text)
+    if not math.isfinite(v):
+        return _Bad(f"number {text[:40]} is out of range (not finite as a float)")
+    return v
+
+
+def _short_int(text: str) -> Any:
+    if len(text.lstrip("-")) > 40:
+        return _Bad(f"an integer of {len(text)} digits is out of range")
+    return int(text)
+
+
+def _depth(obj: Any, limit: int) -> bool:
+    """True if ``obj`` nests deeper than ``limit`` (iterative: no recursion on a stranger's data)."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if isinstance(o, (dict, list)):
+            if d > limit:
+                return True
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return False
+
+
+def parse_record_json(data: bytes, where: str) -> dict[str, Any]:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, finite numbers, bounded depth."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise HarnessError(f"{path}: cannot read result record: {e}")
+        text = data.decode("utf-8")
+        raw = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant,
+                         parse_float=_finite_float, parse_int=_short_int)
+    except _Refused as e:
+        raise HarnessError(f"{where}: invalid result record: {e}")
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{where}: cannot read result record: not UTF-8 (byte {e.start})")
+    except RecursionError:
+        raise HarnessError(f"{where}: invalid result record: nested too deeply")
+    except ValueError as e:  # json.JSONDecodeError, with line and column
+        raise HarnessError(f"{where}: cannot read result record: {e}")
     if not isinstance(raw, dict):
-        raise HarnessError(f"{path}: a result record must be a JSON object")
+        if (b := _bad_in(raw)) is not None:
+            raise HarnessError(f"{where}: invalid result record: {b.why}")
+        raise HarnessError(f"{where}: a result record must be a JSON object")
+    if _depth(raw, MAX_JSON_DEPTH):
+        raise HarnessError(f"{where}: invalid result record: nested deeper than {MAX_JSON_DEPTH} levels")
+    return raw
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out
+
+
+def validate_record(raw: dict[str, Any], where: str) -> ResultRecord:
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise HarnessError(f"{path}: schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+        shown = version if isinstance(version, (int, float, type(None))) else str(version)[:20]
+        raise HarnessError(f"{where}: schema_version {shown!r} is not the supported {SCHEMA_VERSION}")
     try:
-        return ResultRecord.model_validate(raw)
+        rec = ResultRecord.model_validate(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise HarnessError(f"{path}: invalid result record: {loc}: {first['msg']}")
+        errs = e.errors()
+        first = errs[0]
+        more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+        raise HarnessError(f"{where}: invalid result record: {_loc(tuple(first['loc']))}: {first['msg']}{more}")
+    problems = record_problems(rec)
+    if problems:
+        field, msg = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise HarnessError(f"{where}: invalid result record: {field}: {msg}{more}")
+    return rec
+
+
+def read_record(path: Path, *, examples: bool = True) -> ResultRecord:
+    """Read, validate and check a result record (see the module docstring); with ``examples``, its
+    ``examples_file`` is required and checked against the summary (:func:`read_examples`)."""
+    path = Path(path)
+    data = read_bytes_confined(path, max_bytes=MAX_RECORD_BYTES, what="result record")
+    rec = validate_record(parse_record_json(data, str(path)), str(path))
+    if examples:
+        read_examples(rec, path)
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------
+def _k_of(acc: float, n: int) -> int | None:
+    """k if ``acc`` is k/n for an integer k (to float precision), else None."""
+    k = round(acc * n)
+    return k if abs(acc * n - k) <= 1e-6 * max(1.0, n) else None
+
+
+def _accuracy_problems(field: str, acc: float | None, ci: tuple[float, float] | None, n: int,
+                       ci_field: str | None = None) -> list[tuple[str, str]]:
+    from .stats import clopper_pearson
+
+    ci_field = ci_field or f"{field}_ci95"
+    if acc is None:
+        return [(ci_field, "given without its accuracy")] if ci is not None else []
+    if ci is None:
+        return [(ci_field, f"missing: {field} comes with its 95% interval")]
+    lo, hi = ci
+    if not lo <= hi:
+        return [(ci_field, f"inverted interval [{lo}, {hi}]")]
+    if not lo <= acc <= hi:
+        return [(ci_field, f"[{lo}, {hi}] does not contain {field} = {acc}")]
+    k = _k_of(acc, n)
+    if k is None:
+        return [(field, f"{acc} is not a count out of n_examples = {n}")]
+    want = clopper_pearson(k, n)
+    if abs(want[0] - lo) > 1e-6 or abs(want[1] - hi) > 1e-6:
+        return [(ci_field, f"[{lo:.6g}, {hi:.6g}] is not the 95% Clopper-Pearson interval of {k}/{n} "
+                           f"[{want[0]:.6g}, {want[1]:.6g}]")]
+    return []
+
+
+def record_problems(rec: ResultRecord) -> list[tuple[str, str]]:
+    """Every broken invariant of a schema-valid record, as (field, message)."""
+    n = rec.n_examples
+    out: list[tuple[str, str]] = []
+    if len(set(rec.stages)) != len(rec.stages):
+        out.append(("stages", "lists a stage twice"))
+    out += _accuracy_problems("clean_accuracy", rec.clean_accuracy, rec.clean_accuracy_ci95, n)
+    out += _accuracy_problems("robust_accuracy", rec.robust_accuracy, rec.robust_accuracy_ci95, n)
+    clean, robust = rec.clean_accuracy, rec.robust_accuracy
+    if clean is not None and robust is not None and robust > clean:
+        out.append(("robust_accuracy", f"{robust} exceeds clean_accuracy {clean}"))
+    if (rec.autoattack is None) != (robust is None):
+        out.append(("autoattack", "robust_accuracy and autoattack must be given together"))
+    if rec.autoattack is not None and robust is not None:
+        aa = rec.autoattack
+        after = list(aa.accuracy_after.items())
+        if not after:
+            out.append(("autoattack.accuracy_after", "is empty"))
+        else:
+            for name, v in after:
+                if _k_of(v, n) is None:
+                    out.append((f"autoattack.accuracy_after.{name}", f"{v} is not a count out of n_examples = {n}"))
+            if any(b[1] > a[1] for a, b in zip(after, after[1:])):
+                out.append(("autoattack.accuracy_after", "rises from one attack to the next (each attack can only "
+                                                        "lower robust accuracy)"))
+            if abs(after[-1][1] - robust) > 1e-9:
+                out.append(("robust_accuracy", f"{robust} differs from the accuracy after the last attack "
+                                               f"({after[-1][0]}: {after[-1][1]})"))
+            if clean is not None and "clean" in aa.accuracy_after and abs(aa.accuracy_after["clean"] - clean) > 1e-9:
+                out.append(("autoattack.accuracy_after.clean", f"{aa.accuracy_after['clean']} differs from "
+                                                              f"clean_accuracy {clean}"))
+        if aa.n_attacked + aa.n_skipped_misclassified + aa.n_skipped_certified != n:
+            out.append(("autoattack.n_attacked", "attacked + skipped (misclassified, certified) must equal "
+                                                 f"n_examples = {n}"))
+    for key, c in (rec.certified or {}).items():
+        f = f"certified.{key}"
+        if c.method != key:
+            out.append((f"{f}.method", f"{c.method[:40]!r} differs from its key"))
+        if c.method not in CERTIFY_METHODS:
+            out.append((f"{f}.method", f"unknown method; one of {', '.join(CERTIFY_METHODS)}"))
+        if c.probabilistic != (c.method == "smoothing"):
+            out.append((f"{f}.probabilistic", "only randomized smoothing is probabilistic"))
+        if abs(c.eps - rec.threat_model.eps) > 1e-9 * max(1.0, rec.threat_model.eps):
+            out.append((f"{f}.eps", f"{c.eps} differs from threat_model.eps {rec.threat_model.eps}"))
+        out += _accuracy_problems(f"{f}.certified_accuracy", c.certified_accuracy, c.certified_accuracy_ci95, n,
+                                  f"{f}.certified_accuracy_ci95")
+        if not c.probabilistic:
+            if robust is not None and c.certified_accuracy > robust:
+                out.append((f"{f}.certified_accuracy", f"{c.certified_accuracy} exceeds robust_accuracy {robust}"))
+            if clean is not None and c.certified_accuracy > clean:
+                out.append((f"{f}.certified_accuracy", f"{c.certified_accuracy} exceeds clean_accuracy {clean}"))
+    if rec.training_flops is not None and rec.training_flops.source != "unknown" and rec.training_flops.value is None:
+        out.append(("training_flops.value", f"missing for source {rec.training_flops.source!r}"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def _examples_check(rec: ResultRecord):
+    n = rec.n_examples
+    image = IMAGE_SHAPES.get(rec.dataset)
+    sizes: dict[str, int] = {}
+
+    def check(name: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+        if not name.startswith("gallery_"):
+            if shape != (n,):
+                return f"has shape {shape[:8]}; per-example arrays have shape (n_examples,) = ({n},)"
+            return None
+        k = shape[0] if shape else -1
+        if not 0 <= k <= MAX_GALLERY:
+            return f"has shape {shape[:8]}; a gallery holds at most {MAX_GALLERY} images"
+        if sizes.setdefault("k", k) != k:
+            return f"has {k} entries, other gallery arrays have {sizes['k']}"
+        if len(shape) == 1:
+            return None
+        if len(shape) != 4 or dtype != np.uint8:
+            return f"has shape {shape[:8]} and dtype {dtype}; gallery images are uint8 (k, C, H, W)"
+        if image is not None and shape[1:] != image:
+            return f"images of shape {shape[1:]}, but {rec.dataset} images have shape {image}"
+        if image is None and not (shape[1] in (1, 3) and 1 <= shape[2] <= 512 and 1 <= shape[3] <= 512):
+            return f"images of shape {shape[1:]}; custom images have 1 or 3 channels and at most 512x512 pixels"
+        return None
+
+    return check
+
+
+def read_examples(rec: ResultRecord, json_path: Path) -> dict[str, np.ndarray]:
+    """The per-example arrays of ``rec``, checked against its summary; one-line HarnessError otherwise.
+
+    Required: ``examples_file``; ``index`` and ``label``; ``clean_correct``, ``autoattack_robust`` and
+    ``certified_<m>`` for the accuracies the record reports, each boolean with exactly as many true
+    entries as the accuracy says; every ``*_robust`` within ``clean_correct``, and every exact
+    certificate within every ``*_robust`` and ``clean_correct`` (the sandwich); gallery images of the
+    data set's shape."""
+    from .npzsafe import read_npz
+
+    where = str(json_path)
+    if rec.examples_file is None:
+        raise HarnessError(f"{where}: invalid result record: examples_file: missing; the summary is checked "
+                           "against the per-example arrays, so a record comes with its .examples.npz")
+    npz = Path(json_path).with_name(rec.examples_file)
+    try:
+        arrays = read_npz(npz, max_file_bytes=MAX_EXAMPLES_BYTES, max_total_bytes=MAX_EXAMPLES_ARRAY_BYTES,
+                          check=_examples_check(rec), what="examples file")
+    except HarnessError as e:  # name the record and the field, then what is wrong in the npz
+        why = str(e).removeprefix(f"{npz}: ").removeprefix("examples file: ")
+        raise HarnessError(f"{where}: invalid result record: examples_file: {npz.name}: {why}")
+
+    def bad(field: str, msg: str) -> HarnessError:
+        return HarnessError(f"{where}: invalid result record: {field}: {msg} (per {npz.name})")
+
+    n = rec.n_examples
+    for key in ("index", "label"):
+        if key not in arrays:
+            raise bad("examples_file", f"has no array {key!r}")
+        if arrays[key].dtype.kind not in "iu":
+            raise bad("examples_file", f"array {key!r} must hold integers")
+    flags = {k: v for k, v in arrays.items() if k == "clean_correct" or k.endswith("_robust") or k.startswith("certified_")}
+    for k, v in flags.items():
+        if v.dtype != np.bool_:
+            raise bad("examples_file", f"array {k!r} must be boolean, got {v.dtype}")
+    wanted: list[tuple[str, str, float]] = []
+    if rec.clean_accuracy is not None:
+        wanted.append(("clean_accuracy", "clean_correct", rec.clean_accuracy))
+    if rec.robust_accuracy is not None:
+        wanted.append(("robust_accuracy", "autoattack_robust", rec.robust_accuracy))
+    for m, c in (rec.certified or {}).items():
+        wanted.append((f"certified.{m}.certified_accuracy", f"certified_{m}", c.certified_accuracy))
+    for field, key, acc in wanted:
+        if key not in arrays:
+            raise bad(field, f"the examples file has no array {key!r} to back it")
+        count = int(arrays[key].sum())
+        if count != round(acc * n):
+            raise bad(field, f"{acc} but {key} has {count} of {n} examples ({count / n:.4g})")
+    correct = arrays.get("clean_correct")
+    robust = {k: v for k, v in flags.items() if k.endswith("_robust")}
+    if correct is not None:
+        for k, v in robust.items():
+            if (idx := np.nonzero(v & ~correct)[0]).size:
+                raise bad("examples_file", f"{k} marks misclassified examples {idx[:5].tolist()} robust")
+    for m in EXACT_METHODS:
+        cert = flags.get(f"certified_{m}")
+        if cert is None:
+            continue
+        if correct is not None and (idx := np.nonzero(cert & ~correct)[0]).size:
+            raise bad("examples_file", f"certified_{m} certifies misclassified examples {idx[:5].tolist()}")
+        for k, v in robust.items():
+            if (idx := np.nonzero(cert & ~v)[0]).size:
+                raise bad("examples_file", f"certified_{m} certifies examples {idx[:5].tolist()} that {k} broke")
+    return arrays
+
+
+def check_against_submission(rec: ResultRecord, path: Path, sub: "LoadedSubmission") -> None:
+    """The record belongs to this submission: same id, data set, threat model and eps; its examples
+    file is ``<id>.examples.npz``; and ``provenance.files_sha256`` is the digest of the folder as it
+    is now (every file of the submission hashed again: :func:`harness.manifest.verify_files`)."""
+    from .submission import verify_files
+
+    where = f"{path}: invalid result record"
+    spec = sub.spec
+    if rec.submission_id != spec.id:
+        raise HarnessError(f"{where}: submission_id: {rec.submission_id!r} differs from the submission's id {spec.id!r}")
+    if rec.dataset != spec.dataset:
+        raise HarnessError(f"{where}: dataset: {rec.dataset!r} differs from the submission's {spec.dataset!r}")
+    if rec.threat_model.norm != spec.threat_model.norm:
+        raise HarnessError(f"{where}: threat_model.norm: {rec.threat_model.norm!r} differs from the submission's "
+                           f"{spec.threat_model.norm!r}")
+    if abs(rec.threat_model.eps - spec.threat_model.eps) > 1e-12 * max(1.0, spec.threat_model.eps):
+        raise HarnessError(f"{where}: threat_model.eps: {rec.threat_model.eps} differs from the submission's "
+                           f"{spec.threat_model.eps}")
+    want_npz = record_paths(Path(path))[1].name
+    if rec.examples_file is not None and rec.examples_file != want_npz:
+        raise HarnessError(f"{where}: examples_file: {rec.examples_file!r} must be {want_npz!r}")
+    if rec.provenance.files_sha256 is None:
+        raise HarnessError(f"{where}: provenance.files_sha256: missing (the record predates the file manifest); "
+                           "re-run `harness eval` on the submission")
+    try:
+        digest = verify_files(sub)
+    except HarnessError as e:
+        raise HarnessError(f"{path}: the submission's files do not match their hashes: {e}")
+    if digest != rec.provenance.files_sha256:
+        raise HarnessError(f"{where}: provenance.files_sha256: {rec.provenance.files_sha256} differs from the "
+                           f"digest of {sub.folder.name}/ now ({digest}); a file changed after the evaluation, "
+                           "re-run `harness eval` on it")

@@ -3,59 +3,138 @@
 This module never imports torch. It parses and validates metadata, resolves every file path inside
 the submission folder (or inside an installed package, for checkpoints that ship with one) and
 checks hashes. ``harness validate`` and ``harness schema`` live on it.
+
+A submission is a stranger's input. The YAML is read by :mod:`harness.yamlsafe` (no duplicate keys,
+bounded depth and size, no symlink out of the folder); every number of the schema is finite and
+bounded, every path is a plain relative path, every URL is http(s), and every file of the folder is
+covered by a hash (:mod:`harness.manifest`). Each problem is one line naming its field.
 """
 from __future__ import annotations
 
-import importlib.util
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .files import confine, sha256_file
+from .yamlsafe import read_yaml
 
 DATASETS = ("mnist", "cifar10", "cifar100", "custom")
 CertifyMethod = Literal["ibp", "crown", "crown-ibp"]
 
 
+#: packages whose installed files may hold a checkpoint (``model.checkpoint.package``), each with the
+#: folder of its distribution that ``model.checkpoint.path`` is relative to
+ALLOWED_PACKAGES = {"pyautoattack": "pyautoattack"}
+MAX_SEED = 2**32 - 1  # numpy's and AutoAttack's seeds are 32-bit
+MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255  # one path component, as on every common file system
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: every float of the schema is finite (`eps: .inf` and `.nan` are refused)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def parse_eps(value: Any) -> float:
-    """A number, or a string such as ``"8/255"`` or ``"0.3"``."""
+    """A finite number, or a string such as ``"8/255"`` or ``"0.3"``."""
     if isinstance(value, bool):
-        raise ValueError("eps must be a number or a fraction string like '8/255'")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[0-9.]+\s*(/\s*[0-9.]+\s*)?", value):
-        try:
-            return float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise ValueError(f"eps must be a number or a fraction string like '8/255', got {value!r}")
+        raise ValueError("must be a number or a fraction string like '8/255'")
+    out: float | None = None
+    try:
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str) and len(value) <= 64 \
+                and re.fullmatch(r"\s*[0-9.]+\s*(/\s*[0-9.]+\s*)?", value):
+            out = float(Fraction(value.replace(" ", "")))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        out = None
+    if out is None:
+        if isinstance(value, int):
+            shown = str(value) if value.bit_length() < 100 else f"an integer of {value.bit_length()} bits"
+        else:
+            shown = repr(value)[:40]
+        raise ValueError(f"must be a number or a fraction string like '8/255', got {shown}")
+    if not math.isfinite(out):
+        raise ValueError("must be a finite number")
+    return out
+
+
+def _single_line(v: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError("must be one line without control characters")
+    return v
+
+
+def check_url(v: str) -> str:
+    """An absolute http(s) URL without spaces, quotes, angle brackets or control characters."""
+    if any(ord(c) <= 32 or ord(c) == 127 or c in '"\'<>`\\' for c in v):
+        raise ValueError("must be an http(s) URL without spaces, quotes, angle brackets or control characters")
+    try:
+        parts = urlsplit(v)
+    except ValueError:
+        raise ValueError("must be an http(s) URL")
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http:// or https:// URL, got scheme {parts.scheme[:20]!r}")
+    return v
+
+
+def check_relative_path(v: str) -> str:
+    """A plain relative POSIX path inside the folder: no NUL, no '..', no '.', no empty or over-long part."""
+    if "\x00" in v:
+        raise ValueError("must not contain a NUL byte")
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError("must not contain control characters")
+    if len(v.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise ValueError(f"is longer than {MAX_PATH_BYTES} bytes")
+    if not v or v.startswith("/") or "\\" in v:
+        raise ValueError("must be a relative path with '/' separators")
+    parts = v.split("/")
+    if ".." in parts:
+        raise ValueError("must be a relative path without '..'")
+    if any(p in ("", ".") for p in parts):
+        raise ValueError("must be a plain relative path (no empty or '.' parts)")
+    for p in parts:
+        if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ValueError(f"has a name of {len(p.encode('utf-8', 'surrogatepass'))} bytes "
+                             f"(at most {MAX_NAME_BYTES})")
+    return v
+
+
+Line = Annotated[str, Field(min_length=1, max_length=300), AfterValidator(_single_line)]
+Url = Annotated[str, Field(max_length=2000), AfterValidator(check_url)]
+RelPath = Annotated[str, AfterValidator(check_relative_path)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256")]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class Paper(_Strict):
-    title: str
-    url: str | None = None
-    venue: str | None = None
+    title: Line
+    url: Url | None = Field(default=None, description="http:// or https:// only")
+    venue: Line | None = None
     year: int | None = Field(default=None, ge=1950, le=2100)
 
 
 class ThreatModel(_Strict):
     norm: Literal["Linf", "L2"]
-    eps: Annotated[float, Field(gt=0)]
+    eps: Annotated[float, Field(gt=0, le=1000, description="in pixel units of [0, 1] images; at most 1 for Linf")]
 
     @field_validator("eps", mode="before")
     @classmethod
     def _eps(cls, v: Any) -> float:
         return parse_eps(v)
+
+    @model_validator(mode="after")
+    def _linf(self) -> "ThreatModel":
+        if self.norm == "Linf" and self.eps > 1:
+            raise ValueError(f"eps must be at most 1 for Linf (pixels lie in [0, 1]), got {self.eps:g}")
+        return self
 
     @property
     def label(self) -> str:
@@ -71,41 +150,75 @@ def format_eps(eps: float) -> str:
 
 
 class Checkpoint(_Strict):
-    path: str = Field(description="file inside the submission folder, or inside `package` if given")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256 of the file")
+    path: RelPath = Field(description="file inside the submission folder, or inside `package` if given")
+    sha256: Sha256 = Field(description="lower-case hex SHA-256 of the file")
     package: str | None = Field(
-        default=None, description="an installed Python package that ships the file (e.g. pyautoattack)"
+        default=None, description=f"an installed package that ships the file; one of: {', '.join(ALLOWED_PACKAGES)}"
     )
 
-    @field_validator("path")
+    @field_validator("package")
     @classmethod
-    def _relative(cls, v: str) -> str:
-        p = Path(v)
-        if p.is_absolute() or ".." in p.parts:
-            raise ValueError("must be a relative path without '..'")
+    def _allowed(cls, v: str | None) -> str | None:
+        if v is not None and v not in ALLOWED_PACKAGES:
+            raise ValueError(f"only these packages may ship a checkpoint: {', '.join(sorted(ALLOWED_PACKAGES))}")
         return v
 
 
 class Preprocessing(_Strict):
-    mean: list[float] = Field(default_factory=lambda: [0.0])
-    std: list[float] = Field(default_factory=lambda: [1.0])
+    mean: list[Annotated[float, Field(ge=-1000, le=1000)]] = Field(default_factory=lambda: [0.0], min_length=1,
+                                                                   max_length=16)
+    std: list[Annotated[float, Field(le=1000)]] = Field(default_factory=lambda: [1.0], min_length=1, max_length=16)
 
     @model_validator(mode="after")
     def _shapes(self) -> "Preprocessing":
         if len(self.mean) != len(self.std):
             raise ValueError("mean and std must have the same length")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std must be positive")
+        if any(s < 1e-6 for s in self.std):
+            raise ValueError("std must be positive (at least 1e-6)")
         return self
+
+
+#: bounds on the values of ``model.architecture_kwargs`` (the build also counts parameters on the
+#: meta device before allocating anything: see ``harness.architectures``)
+MAX_KWARG_INT = 100_000
+MAX_KWARGS = 32
 
 
 class ModelSpec(_Strict):
     format: Literal["state_dict", "torchscript", "onnx"]
-    architecture: str | None = Field(default=None, description="for state_dict: see `harness schema`")
-    architecture_kwargs: dict[str, Any] = Field(default_factory=dict)
+    architecture: str | None = Field(default=None, max_length=200,
+                                     description="for state_dict: see `harness schema`")
+    architecture_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"keyword arguments of the architecture: integers in [0, {MAX_KWARG_INT}], finite numbers, "
+                    "booleans or short strings")
     checkpoint: Checkpoint
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
-    forward_passes: int = Field(default=1, ge=1)
+    forward_passes: int = Field(default=1, ge=1, le=10_000)
+
+    @field_validator("architecture_kwargs")
+    @classmethod
+    def _kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(v) > MAX_KWARGS:
+            raise ValueError(f"at most {MAX_KWARGS} arguments")
+        for k, x in v.items():
+            if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", k):
+                raise ValueError(f"argument names must be Python identifiers, got {str(k)[:40]!r}")
+            if isinstance(x, bool) or x is None:
+                continue
+            if isinstance(x, int):
+                if not 0 <= x <= MAX_KWARG_INT:
+                    shown = str(x) if len(str(x)) <= 20 else f"{str(x)[:12]}... ({len(str(x))} digits)"
+                    raise ValueError(f"{k} must be an integer in [0, {MAX_KWARG_INT}], got {shown}")
+            elif isinstance(x, float):
+                if not (math.isfinite(x) and abs(x) <= 1e6):
+                    raise ValueError(f"{k} must be a finite number of magnitude at most 1e6, got {x!r}")
+            elif isinstance(x, str):
+                if len(x) > 200:
+                    raise ValueError(f"{k}: strings are limited to 200 characters")
+            else:
+                raise ValueError(f"{k} must be an integer, a number, a boolean or a string, got {type(x).__name__}")
+        return v
 
     @model_validator(mode="after")
     def _arch(self) -> "ModelSpec":
@@ -118,14 +231,14 @@ class ModelSpec(_Strict):
 
 class Training(_Strict):
     method: Literal["standard", "pgd", "trades", "fgsm", "ibp", "crown-ibp", "other"]
-    attack_steps: int = Field(default=0, ge=0)
-    epochs: float | None = Field(default=None, gt=0)
-    examples_per_epoch: int | None = Field(default=None, gt=0)
-    extra_data: int = Field(default=0, ge=0, description="synthetic or extra images used in training")
-    declared_flops: float | None = Field(default=None, gt=0, description="overrides the estimate")
+    attack_steps: int = Field(default=0, ge=0, le=100_000)
+    epochs: float | None = Field(default=None, gt=0, le=1e6)
+    examples_per_epoch: int | None = Field(default=None, gt=0, le=10**12)
+    extra_data: int = Field(default=0, ge=0, le=10**12, description="synthetic or extra images used in training")
+    declared_flops: float | None = Field(default=None, gt=0, le=1e35, description="overrides the estimate")
     declared_flops_convention: Literal["1 per multiply-add", "2 per multiply-add"] = "1 per multiply-add"
-    command: str | None = None
-    seed: int | None = None
+    command: str | None = Field(default=None, max_length=5000)
+    seed: Seed | None = None
 
     @model_validator(mode="after")
     def _steps(self) -> "Training":
@@ -135,22 +248,22 @@ class Training(_Strict):
 
 
 class Smoothing(_Strict):
-    sigma: float = Field(gt=0)
-    n0: int = Field(default=100, ge=1)
-    n: int = Field(default=100_000, ge=1)
+    sigma: float = Field(gt=0, le=100)
+    n0: int = Field(default=100, ge=1, le=10**8)
+    n: int = Field(default=100_000, ge=1, le=10**8)
     alpha: float = Field(default=0.001, gt=0, lt=1)
 
 
 class Evaluation(_Strict):
-    n_examples: int | None = Field(default=None, ge=1, description="first N test points; default all")
+    n_examples: int | None = Field(default=None, ge=1, le=10**8, description="first N test points; default all")
     autoattack_version: Literal["standard", "rand"] = "standard"
-    seed: int = 0
-    batch_size: int = Field(default=500, ge=1)
+    seed: Seed = 0
+    batch_size: int = Field(default=500, ge=1, le=100_000)
     certify: list[CertifyMethod] | None = Field(
-        default=None, description="certification methods; default [ibp, crown] within the size budget"
+        default=None, max_length=3, description="certification methods; default [ibp, crown] within the size budget"
     )
-    eps_max: float | None = Field(default=None, gt=0, description="upper end of the radius search")
-    radius_tol: float | None = Field(default=None, gt=0, description="radius search tolerance")
+    eps_max: float | None = Field(default=None, gt=0, le=1000, description="upper end of the radius search")
+    radius_tol: float | None = Field(default=None, gt=0, le=1000, description="radius search tolerance")
     certify_first: bool = Field(default=True, description="skip AutoAttack on certified points")
 
     @field_validator("eps_max", mode="before")
@@ -163,20 +276,25 @@ class Submission(_Strict):
     """The schema of ``submission.yaml``."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="slug, equal to the folder name")
-    name: str = Field(min_length=1)
-    authors: list[str] = Field(min_length=1)
+    name: Line
+    authors: list[Line] = Field(min_length=1, max_length=200)
     paper: Paper | None = None
-    license: str = Field(min_length=1)
+    license: Line
     dataset: Literal["mnist", "cifar10", "cifar100", "custom"]
-    dataset_path: str | None = Field(
-        default=None, description="for dataset 'custom': an .npz with uint8 x and labels y, in the folder"
+    dataset_path: RelPath | None = Field(
+        default=None, description="for dataset 'custom': an .npz with uint8 x and labels y, in the folder "
+                                  "(list it under `files` with its SHA-256)"
     )
     threat_model: ThreatModel
     model: ModelSpec
     training: Training
     evaluation: Evaluation = Field(default_factory=Evaluation)
     smoothing: Smoothing | None = None
-    notes: str | None = None
+    notes: str | None = Field(default=None, max_length=20_000)
+    files: dict[RelPath, Sha256] = Field(
+        default_factory=dict, max_length=1000,
+        description="SHA-256 of every file of the folder other than submission.yaml and the checkpoint "
+                    "(ONNX external data, a custom data set, ...): `relative/path: sha256`")
 
     @model_validator(mode="after")
     def _custom(self) -> "Submission":
@@ -194,7 +312,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}" if self.field else self.message
+        return one_line(f"{self.field}: {self.message}" if self.field else self.message)
 
 
 @dataclass(frozen=True)
@@ -203,6 +321,8 @@ class LoadedSubmission:
     folder: Path
     yaml_path: Path
     yaml_sha256: str
+    #: the folder digest (harness.manifest) when every file was verified at load time
+    files_sha256: str | None = None
 
     def checkpoint_path(self) -> Path:
         return resolve_checkpoint(self.spec, self.folder)
@@ -243,24 +363,10 @@ def validation_problems(err: ValidationError) -> list[Problem]:
     return problems
 
 
-def read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HarnessError(f"{path}: no such file")
-    except (OSError, UnicodeDecodeError) as e:
-        raise HarnessError(f"{path}: cannot read: {e}")
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise HarnessError(f"{path}: malformed YAML{where}: {problem}")
-
-
 def parse_submission(path: str | Path) -> tuple[LoadedSubmission | None, list[Problem]]:
-    """Parse and validate the schema; returns the submission (or None) and every problem found."""
+    """Parse and validate the schema; returns the submission (or None) and every problem found.
+
+    Raises a one-line HarnessError when the file cannot be read or is not well-formed YAML."""
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -269,43 +375,52 @@ def parse_submission(path: str | Path) -> tuple[LoadedSubmission | None, list[Pr
         spec = Submission.model_validate(raw)
     except ValidationError as err:
         return None, validation_problems(err)
-    loaded = LoadedSubmission(spec, path.parent.resolve(), path.resolve(), sha256_file(path))
+    except (ValueError, TypeError, RecursionError, OverflowError) as e:  # never a traceback
+        return None, [Problem("", f"invalid submission: {type(e).__name__}: {' '.join(str(e).split())[:200]}")]
+    try:
+        loaded = LoadedSubmission(spec, path.parent.resolve(), path.resolve(), sha256_file(path))
+    except (OSError, RuntimeError, ValueError) as e:
+        raise HarnessError(f"{path}: cannot read: {e}")
     return loaded, []
+
+
+def package_root(package: str) -> Path:
+    """The folder of an allowed package's installed files, found from its distribution metadata.
+
+    Nothing is imported (``importlib.util.find_spec`` imports the parents of a dotted name: ``this.x``
+    would run ``this``); only the names in :data:`ALLOWED_PACKAGES` are looked up."""
+    from importlib import metadata
+
+    if package not in ALLOWED_PACKAGES:
+        raise HarnessError(f"only these packages may ship a checkpoint: {', '.join(sorted(ALLOWED_PACKAGES))}",
+                           field="model.checkpoint.package")
+    try:
+        dist = metadata.distribution(package)
+    except metadata.PackageNotFoundError:
+        raise HarnessError(f"package {package!r} is not installed", field="model.checkpoint.package")
+    root = Path(str(dist.locate_file(ALLOWED_PACKAGES[package])))
+    if not root.is_dir():
+        raise HarnessError(f"package {package!r} has no folder {ALLOWED_PACKAGES[package]!r}",
+                           field="model.checkpoint.package")
+    return root
 
 
 def resolve_checkpoint(spec: Submission, folder: Path) -> Path:
     ck = spec.model.checkpoint
     if ck.package is None:
         return confine(folder, ck.path, field="model.checkpoint.path")
-    try:
-        found = importlib.util.find_spec(ck.package)
-    except (ImportError, ValueError):
-        found = None
-    if found is None or not found.submodule_search_locations:
-        raise HarnessError(f"package {ck.package!r} is not installed", field="model.checkpoint.package")
-    pkg_root = Path(list(found.submodule_search_locations)[0])
-    return confine(pkg_root, ck.path, field="model.checkpoint.path")
+    return confine(package_root(ck.package), ck.path, field="model.checkpoint.path")
 
 
 def check_files(sub: LoadedSubmission, *, check_hash: bool = True) -> list[Problem]:
-    """Problems with the files a valid schema points at: folder name, paths, existence, hashes."""
+    """Problems with the files a valid schema points at: folder name, paths, existence, hashes, and
+    the coverage of every file of the folder by a hash (:mod:`harness.manifest`)."""
+    from . import manifest
+
     problems: list[Problem] = []
     spec = sub.spec
     if sub.folder.name != spec.id:
         problems.append(Problem("id", f"must equal the folder name {sub.folder.name!r}, got {spec.id!r}"))
-    try:
-        ck = resolve_checkpoint(spec, sub.folder)
-        if not ck.is_file():
-            problems.append(Problem("model.checkpoint.path", f"file not found: {ck}"))
-        elif check_hash:
-            actual = sha256_file(ck)
-            if actual != spec.model.checkpoint.sha256:
-                problems.append(Problem(
-                    "model.checkpoint.sha256",
-                    f"checkpoint hash mismatch: file has {actual}, submission says {spec.model.checkpoint.sha256}",
-                ))
-    except HarnessError as e:
-        problems.append(Problem(e.field or "model.checkpoint", str(e).split(": ", 1)[-1]))
     if spec.dataset == "custom":
         try:
             data = sub.dataset_path()
@@ -313,11 +428,24 @@ def check_files(sub: LoadedSubmission, *, check_hash: bool = True) -> list[Probl
                 problems.append(Problem("dataset_path", f"file not found: {data}"))
         except HarnessError as e:
             problems.append(Problem("dataset_path", str(e).split(": ", 1)[-1]))
+    if check_hash:
+        found, _ = manifest.check(sub)
+        problems += [Problem(p.field, p.message) for p in found]
+    else:
+        try:
+            ck = resolve_checkpoint(spec, sub.folder)
+            if not ck.is_file():
+                problems.append(Problem("model.checkpoint.path", f"file not found: {ck}"))
+        except HarnessError as e:
+            problems.append(Problem(e.field or "model.checkpoint", str(e).split(": ", 1)[-1]))
     return problems
 
 
 def load_submission(path: str | Path, *, check_hash: bool = True) -> LoadedSubmission:
-    """Parse, validate and check files; raise a one-line HarnessError on the first problem."""
+    """Parse, validate and check files; raise a one-line HarnessError on the first problem.
+
+    With ``check_hash``, the result carries the folder digest (``files_sha256``) of the files it
+    verified, which the record's provenance keeps."""
     sub, problems = parse_submission(path)
     if sub is not None:
         problems = check_files(sub, check_hash=check_hash)
@@ -325,7 +453,17 @@ def load_submission(path: str | Path, *, check_hash: bool = True) -> LoadedSubmi
         extra = f" (and {len(problems) - 1} more; run `harness validate {path}`)" if len(problems) > 1 else ""
         raise HarnessError(f"{path}: {problems[0]}{extra}")
     assert sub is not None
+    if check_hash:
+        sub = replace(sub, files_sha256=verify_files(sub))  # the manifest's cache: no second hashing
     return sub
+
+
+def verify_files(sub: LoadedSubmission) -> str:
+    """Every file of the submission is covered by a matching SHA-256; returns the folder digest
+    (``provenance.files_sha256``). Call before reading any file of the submission."""
+    from .manifest import verify_files as _verify
+
+    return _verify(sub)
 
 
 def json_schema() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import HarnessError
-from harness.record import ResultRecord, read_record
+from harness.record import ResultRecord, check_against_submission, read_record
 from harness.stats import clopper_pearson
 from harness.submission import LoadedSubmission, format_eps, parse_eps, parse_submission
 
@@ -331,6 +331,7 @@ def load_entries(repo_root: Path) -> Inputs:
                 f"{path}: submission hash mismatch: the record was made from a submission.yaml with sha256 "
                 f"{rec.provenance.submission_sha256}, but {yaml_path} has sha256 {sub.yaml_sha256}; "
                 "the submission changed after the evaluation, re-run `harness eval` on it")
+        check_against_submission(rec, path, sub)  # data set, threat model, eps, folder digest (harness.record)
         entries.append(entry_from_record(rec, path, sub))
 
     reported_csv = repo_root / "leaderboard" / "reported.csv"

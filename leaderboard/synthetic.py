@@ -32,7 +32,7 @@ def _ci(acc: float, n: int) -> tuple[float, float]:
 
 
 def synthetic_record(sub_id: str, rng: random.Random, *, board: tuple, submission_sha: str, checkpoint_sha: str,
-                     n_examples: int = 1000, certified: bool = False, flags: bool = False,
+                     files_sha: str | None = None, n_examples: int = 1000, certified: bool = False, flags: bool = False,
                      separation: float | None = None, training_flops: bool = True) -> ResultRecord:
     dataset, norm, eps, _, _, _ = board
     log_f = rng.uniform(6.0, 11.0)  # inference FLOPs 1e6 .. 1e11
@@ -70,9 +70,11 @@ def synthetic_record(sub_id: str, rng: random.Random, *, board: tuple, submissio
         clean_accuracy=clean, clean_accuracy_ci95=_ci(clean, n_examples),
         robust_accuracy=robust, robust_accuracy_ci95=_ci(robust, n_examples),
         autoattack={"version": "standard", "seed": 0, "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
-                    "accuracy_after": {"clean": clean, "apgd-ce": min(clean, robust + 0.02), "apgd-t": robust,
+                    "accuracy_after": {"clean": clean, "apgd-ce": min(clean, (k + round(0.02 * n_examples)) / n_examples),
+                                       "apgd-t": robust,
                                        "fab-t": robust, "square": robust},
-                    "checks": aa_checks, "n_attacked": int(clean * n_examples), "n_skipped_misclassified": 0,
+                    "checks": aa_checks, "n_attacked": round(clean * n_examples),
+                    "n_skipped_misclassified": n_examples - round(clean * n_examples),
                     "n_skipped_certified": 0, "seconds_per_attack": {"apgd-ce": 1.0}, "batch_size": 500},
         params=params, inference_flops=flops, flops_convention=FLOPS_CONVENTION, forward_passes=1,
         training_flops={"value": tf, "source": "estimated" if tf else "unknown", "formula": "synthetic",
@@ -80,6 +82,7 @@ def synthetic_record(sub_id: str, rng: random.Random, *, board: tuple, submissio
         certified=cert, diagnostics=diagnostics or None,
         provenance={"harness_version": "0.1.0", "python": "3.11", "packages": {"torch": "2"}, "device": "cpu",
                     "checkpoint_sha256": checkpoint_sha, "submission_sha256": submission_sha,
+                    "files_sha256": files_sha,
                     "data_source": "synthetic", "seed": 0, "batch_size": 500,
                     "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00",
                     "stage_seconds": {"clean": 1.0}, "command": f"harness eval submissions/{sub_id}/submission.yaml"},
@@ -105,25 +108,46 @@ def write_submission(root: Path, sub_id: str, board: tuple, checkpoint_sha: str,
     return path
 
 
-def gallery_arrays(rng: random.Random, shape: tuple[int, ...], n: int, k: int = 4) -> dict[str, np.ndarray]:
+def example_arrays(rec: ResultRecord, rng: random.Random) -> dict[str, np.ndarray]:
+    """Per-example flags that agree with the record's accuracies and nest (certified within robust
+    within correct), as ``harness.record.read_examples`` requires."""
+    g = np.random.default_rng(rng.randrange(2 ** 31))
+    n = rec.n_examples
+    order = g.permutation(n)
+
+    def first(acc: float | None) -> np.ndarray:
+        flags = np.zeros(n, bool)
+        if acc is not None:
+            flags[order[: round(acc * n)]] = True  # the same order: smaller accuracies nest in larger ones
+        return flags
+
+    arrays = {"index": np.arange(n), "label": g.integers(0, 10, size=n).astype(np.int16),
+              "clean_correct": first(rec.clean_accuracy), "autoattack_robust": first(rec.robust_accuracy)}
+    for m, c in (rec.certified or {}).items():
+        arrays[f"certified_{m}"] = first(c.certified_accuracy)
+    return arrays
+
+
+def gallery_arrays(rng: random.Random, shape: tuple[int, ...], k: int = 4) -> dict[str, np.ndarray]:
     g = np.random.default_rng(rng.randrange(2 ** 31))
     clean = g.integers(0, 256, size=(k, *shape), dtype=np.uint8)
     adv = np.clip(clean.astype(int) + g.integers(-20, 21, size=clean.shape), 0, 255).astype(np.uint8)
-    return {
-        "index": np.arange(n), "label": g.integers(0, 10, size=n).astype(np.int16),
-        "clean_correct": np.ones(n, bool), "autoattack_robust": np.zeros(n, bool),
-        "gallery_index": np.arange(k), "gallery_clean": clean, "gallery_adv": adv,
-        "gallery_adv_pred": g.integers(0, 10, size=k),
-    }
+    return {"gallery_index": np.arange(k), "gallery_clean": clean, "gallery_adv": adv,
+            "gallery_adv_pred": g.integers(0, 10, size=k)}
 
 
 def write_synthetic_repo(root: Path, n: int, *, seed: int = 0, gallery: int = 0, reported_csv: Path | None = None,
                          prefix: str = "syn") -> list[str]:
     """Write ``n`` synthetic submissions and records under ``root``; returns their ids.
 
-    ``gallery``: how many of them (the first) get an ``.examples.npz`` with gallery images.
+    Every record gets an ``.examples.npz`` whose flags agree with it; ``gallery``: how many of them
+    (the first) also get gallery images. Each submission folder holds a small stand-in checkpoint file
+    (its hash is the record's, so the folder digest checks out; nothing ever loads it).
     ``reported_csv``: copied to ``root/leaderboard/reported.csv`` when given.
     """
+    from harness.record import write_record
+    from harness.submission import parse_submission, verify_files
+
     rng = random.Random(seed)
     root = Path(root)
     results = root / "leaderboard" / "results"
@@ -133,18 +157,20 @@ def write_synthetic_repo(root: Path, n: int, *, seed: int = 0, gallery: int = 0,
     for i in range(n):
         board = BOARDS[0] if i == 0 else rng.choices(BOARDS, weights)[0]
         sub_id = f"{prefix}-{i:04d}"
-        ck = f"{rng.getrandbits(256):064x}"
+        ck_file = root / "submissions" / sub_id / "model.safetensors"
+        ck_file.parent.mkdir(parents=True, exist_ok=True)
+        ck_file.write_text(f"synthetic stand-in checkpoint {rng.getrandbits(256):064x}\n", encoding="utf-8")
+        ck = sha256_file(ck_file)
         yaml_path = write_submission(root, sub_id, board, ck, paper_url="https://example.org/paper" if i % 7 == 0 else None)
+        sub, _ = parse_submission(yaml_path)
         rec = synthetic_record(
             sub_id, rng, board=board, submission_sha=sha256_file(yaml_path), checkpoint_sha=ck,
-            certified=(i % 3 == 0), flags=(i % 11 == 5), separation=0.4 if board[0] == "mnist" else None,
-            training_flops=(i % 4 != 3))
-        out = results / f"{sub_id}.json"
+            files_sha=verify_files(sub), certified=(i % 3 == 0), flags=(i % 11 == 5),
+            separation=0.4 if board[0] == "mnist" else None, training_flops=(i % 4 != 3))
+        arrays = example_arrays(rec, rng)
         if i < gallery:
-            from harness.record import write_record
-            write_record(rec, gallery_arrays(rng, board[4], rec.n_examples), out)
-        else:
-            out.write_text(rec.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            arrays.update(gallery_arrays(rng, board[4]))
+        write_record(rec, arrays, results / f"{sub_id}.json")
         ids.append(sub_id)
     if reported_csv is not None:
         (root / "leaderboard" / "reported.csv").write_bytes(Path(reported_csv).read_bytes())

@@ -105,8 +105,9 @@ def test_checks_land_in_the_record(make_submission):
     spec["model"] = {"format": "torchscript", "checkpoint": {"path": "model.ts", "sha256": sha256_file(ts)}}
     spec["evaluation"] = {"n_examples": 10, "batch_size": 10}
     path.write_text(yaml.safe_dump(spec))
+    (path.parent / "model.pt").unlink()  # every file of a submission must be covered by a hash
     res = evaluate(path, EvalOptions(device="cpu", progress=False), stages=["clean", "autoattack"],
-                   out=path.parent / "rec.json", echo=lambda s: None)
+                   out=path.parent.parent / "rec.json", echo=lambda s: None)
     assert any("probability distribution" in m for m in res.record.autoattack.checks)
 
 
