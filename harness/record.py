@@ -93,6 +93,8 @@ class Provenance(_Rec):
     stage_seconds: dict[str, float]
     resumed_stages: list[str] = Field(default_factory=list)
     command: str
+    #: how the model ran: sandbox mode, network isolation, memory/CPU/wall-clock limits
+    sandbox: dict[str, Any] | None = None
 
 
 class ResultRecord(_Rec):

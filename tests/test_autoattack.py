@@ -105,7 +105,7 @@ def test_checks_land_in_the_record(make_submission):
     spec["model"] = {"format": "torchscript", "checkpoint": {"path": "model.ts", "sha256": sha256_file(ts)}}
     spec["evaluation"] = {"n_examples": 10, "batch_size": 10}
     path.write_text(yaml.safe_dump(spec))
-    res = evaluate(path, EvalOptions(device="cpu", progress=False), stages=["clean", "autoattack"],
+    res = evaluate(path, EvalOptions(device="cpu", progress=False, trust_code=True), stages=["clean", "autoattack"],
                    out=path.parent / "rec.json", echo=lambda s: None)
     assert any("probability distribution" in m for m in res.record.autoattack.checks)
 
@@ -145,7 +145,8 @@ def test_killed_evaluation_resumes_without_redoing_attacks(repo, tmp_path, monke
         return real(self, *a, **k)
 
     monkeypatch.setattr(AutoAttack, "run_standard_evaluation", spy)
-    resumed = evaluate(sub, EvalOptions(device="cpu", n_examples=40, batch_size=20, progress=False),
+    # in process (sandbox="none"), so that the spy sees which attacks run
+    resumed = evaluate(sub, EvalOptions(device="cpu", n_examples=40, batch_size=20, progress=False, sandbox="none"),
                        stages=["clean", "autoattack"], out=out, echo=lambda s: None)
     assert not set(ran) & set(killed_after), f"finished attacks {killed_after} were run again: {ran}"
     assert "clean" in resumed.record.provenance.resumed_stages
