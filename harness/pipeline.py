@@ -79,10 +79,17 @@ def _load_stage(state_dir: Path, name: str) -> StageResult | None:
     j, z = d / f"{name}.json", d / f"{name}.npz"
     if not (j.exists() and z.exists()):
         return None
-    meta = json.loads(j.read_text())
-    with np.load(z, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    return StageResult(meta["summary"], arrays, meta["seconds"], resumed=True)
+    # written by the worker, which ran a stranger's model: read as untrusted data
+    try:
+        meta = json.loads(j.read_text())
+        with np.load(z, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        if not isinstance(meta, dict) or not isinstance(meta.get("summary"), dict):
+            raise ValueError("no summary")
+        return StageResult(meta["summary"], arrays, float(meta["seconds"]), resumed=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is one error line
+        raise HarnessError(f"the saved result of stage {name} in {state_dir} is unreadable "
+                           f"({type(e).__name__}); run again with --restart")
 
 
 def check_sandwich(ctx: EvalContext) -> None:
@@ -256,13 +263,23 @@ def evaluate(
         if res is not None:
             res.resumed = name in cached
             results[name] = res
+            for key, arr in res.arrays.items():  # per-example arrays (the gallery is a few examples)
+                if not key.startswith("gallery_") and (arr.ndim < 1 or arr.shape[0] != len(data)):
+                    raise HarnessError(f"the saved result of stage {name} in {state_dir} has {key} of shape "
+                                       f"{arr.shape} for {len(data)} examples; run again with --restart")
     missing = [name for name in selected if name not in results]
     if missing:
         raise HarnessError(f"the evaluation finished without the results of {', '.join(missing)} in {state_dir}")
     ctx = EvalContext(sub, None, data, options, state_dir, results)
-    check_sandwich(ctx)
-    record, arrays = build_record(ctx, started=started, command=command or f"harness eval {submission_path}",
-                                  runtime=runtime, device=device)
+    try:
+        check_sandwich(ctx)
+        record, arrays = build_record(ctx, started=started, command=command or f"harness eval {submission_path}",
+                                      runtime=runtime, device=device)
+    except HarnessError:
+        raise
+    except Exception as e:  # noqa: BLE001 - arrays of the wrong shape or type from the worker
+        raise HarnessError(f"the stage results in {state_dir} are malformed ({type(e).__name__}: "
+                           f"{str(e)[:200]}); run again with --restart")
     json_path, npz_path = write_record(record, arrays, out)
     return EvalOutcome(record, json_path, npz_path, state_dir, arrays)
 

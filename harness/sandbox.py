@@ -258,11 +258,15 @@ def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None
                 messages.put(msg)
         messages.put(None)
 
+    relayed = {"last": "\n"}
+
     def relay_stderr():  # progress bars and library warnings, as they come
         err = sys.stderr
-        while chunk := proc.stderr.read1(4096) if hasattr(proc.stderr, "read1") else proc.stderr.read(4096):
+        while chunk := proc.stderr.read1(4096):
+            text = chunk.decode("utf-8", errors="replace")
+            relayed["last"] = text[-1:]
             try:
-                err.write(chunk.decode("utf-8", errors="replace"))
+                err.write(text)
                 err.flush()
             except (OSError, ValueError):
                 pass
@@ -305,8 +309,9 @@ def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None
                 elif event == "loaded" and isinstance(msg.get("runtime"), dict):
                     runtime.update(msg["runtime"])
                 elif event == "done" and isinstance(msg.get("stage"), str):
+                    seconds = msg.get("seconds")
                     if on_done is not None:
-                        on_done(msg["stage"], float(msg.get("seconds") or 0.0))
+                        on_done(msg["stage"][:40], float(seconds) if isinstance(seconds, (int, float)) else 0.0)
                 elif event == "error":
                     error = str(msg.get("message", "the evaluation worker failed"))[:MAX_ERROR_CHARS]
                 elif event == "finished":
@@ -334,6 +339,11 @@ def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None
             proc.wait()
         for t in threads:
             t.join(timeout=5)
+        if relayed["last"] not in ("\n", ""):  # end a progress bar's line before any message
+            try:
+                sys.stderr.write("\n")
+            except (OSError, ValueError):
+                pass
     kept = f"; finished stages are kept in {state}"
     if killed_for is not None:
         raise WorkerFailed(killed_for + kept)

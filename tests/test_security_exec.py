@@ -488,3 +488,22 @@ def test_bwrap_runs_an_honest_submission(tmp_path, capfd):
     rec = json.loads(out.read_text())
     assert rec["provenance"]["sandbox"]["mode"] == "bwrap"
     assert rec["provenance"]["sandbox"]["network"] == "isolated (bubblewrap)"
+
+
+# ------------------------------------------------------------------------ worker's results
+def test_unreadable_stage_results_are_one_line_errors(make_submission, capfd):
+    """The supervisor reads what the worker wrote as untrusted data."""
+    from harness.pipeline import evaluate
+    from harness.stages import EvalOptions
+
+    path = make_submission("state-check", evaluation={"n_examples": 5, "batch_size": 5})
+    out = path.parent.parent.parent / "results" / "rec.json"
+    res = evaluate(path, EvalOptions(device="cpu", progress=False, sandbox="none"), stages=["clean"], out=out,
+                   echo=lambda s: None)
+    (res.state_dir / "stages" / "clean.json").write_text('{"summary": ')
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", out))
+    assert "saved result of stage clean" in err and "unreadable" in err and "--restart" in err
+    (res.state_dir / "stages" / "clean.json").write_text(json.dumps({"summary": {}, "seconds": 0}))
+    np.savez(res.state_dir / "stages" / "clean.npz", clean_correct=np.ones(3, bool))  # 3 arrays for 5 examples
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", out))
+    assert "clean_correct of shape (3,) for 5 examples" in err, err
