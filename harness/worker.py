@@ -190,6 +190,7 @@ def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> N
     from .models import load_model
     from .pipeline import run_stages, runtime_info
     from .stages import EvalContext, EvalOptions
+
     state_dir = Path(job.state_dir)
     spec = sub.spec
     options = EvalOptions(device=job.device, batch_size=job.batch_size, n_examples=job.n_examples,
@@ -230,10 +231,11 @@ def main() -> int:
     if job.parent_pid is not None and os.getppid() != job.parent_pid:
         return 3  # the supervisor is already gone
     network = isolate_network() if job.isolate_network else "isolated (bubblewrap)"
-    log = _setup_log(job.state_dir)
     log_path = os.path.join(job.state_dir, "worker.log")
     status = {"phase": "load"}
+    log = None
     try:
+        log = _setup_log(job.state_dir)
         from .errors import HarnessError
         from .submission import load_submission
 
@@ -256,7 +258,8 @@ def main() -> int:
         import traceback
 
         try:
-            log.error("%s failed:\n%s", status["phase"], "".join(traceback.format_exception(e)))
+            if log is not None:
+                log.error("%s failed:\n%s", status["phase"], "".join(traceback.format_exception(e)))
         except Exception:  # noqa: BLE001
             pass
         if isinstance(e, KeyboardInterrupt):

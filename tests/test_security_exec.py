@@ -162,6 +162,30 @@ def test_onnx_names_are_renamed_and_semantics_kept(tmp_path):
     onnx.checker.check_model(proto)  # still a valid model: consumers find their producers
 
 
+def test_onnx_external_data_outside_the_folder_is_refused(tmp_path):
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from harness.models import _build_onnx
+
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    _onnx_flatten_gemm(folder / "model.onnx", "lin", *_linear_weights())
+    proto = onnx.load(str(folder / "model.onnx"))
+    convert_model_to_external_data(proto, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    onnx.save(proto, str(folder / "model.onnx"))
+    (folder / "w.bin").rename(tmp_path / "w.bin")
+    proto = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../w.bin"
+    onnx.save(proto, str(folder / "model.onnx"))
+    with pytest.raises(HarnessError, match="cannot read ONNX model: .*outside") as e:
+        _build_onnx(folder / "model.onnx")
+    assert "\n" not in str(e.value)
+
+
 # ------------------------------------------------------------------------------- TorchScript
 TS_EVIL = textwrap.dedent('''
     import torch
