@@ -10,7 +10,6 @@ CLI as a subprocess (``python -m harness eval``); the others call the CLI's ``ma
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
