@@ -71,7 +71,8 @@ def known_architectures() -> list[str]:
     ]
 
 
-def build_architecture(name: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
+def build_architecture(name: str, kwargs: dict[str, Any] | None = None, *,
+                       max_bytes: int | None = None) -> nn.Module:
     """Build an architecture by name, with random weights.
 
     - ``mnist_small_cnn`` etc.: the harness's own (see :data:`BUILTIN`);
@@ -79,6 +80,9 @@ def build_architecture(name: str, kwargs: dict[str, Any] | None = None) -> nn.Mo
       RobustBench's architecture classes;
     - ``robustbench.zoo:cifar10/Linf/Carmon2019Unlabeled``: the architecture of a model-zoo entry,
       built by the zoo's own constructor (which never downloads: only ``load_model`` does).
+
+    With ``max_bytes``, an architecture whose parameters and buffers would take more is refused
+    before anything is allocated (the worker passes its memory limit).
     """
     kwargs = dict(kwargs or {})
     if name.startswith("robustbench.zoo:"):
@@ -96,13 +100,17 @@ def build_architecture(name: str, kwargs: dict[str, Any] | None = None) -> nn.Mo
         v = kwargs.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v > limit:
             raise HarnessError(f"{key} must be at most {limit}, got {v}", field=f"model.architecture_kwargs.{key}")
-    if kwargs:
+    if kwargs or max_bytes is not None:
         # the submission chose the sizes: count the parameters on the meta device (no memory) first,
         # so that `hidden: 1000000` is refused instead of allocating terabytes
-        n = _count_parameters(builder, name, kwargs)
+        n, size = _meta_size(builder, name, kwargs)
         if n > MAX_PARAMETERS:
             raise HarnessError(f"{name} with these arguments has {n:.3g} parameters, more than the limit of "
                                f"{MAX_PARAMETERS:.0e}", field="model.architecture_kwargs")
+        if max_bytes is not None and size > max_bytes:
+            raise HarnessError(
+                f"{name} with these arguments has {n:.3g} parameters ({size / 2**30:.3g} GiB), over the limit of "
+                f"{max_bytes / 2**30:.3g} GiB; refused before allocating anything", field="model.architecture_kwargs")
     return _call(builder, name, kwargs)
 
 
@@ -123,12 +131,14 @@ def _call(builder: Callable[..., nn.Module], name: str, kwargs: dict[str, Any]) 
                            field="model.architecture_kwargs")
 
 
-def _count_parameters(builder: Callable[..., nn.Module], name: str, kwargs: dict[str, Any]) -> int:
+def _meta_size(builder: Callable[..., nn.Module], name: str, kwargs: dict[str, Any]) -> tuple[int, int]:
+    """(parameters + buffers, their bytes) of the architecture, built on the meta device (no memory)."""
     import torch
 
     with torch.device("meta"):
         net = _call(builder, name, kwargs)
-    return sum(p.numel() for p in net.parameters()) + sum(b.numel() for b in net.buffers())
+    tensors = list(net.parameters()) + list(net.buffers())
+    return sum(t.numel() for t in tensors), sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _build_zoo(spec: str, kwargs: dict[str, Any]) -> nn.Module:

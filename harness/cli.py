@@ -65,10 +65,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .pipeline import evaluate
     from .stages import EvalOptions, select_stages
 
+    from .submission import parse_size
+
     stages = select_stages(args.only, args.skip)
+    memory = None
+    if args.memory_limit is not None:
+        try:
+            memory = parse_size(args.memory_limit) or 0  # 0: no limit
+        except ValueError as e:
+            raise HarnessError(f"--memory-limit: {e}")
     opts = EvalOptions(device=args.device, batch_size=args.batch_size, n_examples=args.n_examples,
                        data_dir=Path(args.data_dir) if args.data_dir else None,
-                       train_data=Path(args.train_data) if args.train_data else None, progress=not args.no_progress)
+                       train_data=Path(args.train_data) if args.train_data else None, progress=not args.no_progress,
+                       sandbox=args.sandbox, trust_code=args.trust_code, memory_limit=memory,
+                       stage_timeout=args.stage_timeout, cpu_limit=args.cpu_limit)
     command = "harness " + " ".join(shlex.quote(a) for a in args.argv)
     try:
         outcome = evaluate(args.submission, opts, stages=stages, out=Path(args.out) if args.out else None,
@@ -155,6 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skip", help="comma-separated stages to skip")
     e.add_argument("--restart", action="store_true", help="drop the saved state instead of resuming")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    lim = e.add_argument_group(
+        "sandbox", "The model is loaded and run only in a worker process: no network (where the OS allows), "
+        "and memory, CPU and wall-clock limits per stage (default: the submission's evaluation.limits).")
+    lim.add_argument("--sandbox", choices=("worker", "bwrap"), default="worker",
+                     help="worker (default), or bwrap: the worker inside a bubblewrap jail that sees the "
+                     "submission, the data and Python read-only and may write only the state folder")
+    lim.add_argument("--memory-limit", metavar="SIZE",
+                     help="memory the worker may add beyond its libraries, e.g. 8G; 'none' for no limit")
+    lim.add_argument("--stage-timeout", type=float, metavar="S", help="wall-clock seconds per stage")
+    lim.add_argument("--cpu-limit", type=float, metavar="S", help="CPU seconds per stage (all threads)")
+    lim.add_argument("--trust-code", action="store_true",
+                     help="UNSAFE: allow TorchScript checkpoints, which can read and write any file; "
+                     "only for your own models, never for a submission from someone else")
     e.set_defaults(func=cmd_eval)
 
     v = sub.add_parser("validate", help="check submissions without running a model")

@@ -130,6 +130,8 @@ class Provenance(_Rec):
     stage_seconds: dict[str, NonNeg]
     resumed_stages: list[Short] = Field(default_factory=list)
     command: Annotated[str, Field(max_length=20_000)]
+    #: how the model ran: sandbox mode, network isolation, memory/CPU/wall-clock limits
+    sandbox: dict[str, Any] | None = None
 
 
 class ResultRecord(_Rec):

@@ -254,6 +254,59 @@ class Smoothing(_Strict):
     alpha: float = Field(default=0.001, gt=0, lt=1)
 
 
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from ``8G``, ``512M``, ``16GiB``, ``2.5G`` or a plain number of bytes; ``none`` or 0:
+    no limit (None)."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string like '8G'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size must not be negative")
+        return value or None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("none", "unlimited", "0"):
+            return None
+        m = re.fullmatch(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*([KMGT]?)(?:i?B)?", text, flags=re.IGNORECASE)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]) or None
+    raise ValueError(f"a size must be a number of bytes or a string like '8G', got {str(value)[:40]!r}")
+
+
+def format_size(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    for unit in ("T", "G", "M", "K"):
+        if n >= _SIZE_UNITS[unit]:
+            return f"{n / _SIZE_UNITS[unit]:.3g} {unit}iB"
+    return f"{n} B"
+
+
+class Limits(_Strict):
+    """Resource limits of the sandboxed evaluation worker (see README, "The sandbox"). The maintainer
+    overrides them with ``harness eval --memory-limit/--stage-timeout/--cpu-limit``."""
+
+    memory: int = Field(
+        default=16 * 2**30, ge=2**20, le=2**40, description="address space the worker may add after loading "
+        "its libraries, e.g. '16G' (on CUDA: the worker's resident host memory)")
+    stage_timeout_s: float = Field(default=6 * 3600, gt=0, le=7 * 24 * 3600,
+                                   description="wall-clock seconds per stage (and for loading the model)")
+    cpu_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600 * 1024,
+                                      description="CPU seconds per stage (all threads); default: "
+                                      "stage_timeout_s x the number of CPU cores")
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        size = parse_size(v)
+        if size is None:
+            raise ValueError("a submission cannot lift the memory limit (the maintainer can: --memory-limit none)")
+        return size
+
+
 class Evaluation(_Strict):
     n_examples: int | None = Field(default=None, ge=1, le=10**8, description="first N test points; default all")
     autoattack_version: Literal["standard", "rand"] = "standard"
@@ -265,6 +318,7 @@ class Evaluation(_Strict):
     eps_max: float | None = Field(default=None, gt=0, le=1000, description="upper end of the radius search")
     radius_tol: float | None = Field(default=None, gt=0, le=1000, description="radius search tolerance")
     certify_first: bool = Field(default=True, description="skip AutoAttack on certified points")
+    limits: Limits = Field(default_factory=Limits, description="the evaluation worker's resource limits")
 
     @field_validator("eps_max", mode="before")
     @classmethod
@@ -344,7 +398,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 
 def _field_names() -> set[str]:
-    models = (Submission, ModelSpec, Training, Preprocessing, Evaluation, Checkpoint, ThreatModel, Smoothing, Paper)
+    models = (Submission, ModelSpec, Training, Preprocessing, Evaluation, Checkpoint, ThreatModel, Smoothing, Paper,
+              Limits)
     return {name for cls in models for name in cls.model_fields}
 
 

@@ -25,9 +25,10 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _load(path):
+def _load(path, trust_code=False):
     sub = load_submission(path)
-    return load_model(sub, input_shape=(1, 28, 28), num_classes=10, device=torch.device("cpu"))
+    return load_model(sub, input_shape=(1, 28, 28), num_classes=10, device=torch.device("cpu"),
+                      trust_code=trust_code)
 
 
 def test_malicious_pickle_is_refused_and_never_runs(make_submission, tmp_path, capsys):
@@ -125,7 +126,7 @@ def test_wrong_output_shape_and_nan_logits_are_one_line_errors(make_submission, 
     spec["model"]["checkpoint"]["sha256"] = sha256_file(path.parent / "model.ts")
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(HarnessError, match=r"model output has shape \(2, 7\), expected \(N, 10\)"):
-        _load(path)
+        _load(path, trust_code=True)  # the test's own TorchScript
 
     from harness.architectures import mnist_small_cnn
     net = mnist_small_cnn()

@@ -72,7 +72,8 @@ class AutoAttackStage:
         y_all = ctx.data.y.numpy()
         correct = ctx.array("clean", "clean_correct")
         if correct is None:
-            correct = ctx.model.predict(ctx.data.floats(), ctx.batch_size).numpy() == y_all
+            correct = ctx.model.predict(ctx.data.floats(), ctx.batch_size, stage=self.name,
+                                        index=ctx.data.index).numpy() == y_all
         correct = correct.astype(bool)
         certified = certified_mask(ctx) & correct if ctx.spec.evaluation.certify_first else np.zeros(n, bool)
         attacked = correct & ~certified
@@ -81,12 +82,14 @@ class AutoAttackStage:
 
         requested = ctx.spec.evaluation.autoattack_version
         probe = ctx.data.floats(slice(0, min(n, ctx.batch_size)), ctx.model.device)
+        # AutoAttack calls the model on subsets and perturbations of the data: errors name the row
+        model = ctx.model.checked(self.name)
         with torch.no_grad():
-            version, _ = autoattack_version_for(ctx.model.module, probe, requested=requested)
+            version, _ = autoattack_version_for(model, probe, requested=requested)
         switched = version != requested
 
         device = ctx.model.device
-        aa = AutoAttack(ctx.model.module, device=device, eps=ctx.eps, norm=ctx.norm, seed=ctx.seed, version=version)
+        aa = AutoAttack(model, device=device, eps=ctx.eps, norm=ctx.norm, seed=ctx.seed, version=version)
         attacks = list(aa.attacks_to_run)
 
         sdir = ctx.stage_dir(self.name)

@@ -34,6 +34,15 @@ class EvalOptions:
     data_dir: Path | None = None
     train_data: Path | None = None  # an .npz of training images, for train/test diagnostics
     progress: bool = True
+    #: "worker": model loading and stages run in a sandboxed child process (harness.worker);
+    #: "bwrap": the same worker inside a bubblewrap jail; "none": in this process, without limits
+    #: (trusted test fixtures and benchmarks only; the CLI never uses it)
+    sandbox: str = "worker"
+    trust_code: bool = False  # allow TorchScript (it can read and write any file): own models only
+    #: maintainer overrides of the submission's evaluation.limits (None: the submission's)
+    memory_limit: int | None = None  # bytes; 0 = no limit
+    stage_timeout: float | None = None  # wall-clock seconds per stage
+    cpu_limit: float | None = None  # CPU seconds per stage
 
 
 @dataclass
@@ -47,7 +56,7 @@ class StageResult:
 @dataclass
 class EvalContext:
     submission: LoadedSubmission
-    model: LoadedModel
+    model: LoadedModel | None  # None in the supervisor, which never loads the model
     data: EvalData
     options: EvalOptions
     state_dir: Path

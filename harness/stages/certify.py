@@ -124,6 +124,7 @@ class CertifyStage:
             return inner(x, *args, **kwargs)
 
         bm.margin_lower_bounds = counted  # count bound evaluations made by certify and the search
+        model = ctx.model.checked(self.name)
         try:
             certified = np.zeros(n, dtype=bool)
             radius = np.zeros(n, dtype=np.float32)
@@ -136,7 +137,7 @@ class CertifyStage:
                 x = ctx.data.floats(slice(a, b), dev)
                 y = ctx.data.labels(slice(a, b), dev)
                 with torch.no_grad():
-                    correct[a:b] = (ctx.model.module(x).argmax(1) == y).cpu().numpy()
+                    correct[a:b] = (model(x, ctx.data.index[a:b]).argmax(1) == y).cpu().numpy()
                 c = bm.certify(x, y, eps, norm_name, method)
                 r, _ = certified_radius(bm, x, y, eps_max, norm_name, method, tol,
                                         known=(eps, c) if eps <= eps_max else None)
@@ -174,8 +175,8 @@ class CertifyStage:
         pred = np.full(n, smoothing_mod.ABSTAIN, dtype=np.int64)
         radius = np.zeros(n, dtype=np.float64)
         t0 = time.perf_counter()
-        model = ctx.model.module
         for i in ctx.progress(range(n), total=n, desc="certify smoothing", unit="example"):
+            model = ctx.model.checked(f"{self.name}, smoothing noise", example=int(ctx.data.index[i]))
             x = ctx.data.floats(slice(i, i + 1), dev)
             p, r = smoothing_mod.certify(model, x, sm.sigma, n0=sm.n0, n=sm.n, alpha=sm.alpha,
                                          batch_size=ctx.batch_size, generator=gen)

@@ -16,10 +16,11 @@ class CleanStage:
         preds = []
         bs = ctx.batch_size
         n = len(ctx.data)
+        model = ctx.model.checked(self.name)
         with torch.no_grad():
             for i in ctx.progress(range(0, n, bs), total=(n + bs - 1) // bs, desc="clean", unit="batch"):
                 x = ctx.data.floats(slice(i, i + bs), ctx.model.device)
-                preds.append(ctx.model.module(x).argmax(1).cpu())
+                preds.append(model(x, ctx.data.index[i : i + bs]).argmax(1).cpu())
         pred = torch.cat(preds).numpy()
         correct = pred == ctx.data.y.numpy()
         acc, ci = accuracy_with_ci(correct)

@@ -96,7 +96,7 @@ class DiagnosticsStage:
         )
         from ..diagnostics.linearity import fd_step_for
 
-        module, device = ctx.model.module, ctx.model.device
+        module, device = ctx.model.checked(self.name), ctx.model.device
         n, bs, eps, norm, seed = len(ctx.data), ctx.batch_size, ctx.eps, ctx.norm, ctx.seed
         x = ctx.data.floats(None, device)
         y = ctx.data.labels(None, device)

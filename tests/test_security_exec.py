@@ -1,0 +1,538 @@
+"""Execution safety (issue 12): a stranger's submission must not run code, touch files outside its
+folder, hang the machine or exhaust its memory, and every such attempt ends in ONE line.
+
+Each attack is reproduced as an attacker would write it, and each has a guard showing the payload
+is live (it does run without the harness's defence), so that its absence proves the defence. Every
+evaluation goes through the real sandboxed worker: the code-execution and hang cases run the whole
+CLI as a subprocess (``python -m harness eval``); the others call the CLI's ``main`` in this process
+(the supervisor), which saves starting torch once more per test, and capture file descriptor 2.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from harness.errors import HarnessError
+from harness.files import sha256_file
+
+MNIST = Path(__file__).resolve().parents[1] / "harness" / "data" / "mnist_test.npz"
+
+
+def _submission(root: Path, sub_id: str, fmt: str, write, filename: str, *, evaluation=None, **model) -> Path:
+    folder = root / "submissions" / sub_id
+    folder.mkdir(parents=True)
+    write(folder / filename)
+    spec = {
+        "id": sub_id, "name": sub_id, "authors": ["attacker"], "license": "MIT", "dataset": "mnist",
+        "threat_model": {"norm": "Linf", "eps": 0.3},
+        "model": {"format": fmt, "checkpoint": {"path": filename, "sha256": sha256_file(folder / filename)}, **model},
+        "training": {"method": "standard", "epochs": 1},
+        "evaluation": {"n_examples": 20, "batch_size": 20, **(evaluation or {})},
+    }
+    (folder / "submission.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder / "submission.yaml"
+
+
+def _cli(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", "eval", *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _main(capfd, *args) -> subprocess.CompletedProcess:
+    """The CLI's main() here (the supervisor), the worker as a real child process."""
+    from harness.cli import main
+
+    capfd.readouterr()
+    rc = main(["eval", *map(str, args), "--no-progress"])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    return proc.stderr.strip()
+
+
+# ------------------------------------------------------------------------------------- ONNX
+def _payload_name(marker: Path) -> str:
+    # the issue's payload: closes fx's getattr(self, "...") string and calls os.system
+    return f'lin") if getattr(__import__("os"),"system")("touch {marker}") else getattr(self, "lin'
+
+
+def _onnx_flatten_gemm(path: Path, gemm_name: str, w: np.ndarray, b: np.ndarray) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"], name="flat", axis=1),
+         helper.make_node("Gemm", ["f", "W", "B"], ["y"], name=gemm_name, transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _linear_weights():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(10, 784)).astype(np.float32), rng.normal(size=10).astype(np.float32)
+
+
+def test_onnx_node_name_payload_is_live_without_the_harness(tmp_path):
+    """Guard: plain onnx2torch + torch.fx runs the node name as Python (the issue's attack)."""
+    import onnx
+    from onnx2torch import convert
+
+    marker = tmp_path / "PWNED"
+    _onnx_flatten_gemm(tmp_path / "m.onnx", _payload_name(marker), *_linear_weights())
+    gm = convert(onnx.load(str(tmp_path / "m.onnx")))
+    with pytest.raises(AttributeError):  # the payload's own tail; the command ran before it
+        gm(torch.rand(2, 1, 28, 28))
+    assert marker.exists()
+
+
+def test_onnx_node_name_cannot_run_code(tmp_path):
+    """Through the CLI: the payload node is renamed, nothing runs, and the model still computes
+    its graph (predictions equal an independent numpy evaluation of Flatten -> Gemm)."""
+    marker = tmp_path / "PWNED"
+    w, b = _linear_weights()
+    path = _submission(tmp_path, "evil-onnx", "onnx",
+                       lambda p: _onnx_flatten_gemm(p, _payload_name(marker), w, b), "model.onnx")
+    out = tmp_path / "rec.json"
+    proc = _cli(path, "--only", "clean,flops", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not marker.exists()
+    with np.load(MNIST) as d:
+        x = d["x"][:20].reshape(20, -1).astype(np.float32) / 255
+    expected = (x @ w.T + b).argmax(1)
+    with np.load(out.with_suffix(".examples.npz")) as z:
+        assert (z["clean_pred"] == expected).all()
+
+
+def test_generated_fx_code_is_checked_before_python_compiles_it(tmp_path):
+    """Second line of defence: were a name to reach fx's source unrenamed, the source is refused
+    before it is compiled (so before any forward pass)."""
+    import onnx
+    from onnx2torch import convert
+
+    from harness.models import _fx_source_checked, check_fx_source
+
+    marker = tmp_path / "PWNED"
+    _onnx_flatten_gemm(tmp_path / "m.onnx", _payload_name(marker), *_linear_weights())
+    with pytest.raises(HarnessError, match="generated code .*refused"):
+        with _fx_source_checked():
+            convert(onnx.load(str(tmp_path / "m.onnx")))  # not sanitised on purpose
+    assert not marker.exists()
+    # the honest conversion of the same graph passes the same check
+    _onnx_flatten_gemm(tmp_path / "ok.onnx", "lin", *_linear_weights())
+    gm = convert(onnx.load(str(tmp_path / "ok.onnx")))
+    check_fx_source(gm.code, gm.graph.python_code(root_module="self").globals)
+    for bad in ('import os\ndef forward(self, x):\n    return x',
+                'def forward(self, x):\n    return (lambda: x)()',
+                'def forward(self, x):\n    return getattr(self, "a/b")(x)',
+                'def forward(self, x):\n    return open("/etc/passwd")'):
+        with pytest.raises(HarnessError):
+            check_fx_source(bad, {})
+
+
+def test_onnx_names_are_renamed_and_semantics_kept(tmp_path):
+    """Every node, value and initializer name becomes a generated identifier."""
+    import onnx
+
+    from harness.models import sanitize_onnx
+
+    _onnx_flatten_gemm(tmp_path / "m.onnx", _payload_name(tmp_path / "x"), *_linear_weights())
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    sanitize_onnx(proto)
+    g = proto.graph
+    names = ([n.name for n in g.node] + [v for n in g.node for v in (*n.input, *n.output)]
+             + [i.name for i in g.initializer] + [v.name for v in (*g.input, *g.output, *g.value_info)])
+    assert all(n.isidentifier() and n[0] in "nv" and n[1:].isdigit() for n in names), names
+    onnx.checker.check_model(proto)  # still a valid model: consumers find their producers
+
+
+def test_onnx_external_data_outside_the_folder_is_refused(tmp_path):
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    from harness.models import _build_onnx
+
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    _onnx_flatten_gemm(folder / "model.onnx", "lin", *_linear_weights())
+    proto = onnx.load(str(folder / "model.onnx"))
+    convert_model_to_external_data(proto, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    onnx.save(proto, str(folder / "model.onnx"))
+    (folder / "w.bin").rename(tmp_path / "w.bin")
+    proto = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../w.bin"
+    onnx.save(proto, str(folder / "model.onnx"))
+    with pytest.raises(HarnessError, match="cannot read ONNX model: .*outside") as e:
+        _build_onnx(folder / "model.onnx")
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------- TorchScript
+TS_EVIL = textwrap.dedent('''
+    import torch
+    from typing import Tuple
+
+    class Evil(torch.nn.Module):
+        """__setstate__ runs inside torch.jit.load: it copies a secret file into a marker file."""
+
+        def __init__(self, secret: str, mark: str):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(10, 784))
+            self.secret = secret
+            self.mark = mark
+
+        @torch.jit.export
+        def __getstate__(self) -> Tuple[torch.Tensor, bool, str, str]:
+            return (self.weight, self.training, self.secret, self.mark)
+
+        @torch.jit.export
+        def __setstate__(self, state: Tuple[torch.Tensor, bool, str, str]) -> None:
+            torch.save(torch.from_file(state[2], size=6, dtype=torch.uint8), state[3])
+            self.weight = state[0]
+            self.training = state[1]
+            self.secret = state[2]
+            self.mark = state[3]
+
+        def forward(self, x):
+            return x.flatten(1) @ self.weight.t()
+''')
+
+
+def _script_module(tmp_path: Path, source: str, name: str, *args):
+    """torch.jit.script needs the class's source in a real file."""
+    mod_path = tmp_path / f"{name.lower()}_src.py"
+    mod_path.write_text(source)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(mod_path.stem, mod_path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return torch.jit.script(getattr(mod, name)(*args))
+
+
+def _evil_torchscript(tmp_path: Path, secret: Path, marker: Path) -> Path:
+    secret.write_bytes(b"secret")
+    ts = tmp_path / "evil.ts"
+    _script_module(tmp_path, TS_EVIL, "Evil", str(secret), str(marker)).save(str(ts))
+    marker.unlink(missing_ok=True)  # scripting itself may have called __setstate__
+    return ts
+
+
+def test_torchscript_payload_is_live_without_the_harness(tmp_path):
+    """Guard: torch.jit.load alone reads the secret and writes it outside any folder."""
+    secret, marker = tmp_path / "secret.bin", tmp_path / "STOLEN"
+    ts = _evil_torchscript(tmp_path, secret, marker)
+    torch.jit.load(str(ts))
+    assert bytes(torch.load(marker).tolist()) == b"secret"
+
+
+def test_torchscript_is_refused_without_trust_code(tmp_path):
+    secret, marker = tmp_path / "secret.bin", tmp_path / "STOLEN"
+    ts = _evil_torchscript(tmp_path, secret, marker)
+    path = _submission(tmp_path, "evil-ts", "torchscript", lambda p: p.write_bytes(ts.read_bytes()), "model.ts")
+    err = _one_line_error(_cli(path, "--only", "clean", "--out", tmp_path / "rec.json"))
+    assert "TorchScript submissions are refused" in err and "ONNX" in err and "--trust-code" in err
+    assert not marker.exists()
+    assert not (tmp_path / "rec.json").exists()
+
+
+# ----------------------------------------------------------------------- denial of service
+TS_HANG = textwrap.dedent('''
+    import torch
+
+    class Hang(torch.nn.Module):
+        """Well-behaved on the first batch of real data (the clean stage); loops for ever on the next
+        (the next stage's first forward pass)."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(10, 784))
+            self.calls = 0
+
+        def forward(self, x):
+            if x.shape[0] == 20:
+                self.calls += 1
+            i = 0
+            while self.calls > 1 and i >= 0:
+                i = (i + 1) % 1000
+            return x.flatten(1) @ self.weight.t()
+''')
+
+TS_ALLOC = textwrap.dedent('''
+    import torch
+
+    class Alloc(torch.nn.Module):
+        """Allocates 3 GiB on the batch of 20 the clean stage uses."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(10, 784))
+
+        def forward(self, x):
+            if x.shape[0] == 20:
+                big = torch.ones(805306368)  # 3 GiB of float32
+                x = x + big[0]
+            return x.flatten(1) @ self.weight.t()
+''')
+
+
+def _ts_submission(tmp_path, source, name, sub_id, **evaluation):
+    ts = tmp_path / f"{name}.ts"
+    _script_module(tmp_path, source, name).save(str(ts))
+    return _submission(tmp_path, sub_id, "torchscript", lambda p: p.write_bytes(ts.read_bytes()), "model.ts",
+                       evaluation=evaluation)
+
+
+def test_hang_becomes_wall_clock_error_and_finished_stages_are_kept(tmp_path, capfd):
+    """The submission's own limit (evaluation.limits.stage_timeout_s) applies; the worker's process
+    tree is killed; the stage that finished is kept and a rerun resumes from it."""
+    path = _ts_submission(tmp_path, TS_HANG, "Hang", "hang", limits={"stage_timeout_s": 3})
+    out = tmp_path / "rec.json"
+    err = _one_line_error(_cli(path, "--only", "clean,autoattack", "--trust-code", "--out", out))
+    assert "stage autoattack exceeded its 3 s wall-clock limit" in err and "finished stages are kept in" in err
+    state = Path(err.split("finished stages are kept in ")[1])
+    assert (state / "stages" / "clean.json").exists() and not (state / "stages" / "autoattack.json").exists()
+    log = (state / "worker.log").read_text()
+    job = json.loads(log.split("job ", 1)[1].split("; sandbox", 1)[0])  # the job the worker ran
+    assert job["stages"] == ["clean", "autoattack"]
+    assert not out.exists()
+    # the rerun resumes: clean comes from the state folder, not from the (hanging) model
+    proc = _main(capfd, path, "--only", "clean", "--trust-code", "--out", out)
+    assert proc.returncode == 0 and "clean        resumed from" in proc.stdout, proc.stderr
+
+
+def test_command_line_limits_override_the_submission(make_submission):
+    from harness.cli import build_parser
+    from harness.pipeline import resolve_limits
+    from harness.stages import EvalOptions
+    from harness.submission import load_submission
+
+    sub = load_submission(make_submission("limits", evaluation={
+        "n_examples": 5, "limits": {"memory": "2G", "stage_timeout_s": 60, "cpu_seconds": 30}}))
+    assert resolve_limits(sub, EvalOptions()) == {"memory": 2 * 2**30, "stage_timeout": 60.0, "cpu": 30.0}
+    args = build_parser().parse_args(["eval", "x.yaml", "--memory-limit", "512M", "--stage-timeout", "5",
+                                      "--cpu-limit", "7"])
+    opts = EvalOptions(memory_limit=512 * 2**20, stage_timeout=args.stage_timeout, cpu_limit=args.cpu_limit)
+    assert args.memory_limit == "512M"
+    assert resolve_limits(sub, opts) == {"memory": 512 * 2**20, "stage_timeout": 5.0, "cpu": 7.0}
+    assert resolve_limits(sub, EvalOptions(memory_limit=0))["memory"] is None  # --memory-limit none
+    with pytest.raises(HarnessError, match="cannot lift the memory limit"):
+        load_submission(make_submission("lift", evaluation={"limits": {"memory": "none"}}))
+
+
+def test_3_gib_forward_hits_the_memory_limit(tmp_path, capfd):
+    path = _ts_submission(tmp_path, TS_ALLOC, "Alloc", "alloc")
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--trust-code", "--memory-limit", "1G",
+                               "--out", tmp_path / "rec.json"))
+    assert "stage clean ran out of memory" in err and "1 GiB" in err
+
+
+def test_huge_architecture_kwargs_are_refused_before_allocating(tmp_path, capfd):
+    """mnist_mlp with hidden = 10^6 is 10^12 parameters (4 TB): the schema bounds the argument.
+    hidden = 20,000 passes the schema but is 4.2e8 parameters (1.6 GiB): refused from its
+    meta-device size against the memory limit, before anything is allocated."""
+    path = _submission(tmp_path, "huge", "state_dict", lambda p: p.write_bytes(b"\0" * 64), "model.pt",
+                       architecture="mnist_mlp", architecture_kwargs={"hidden": 1_000_000})
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", tmp_path / "rec.json", "--memory-limit", "2G"))
+    assert "model.architecture_kwargs" in err and "1000000" in err
+    path = _submission(tmp_path, "big", "state_dict", lambda p: p.write_bytes(b"\0" * 64), "model.pt",
+                       architecture="mnist_mlp", architecture_kwargs={"hidden": 20_000})
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", tmp_path / "rec2.json", "--memory-limit", "1G"))
+    assert "model.architecture_kwargs" in err and "parameters" in err and "refused before allocating" in err
+
+
+# --------------------------------------------------------------------- outputs on real data
+def _onnx_graph(path: Path, nodes, initializers) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+PATCH = [9 * 28 + 17, 9 * 28 + 18, 10 * 28 + 17, 10 * 28 + 18]  # a 2x2 patch of pixels
+
+
+def _nan_on_blank_patch(path: Path) -> None:
+    """Logits times s/s, s the sum of a 2x2 patch: NaN (0/0) exactly where the patch is blank,
+    which never happens on uniform noise but does on some MNIST digits."""
+    from onnx import helper, numpy_helper
+
+    w, b = _linear_weights()
+    _onnx_graph(path, [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "W", "B"], ["z"], transB=1),
+        helper.make_node("Gather", ["f", "C"], ["c"], axis=1),
+        helper.make_node("ReduceSum", ["c", "A"], ["s"], keepdims=1),
+        helper.make_node("Div", ["s", "s"], ["r"]),
+        helper.make_node("Mul", ["z", "r"], ["y"]),
+    ], [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
+        numpy_helper.from_array(np.array(PATCH, np.int64), "C"), numpy_helper.from_array(np.array([1], np.int64), "A")])
+
+
+def _three_rows(path: Path) -> None:
+    """The logits of the first 3 inputs whatever the batch: right on the 2 noise inputs of the load
+    check, wrong on any real batch."""
+    from onnx import helper, numpy_helper
+
+    w, b = _linear_weights()
+    _onnx_graph(path, [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "W", "B"], ["z"], transB=1),
+        helper.make_node("Slice", ["z", "S", "E", "A"], ["y"]),
+    ], [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B"),
+        numpy_helper.from_array(np.array([0], np.int64), "S"), numpy_helper.from_array(np.array([3], np.int64), "E"),
+        numpy_helper.from_array(np.array([0], np.int64), "A")])
+
+
+def test_nan_only_on_real_images_names_the_first_bad_example(tmp_path, capfd):
+    with np.load(MNIST) as d:
+        blank = d["x"][:100].reshape(100, -1)[:, PATCH].astype(int).sum(1) == 0
+    first_blank = int(np.nonzero(blank)[0][0])
+    assert first_blank > 5  # not in the first batch: the error must map the row to the example
+    path = _submission(tmp_path, "nan-real", "onnx", _nan_on_blank_patch, "model.onnx",
+                       evaluation={"n_examples": 100, "batch_size": 5})
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", tmp_path / "rec.json"))
+    assert err.endswith(f"model returned NaN logits for example {first_blank} (stage clean)"), err
+
+
+def test_wrong_batch_dimension_on_real_batches_is_caught(tmp_path, capfd):
+    path = _submission(tmp_path, "three-rows", "onnx", _three_rows, "model.onnx")
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", tmp_path / "rec.json"))
+    assert "model output has shape (3, 10), expected (N, 10) with N = 20 (stage clean)" in err
+
+
+def test_check_logits_names_the_example_and_the_stage():
+    from harness.models import check_logits
+
+    out = torch.zeros(4, 10)
+    check_logits(out, 4, 10, stage="clean", index=np.arange(4))
+    out[2, 3] = float("inf")
+    with pytest.raises(HarnessError, match=r"infinite logits for example 12 \(stage certify\)"):
+        check_logits(out, 4, 10, stage="certify", index=np.arange(10, 14))
+    with pytest.raises(HarnessError, match=r"row 2 of a batch of 4 inputs \(stage autoattack\)"):
+        check_logits(out, 4, 10, stage="autoattack")
+    with pytest.raises(HarnessError, match=r"shape \(4, 10\), expected \(N, 10\) with N = 5"):
+        check_logits(out, 5, 10, stage="clean")
+
+
+# ------------------------------------------------------------------------------- network
+def test_worker_network_namespace_has_no_network(tmp_path):
+    """The worker's isolation, as the worker applies it, blocks a connection that works without it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    probe = textwrap.dedent(f'''
+        import socket, sys
+        from harness.sandbox import isolate_network
+        state = isolate_network() if sys.argv[1] == "isolate" else "not asked"
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
+            print("connected;", state)
+        except OSError as e:
+            print("refused;", state)
+    ''')
+    try:
+        runs = {mode: subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True,
+                                     timeout=60).stdout.strip() for mode in ("plain", "isolate")}
+    finally:
+        server.close()
+    assert runs["plain"].startswith("connected"), runs  # guard: the probe can connect
+    if "not isolated" in runs["isolate"]:
+        pytest.skip(f"this kernel refuses network namespaces: {runs['isolate']}")
+    assert runs["isolate"].startswith("refused; isolated"), runs
+
+
+# ------------------------------------------------------------------------------- bubblewrap
+def _bwrap_skip():
+    from harness.sandbox import bwrap_problem
+
+    why = bwrap_problem()
+    if why is not None:
+        pytest.skip(why)
+
+
+TS_WRITER = textwrap.dedent('''
+    import torch
+
+    class Writer(torch.nn.Module):
+        """Trusted code that still tries to leave the jail: copies a file from outside its folder
+        to another place outside its folder, on every forward pass."""
+
+        def __init__(self, secret: str, mark: str):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(10, 784))
+            self.secret = secret
+            self.mark = mark
+
+        def forward(self, x):
+            torch.save(torch.from_file(self.secret, size=6, dtype=torch.uint8), self.mark)
+            return x.flatten(1) @ self.weight.t()
+''')
+
+
+def test_bwrap_jail_sees_nothing_outside_and_writes_only_the_state(tmp_path, capfd):
+    _bwrap_skip()
+    secret, marker = tmp_path / "secret.bin", tmp_path / "STOLEN"
+    secret.write_bytes(b"secret")
+    ts = tmp_path / "writer.ts"
+    _script_module(tmp_path, TS_WRITER, "Writer", str(secret), str(marker)).save(str(ts))
+    torch.jit.load(str(ts))(torch.rand(2, 1, 28, 28))  # guard: outside the jail it works
+    assert marker.exists()
+    marker.unlink()
+    path = _submission(tmp_path, "writer", "torchscript", lambda p: p.write_bytes(ts.read_bytes()), "model.ts")
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--trust-code", "--sandbox", "bwrap",
+                               "--out", tmp_path / "rec.json"))
+    assert "model fails on an input" in err and "secret.bin" in err, err  # it cannot even see the secret
+    assert not marker.exists()
+
+
+def test_bwrap_runs_an_honest_submission(tmp_path, capfd):
+    _bwrap_skip()
+    w, b = _linear_weights()
+    path = _submission(tmp_path, "honest", "onnx", lambda p: _onnx_flatten_gemm(p, "lin", w, b), "model.onnx")
+    out = tmp_path / "results" / "rec.json"
+    proc = _main(capfd, path, "--only", "clean", "--sandbox", "bwrap", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = json.loads(out.read_text())
+    assert rec["provenance"]["sandbox"]["mode"] == "bwrap"
+    assert rec["provenance"]["sandbox"]["network"] == "isolated (bubblewrap)"
+
+
+# ------------------------------------------------------------------------ worker's results
+def test_unreadable_stage_results_are_one_line_errors(make_submission, capfd):
+    """The supervisor reads what the worker wrote as untrusted data."""
+    from harness.pipeline import evaluate
+    from harness.stages import EvalOptions
+
+    path = make_submission("state-check", evaluation={"n_examples": 5, "batch_size": 5})
+    out = path.parent.parent.parent / "results" / "rec.json"
+    res = evaluate(path, EvalOptions(device="cpu", progress=False, sandbox="none"), stages=["clean"], out=out,
+                   echo=lambda s: None)
+    (res.state_dir / "stages" / "clean.json").write_text('{"summary": ')
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", out))
+    assert "saved result of stage clean" in err and "unreadable" in err and "--restart" in err
+    (res.state_dir / "stages" / "clean.json").write_text(json.dumps({"summary": {}, "seconds": 0}))
+    np.savez(res.state_dir / "stages" / "clean.npz", clean_correct=np.ones(3, bool))  # 3 arrays for 5 examples
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", out))
+    assert "clean_correct of shape (3,) for 5 examples" in err, err
