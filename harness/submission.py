@@ -117,8 +117,9 @@ class ModelSpec(_Strict):
 
 
 class Training(_Strict):
-    method: Literal["standard", "pgd", "trades", "fgsm", "ibp", "crown-ibp", "other"]
-    attack_steps: int = Field(default=0, ge=0)
+    method: Literal["standard", "pgd", "trades", "mart", "fgsm", "free", "ibp", "crown-ibp", "other"]
+    attack_steps: int = Field(default=0, ge=0, description="K of PGD/TRADES/MART; for free: the replay count m")
+    awp: bool = Field(default=False, description="adversarial weight perturbation on top of the method")
     epochs: float | None = Field(default=None, gt=0)
     examples_per_epoch: int | None = Field(default=None, gt=0)
     extra_data: int = Field(default=0, ge=0, description="synthetic or extra images used in training")
@@ -129,7 +130,7 @@ class Training(_Strict):
 
     @model_validator(mode="after")
     def _steps(self) -> "Training":
-        if self.method in ("pgd", "trades") and self.attack_steps < 1:
+        if self.method in ("pgd", "trades", "mart", "free") and self.attack_steps < 1:
             raise ValueError(f"attack_steps must be >= 1 for method {self.method}")
         return self
 
