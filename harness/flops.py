@@ -125,6 +125,15 @@ SAME_PASSES_AS = {
     # Cui et al. 2023 (IKL-AT, "Decoupled KL"): TRADES with the improved KL loss; its class-wise
     # global information is a running mean of the batch's outputs, no extra pass
     "ikl-at": "trades",
+    # Huang et al. 2020 (self-adaptive training on TRADES): the soft targets are a moving average
+    # of the predictions the training pass computes anyway
+    "trades-sat": "trades",
+    # Pang et al. 2020 (hypersphere embedding): PGD-K training; the feature and weight normalisation
+    # are part of the network, hence of its forward FLOPs
+    "pgd-he": "pgd",
+    # Pang et al. 2020 (Max-Mahalanobis centre loss): PGD-K training on adversarial examples only,
+    # with the MMC loss in place of the cross-entropy
+    "mmc-pgd": "pgd",
 }
 #: the cost of one forward and backward of the training loss, which AWP spends once more
 AWP_EXTRA = {"standard": 3.0, "pgd": 3.0, "fgsm": 3.0, "trades": 6.0, "mart": 6.0}

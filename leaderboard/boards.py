@@ -316,7 +316,8 @@ def attach_recipes(entries: list[Entry], path: Path) -> None:
                                "by this recipe; keep one")
         if tc.value is not None:
             e.training_flops = tc.value
-            e.training_flops_source = f"{tc.formula}; recipe: {tc.source}"
+            first = tc.source.split(" ; ")[0].strip()
+            e.training_flops_source = f"{tc.formula}; recipe source: {first}" + (" (and more)" if " ; " in tc.source else "")
         elif e.training_flops is None:
             e.training_flops_source = tc.formula
 

@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def _completeness(r) -> tuple[int, int]:
+    """known > partial > unknown, then how many numbers are given."""
+    rank = {"known": 2, "partial": 1, "unknown": 0}[r.status]
+    return rank, sum(v is not None for v in (r.attack_steps, r.awp, r.epochs, r.examples_per_epoch, r.batch_size))
+
+
 def main(argv: list[str] | None = None) -> int:
     from harness.errors import HarnessError
     from leaderboard.recipes import (RECIPE_COLUMNS, Recipe, load_recipes, parse_recipe, plausibility_problems,
@@ -50,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 for problem in plausibility_problems(r):
                     print(f"DOUBT {where} {r.robustbench_id}: {problem}", file=sys.stderr)
+                old = table.get(r.key)
+                if old is not None and origin.get(r.key) not in (None, "committed", "placeholder"):
+                    # two contributions for one entry: keep the better-known one (then the later)
+                    if _completeness(old) > _completeness(r):
+                        print(f"CONFLICT {'/'.join(r.key)}: kept {old.where} over {where}", file=sys.stderr)
+                        continue
+                    print(f"CONFLICT {'/'.join(r.key)}: took {where} over {old.where}", file=sys.stderr)
                 table[r.key] = r
                 origin[r.key] = str(part.name)
 
