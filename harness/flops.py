@@ -46,7 +46,7 @@ import torch.nn as nn
 
 from .record import FLOPS_CONVENTION, TrainingFlopsRecord
 
-TRAIN_SET_SIZE = {"mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
+TRAIN_SET_SIZE = {"mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 
 
 @dataclass
@@ -165,14 +165,16 @@ def method_multiplier(method: str, attack_steps: int, num_classes: int, awp: boo
     return base()
 
 
-def describe_method(method: str, attack_steps: int, awp: bool = False) -> str:
-    """``TRADES-10 + AWP``, ``free (m=8)``, ``FGSM``: how the tables name a training method."""
+def describe_method(method: str, attack_steps: int | None, awp: bool = False) -> str:
+    """``TRADES-10 + AWP``, ``free (m=8)``, ``FGSM``: how the tables name a training method
+    (``TRADES-?`` when the step count is not known)."""
     name = {"standard": "standard", "pgd": "PGD", "trades": "TRADES", "mart": "MART", "fgsm": "FGSM",
             "free": "free", "ibp": "IBP", "crown-ibp": "CROWN-IBP"}.get(method, method)
+    k = attack_steps if attack_steps else "?"
     if method == "free":
-        name += f" (m={attack_steps})"
+        name += f" (m={k})"
     elif method in STEP_METHODS:
-        name += f"-{attack_steps}"
+        name += f"-{k}"
     return name + (" + AWP" if awp else "")
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.flops import SAME_PASSES_AS, STEP_METHODS, describe_method, method_multiplier
+from harness.flops import SAME_PASSES_AS, STEP_METHODS, TRAIN_SET_SIZE, describe_method, method_multiplier
 
 RECIPE_COLUMNS = [
     "robustbench_id", "dataset", "threat_model", "method", "attack_steps", "awp", "epochs",
@@ -33,9 +33,9 @@ RECIPE_COLUMNS = [
 ]
 BASE_METHODS = ("standard", "pgd", "trades", "mart", "fgsm", "free")
 STATUSES = ("known", "partial", "unknown")
-#: training-set sizes of the data sets the reported rows use (a recipe's epoch must hold at least
-#: one pass over them unless its note says it uses a subset)
-MIN_EPOCH = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
+#: the data sets a recipe may name; an epoch shorter than half the training set is doubted
+#: unless the note says a subset was used
+MIN_EPOCH = {d: TRAIN_SET_SIZE[d] for d in ("cifar10", "cifar100", "imagenet")}
 
 Key = tuple[str, str, str]  # (dataset, threat model, robustbench id)
 
@@ -90,7 +90,7 @@ class Recipe:
         if self.method.startswith("other:"):
             short = self.method[len("other:"):].split(" (")[0].strip()
             return short + (" + AWP" if self.awp else "")
-        return describe_method(self.method, self.attack_steps or 0, bool(self.awp))
+        return describe_method(self.method, self.attack_steps, bool(self.awp))
 
 
 @dataclass
@@ -238,8 +238,9 @@ def training_compute(r: Recipe, forward_flops: float | None) -> TrainingCompute:
     value = forward_flops * seen * mult
     same = (f", the passes of {describe_method(r.base_method, r.attack_steps or 0, bool(r.awp))}"
             if r.base_method != r.method else "")
-    formula = (f"{forward_flops:.4g} forward FLOPs x {seen:.4g} examples seen ({r.epochs:g} epochs x "
-               f"{r.examples_per_epoch:.4g}) x {mult:g} ({r.method_label()}{same})")
+    from .fmt import si
+    formula = (f"{si(forward_flops)} forward FLOPs × {si(seen)} examples seen ({r.epochs:g} epochs × "
+               f"{si(r.examples_per_epoch)}) × {mult:g} ({r.method_label()}{same})")
     return TrainingCompute(value, formula, r.source)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup, escape
 
 from harness.record import FLOPS_CONVENTION
 
@@ -39,12 +40,18 @@ FRONTIER_SHORT = {
 }
 
 
+def wbr(text: object) -> Markup:
+    """Escaped text with break opportunities after '_' and '-' (long identifiers in narrow cells);
+    <wbr> adds nothing to the text itself, so filtering and copying see the original."""
+    return Markup(str(escape(str(text))).replace("_", "_<wbr>").replace("-", "-<wbr>"))
+
+
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=fmt.pct, flops=fmt.flops, ci=fmt.ci, si=fmt.si, saving=fmt.saving, saving_title=fmt.saving_title,
                        overhead=fmt.overhead, overhead_title=fmt.overhead_title, gap=fmt.gap, gap_title=fmt.gap_title,
-                       num=fmt.num, sortv=fmt.sort_value, safe_url=safe_url,
+                       num=fmt.num, sortv=fmt.sort_value, safe_url=safe_url, wbr=wbr,
                        tojson_pretty=lambda v: json.dumps(v, indent=2, default=str))
     env.globals.update(FRONTIERS=FRONTIERS, FRONTIER_SHORT=FRONTIER_SHORT, DASH=fmt.DASH)
     return env

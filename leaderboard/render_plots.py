@@ -83,7 +83,7 @@ def _draw_points(ax, pts: list[tuple[Entry, float, float]], x_label: str, y_labe
         used.add(key)
 
 
-def _place_labels(fig, ax, points: list[tuple[str, float, float]]) -> int:
+def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: tuple = ()) -> int:
     """Name the points without overlaps: for each (in order) try offsets around the point and keep
     the first whose text box stays inside the axes and clear of every label already placed and of
     every labelled point; a label that fits nowhere is left out (the point keeps its tooltip).
@@ -97,6 +97,9 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]]) -> int:
         px, py = ax.transData.transform((x, y))
         marks.append((px - 5, py - 5, px + 5, py + 5))
     placed: list[tuple[float, float, float, float]] = []
+    for artist in avoid:  # e.g. a note drawn inside the axes
+        bb = artist.get_window_extent(renderer)
+        placed.append((bb.x0 - 2, bb.y0 - 2, bb.x1 + 2, bb.y1 + 2))
     # near the point first; farther out, a thin leader line joins label and point
     offsets = [(6, 5, "left"), (6, -14, "left"), (-6, 5, "right"), (-6, -14, "right"), (8, 16, "left"),
                (-8, 16, "right"), (8, -25, "left"), (-8, -25, "right")]
@@ -297,10 +300,11 @@ def scaling_plot(board: Board, path: Path) -> bool:
                 label=f"fit: A − B·C^(−α), α = {fit.alpha:.3g}")
         ax.axhline(100 * fit.A, color=FRONTIER_COLOR, ls=":", lw=1.2,
                    label=f"fitted plateau A = {100 * fit.A:.1f}% ± {100 * 1.96 * fit.A_stderr:.1f}")
-    elif fit is not None:
+    avoid = []
+    if fit is not None and not fit.ok:
         import textwrap
-        ax.text(0.02, 0.97, textwrap.fill("no plateau: " + fit.message, 78), transform=ax.transAxes,
-                fontsize=FONT, color="#8a4b00", va="top")
+        avoid.append(ax.text(0.02, 0.97, textwrap.fill("no plateau: " + fit.message, 78), transform=ax.transAxes,
+                             fontsize=FONT, color="#8a4b00", va="top"))
     if board.is_paper_board:
         ax.axhline(100 * PAPER["plateau_perfect_synthetic"], color="#555555", ls="--", lw=0.9,
                    label="Bartoldson et al.: plateau 89.65%")
@@ -309,11 +313,12 @@ def scaling_plot(board: Board, path: Path) -> bool:
         ylims.append(100 * fit.A)
     if board.is_paper_board:
         ylims.append(100 * PAPER["plateau_perfect_synthetic"])
-    _ylim(ax, ylims, headroom=0.12)
+    _ylim(ax, ylims, headroom=0.25 if avoid else 0.12)
     _logx(ax, list(xlims))
     front = sorted((e for e in pts if e.on_frontier.get("robust_vs_training_flops")),
                    key=lambda e: (e.training_flops, e.robust))
-    _place_labels(fig, ax, [(e.name, float(e.training_flops), 100 * e.robust) for e in front][-MAX_LABELS:])
+    _place_labels(fig, ax, [(e.name, float(e.training_flops), 100 * e.robust) for e in front][-MAX_LABELS:],
+                  avoid=tuple(avoid))
     ax.set_xlabel("training FLOPs (fvcore convention)")
     ax.set_ylabel("AutoAttack accuracy (%)")
     ax.set_title(f"{board.title}: robust accuracy vs training compute", fontsize=FONT + 0.5)

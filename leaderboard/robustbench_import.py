@@ -500,7 +500,7 @@ def count_compute(dataset: str, norm: str, rb_id: str, architecture: str, forwar
         src += (f"; {forward_passes} forward passes per prediction (an ensemble): every member is "
                 "in the counted module")
     if fc.params_unused:
-        src += f"; {fc.params_unused:,} parameters of modules the forward pass never calls are not counted"
+        src += f"; {fc.params_unused:,} parameters of modules the forward pass never calls are left out"
     if fc.skipped:
         src += "; operators fvcore does not count: " + ", ".join(f"{k} x{v}" for k, v in sorted(fc.skipped.items()))
     return Compute(fc.params, fc.total, size, src)

@@ -21,6 +21,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+#: contributed rows whose numbers describe one stage of a multi-stage training (their notes say so):
+#: the stage alone would understate the training compute, so no total is computed from them
+STAGE_ONLY = {
+    ("cifar10", "Linf", "Chen2020Adversarial"): "one ensemble member's fine-tuning stage; the self-supervised "
+                                                 "adversarial pre-training and the other two members are not in the numbers",
+    ("cifar10", "Linf", "Hendrycks2019Using"): "the CIFAR-10 fine-tuning stage only; the adversarial pre-training "
+                                                "on ImageNet32 is not in the numbers",
+    ("cifar100", "Linf", "Hendrycks2019Using"): "the CIFAR-100 fine-tuning stage only; the adversarial pre-training "
+                                                 "on ImageNet32 is not in the numbers",
+    **{(ds, "Linf", f"Debenedetti2022Light_XCiT-{s}12"): "the fine-tuning stage only; the ImageNet adversarial "
+                                                          "pre-training is not in the numbers"
+       for ds in ("cifar10", "cifar100") for s in ("S", "M", "L")},
+}
+
+
 def _completeness(r) -> tuple[int, int]:
     """known > partial > unknown, then how many numbers are given."""
     rank = {"known": 2, "partial": 1, "unknown": 0}[r.status]
@@ -66,6 +81,14 @@ def main(argv: list[str] | None = None) -> int:
                 table[r.key] = r
                 origin[r.key] = str(part.name)
 
+    import dataclasses
+    for key, why in STAGE_ONLY.items():
+        r = table.get(key)
+        if r is not None and r.epochs is not None and not r.note.startswith("[merge]"):
+            table[key] = dataclasses.replace(r, epochs=None, status="partial",
+                                             note=f"[merge] epochs left unknown: the row gives {why} "
+                                                  f"(its {r.epochs:g} epochs are that stage's). " + r.note)
+            print(f"STAGE-ONLY {'/'.join(key)}: no total computed", file=sys.stderr)
     with open(args.reported, newline="", encoding="utf-8") as f:
         reported = [(r["dataset"], r["norm"], r["robustbench_id"]) for r in csv.DictReader(f)]
     ref = args.reference_dir / "training_compute_cifar10_linf.csv"
