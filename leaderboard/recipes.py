@@ -216,7 +216,7 @@ def training_compute(r: Recipe, forward_flops: float | None) -> TrainingCompute:
     missing = []
     if r.method == "unknown":
         missing.append("the training method is unknown")
-    elif mult is None and r.method.startswith("other:"):
+    elif r.base_method is None:
         missing.append(f"harness.flops derives no multiplier for {r.method_label()}")
     elif r.awp is None:
         missing.append("whether AWP was used is unknown")
