@@ -1,4 +1,4 @@
-"""The ``harness`` command line: eval, validate, schema, leaderboard build."""
+"""The ``harness`` command line: eval, validate, schema, leaderboard build / import-robustbench."""
 from __future__ import annotations
 
 import argparse
@@ -148,6 +148,17 @@ def _count(limit: int):
     return parse
 
 
+def cmd_import_robustbench(args: argparse.Namespace) -> int:
+    from leaderboard.robustbench_import import import_robustbench, main_log
+
+    out = Path(args.out) if args.out else Path(args.root).resolve() / "leaderboard" / "reported.csv"
+    rows = import_robustbench(Path(args.path), out, count=not args.no_count, recount=args.recount,
+                              log=None if args.quiet else main_log)
+    counted = sum(1 for r in rows if r["inference_flops"])
+    print(f"wrote {len(rows)} reported rows ({counted} with counted parameters and FLOPs) to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="robust-frontier evaluation harness")
     sub = p.add_subparsers(dest="command", required=True)
@@ -193,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="output folder (default ./site)")
     b.add_argument("--root", default=".", help="repository root (default .)")
     b.set_defaults(func=cmd_leaderboard)
+    ir = lbs.add_parser("import-robustbench",
+                        help="regenerate leaderboard/reported.csv from a RobustBench checkout's model_info/ JSON files")
+    ir.add_argument("path", help="a RobustBench checkout, its model_info/ folder, or the snapshot CSV")
+    ir.add_argument("--out", help="default: <root>/leaderboard/reported.csv")
+    ir.add_argument("--root", default=".", help="repository root (default .)")
+    ir.add_argument("--no-count", action="store_true",
+                    help="do not build architectures: new rows get unknown parameters and FLOPs")
+    ir.add_argument("--recount", action="store_true", help="count every row again instead of reusing reported.csv")
+    ir.add_argument("--quiet", action="store_true", help="no per-row progress lines")
+    ir.set_defaults(func=cmd_import_robustbench)
     return p
 
 

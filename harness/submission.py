@@ -230,8 +230,10 @@ class ModelSpec(_Strict):
 
 
 class Training(_Strict):
-    method: Literal["standard", "pgd", "trades", "fgsm", "ibp", "crown-ibp", "other"]
-    attack_steps: int = Field(default=0, ge=0, le=100_000)
+    method: Literal["standard", "pgd", "trades", "mart", "fgsm", "free", "ibp", "crown-ibp", "other"]
+    attack_steps: int = Field(default=0, ge=0, le=100_000,
+                              description="K of PGD/TRADES/MART; for free: the replay count m")
+    awp: bool = Field(default=False, description="adversarial weight perturbation on top of the method")
     epochs: float | None = Field(default=None, gt=0, le=1e6)
     examples_per_epoch: int | None = Field(default=None, gt=0, le=10**12)
     extra_data: int = Field(default=0, ge=0, le=10**12, description="synthetic or extra images used in training")
@@ -242,7 +244,7 @@ class Training(_Strict):
 
     @model_validator(mode="after")
     def _steps(self) -> "Training":
-        if self.method in ("pgd", "trades") and self.attack_steps < 1:
+        if self.method in ("pgd", "trades", "mart", "free") and self.attack_steps < 1:
             raise ValueError(f"attack_steps must be >= 1 for method {self.method}")
         return self
 

@@ -24,14 +24,19 @@ from harness.submission import LoadedSubmission, format_eps, parse_eps, parse_su
 
 from . import frontier as fr
 from .fmt import compute_key
+from .recipes import load_recipes, training_compute
+from .robustbench_import import COLUMNS as REPORTED_COLUMNS
 from .scaling import PAPER, ScalingFit, fit_saturating_power_law
 
 CI = tuple[float, float]
 #: test-set sizes: an evaluation on fewer points is flagged as a subset
 FULL_TEST_SET = {"mnist": 10_000, "cifar10": 10_000, "cifar100": 10_000}
-DATASET_ORDER = {"mnist": 0, "cifar10": 1, "cifar100": 2}
+DATASET_ORDER = {"mnist": 0, "cifar10": 1, "cifar100": 2, "imagenet": 3}
 NORM_ORDER = {"Linf": 0, "L2": 1}
-DATASET_TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+DATASET_TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+#: radii that RobustBench lists on the board of a nearby standard radius, marked (ε = 0.031 rows
+#: sit on the 8/255 ≈ 0.03137 board, as on robustbench.github.io)
+EPS_ALIASES = {("Linf", 0.031): 8 / 255}
 REPORTED_CI_NOTE = ("95% Clopper-Pearson interval computed here from the reported accuracy, assuming "
                     "n = {n} test points (the full test set)")
 
@@ -43,12 +48,6 @@ FRONTIERS: list[tuple[str, str, str, str]] = [
     ("certified_vs_inference_flops", "inference_flops", "certified", "Certified accuracy vs inference FLOPs"),
 ]
 
-REPORTED_COLUMNS = (
-    "id", "dataset", "norm", "eps", "robustbench_id", "name", "architecture", "clean_acc_percent",
-    "autoattack_acc_percent", "stronger_attack_acc_percent", "n_test", "params", "inference_flops",
-    "training_flops", "flops_convention", "compute_source", "training_flops_source", "additional_data",
-    "unreliable", "venue", "paper", "source_url", "accuracy_source_url", "note",
-)
 
 
 @dataclass
@@ -86,6 +85,20 @@ class Entry:
     flags: list[Flag] = field(default_factory=list)
     url: str | None = None
     separation: dict[str, Any] | None = None
+    # what a researcher filters on (reported rows: RobustBench's model info; records: the submission)
+    architecture: str = ""
+    extra_data: str = ""          # "" = none; else what and how much
+    additional_data: bool | None = None  # RobustBench's flag: extra *real* training data
+    venue: str = ""
+    year: str = ""
+    paper_title: str = ""
+    best_known: float | None = None  # the lowest robust accuracy any attack reached, when below AutoAttack's
+    best_known_note: str = ""
+    board_eps: float | None = None   # the board's ε when the entry's own differs (ε = 0.031 on 8/255)
+    compute_note: str = ""           # how params and FLOPs were counted, or why they were not
+    forward_passes: int = 1
+    training_method: str = ""        # e.g. "TRADES-10", from the recipe or the submission
+    training_recipe: Any = None      # leaderboard.recipes.Recipe of a reported row
     record: ResultRecord | None = None
     record_path: Path | None = None
     submission: LoadedSubmission | None = None
@@ -96,6 +109,27 @@ class Entry:
     tied: bool = False
     on_frontier: dict[str, bool | None] = field(default_factory=dict)
     flop_saving: float | None = None
+    measurably_robust: bool = False  # the lower end of the robust accuracy's 95% CI is above 0
+    overhead: float | None = None    # inference FLOPs / least inference FLOPs of any entry at least as robust
+    gap: float | None = None         # most robust accuracy at no more inference FLOPs, minus this entry's
+    training_overhead: float | None = None
+    training_gap: float | None = None
+
+    @property
+    def has_extra_data(self) -> bool:
+        return bool(self.extra_data)
+
+    @property
+    def paper_url(self) -> str | None:
+        return self.url
+
+    @property
+    def search_text(self) -> str:
+        """Everything the table's free-text filter matches, also what the page does not show in full."""
+        parts = [self.name, self.id, self.architecture, self.extra_data, self.venue, self.year, self.paper_title,
+                 self.kind, self.training_method, " ".join(f.name for f in self.flags),
+                 "extra data" if self.extra_data else "no extra data"]
+        return " ".join(p for p in parts if p)
 
     @property
     def slug(self) -> str:
@@ -124,6 +158,14 @@ class Board:
     def title(self) -> str:
         ds = DATASET_TITLES.get(self.dataset, self.dataset)
         return f"{ds}, {self.norm}, ε = {self.eps_label}"
+
+    @property
+    def coverage(self) -> dict[str, Any]:
+        return coverage(self)
+
+    @property
+    def example(self) -> list[str]:
+        return worked_example(self)
 
     @property
     def is_paper_board(self) -> bool:
@@ -173,6 +215,13 @@ def _binomial_ci(acc: float | None, n: int) -> CI | None:
     return clopper_pearson(int(round(acc * n)), n)
 
 
+def _board_eps(norm: str, eps: float) -> float | None:
+    for (n, e), board in EPS_ALIASES.items():
+        if n == norm and abs(eps - e) < 1e-9:
+            return board
+    return None
+
+
 def load_reported(path: Path) -> list[Entry]:
     """The rows of ``reported.csv`` as entries (accuracies in the file are percentages)."""
     try:
@@ -184,9 +233,13 @@ def load_reported(path: Path) -> list[Entry]:
             rows = list(reader)
     except OSError as e:
         raise HarnessError(f"{path}: cannot read: {e}")
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text: {e}")
     entries = []
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
+        if None in row or any(v is None for v in row.values()):
+            raise HarnessError(f"{where}: wrong number of fields")
         rid = (row["id"] or "").strip()
         if not rid:
             raise HarnessError(f"{where}: column id is empty")
@@ -200,28 +253,73 @@ def load_reported(path: Path) -> list[Entry]:
         if not n_text.isdigit() or int(n_text) <= 0:
             raise HarnessError(f"{where}: column n_test must be a positive integer, got {n_text!r}")
         n = int(n_text)
+        fp_text = (row["forward_passes"] or "1").strip()
+        if not fp_text.isdigit() or int(fp_text) <= 0:
+            raise HarnessError(f"{where}: column forward_passes must be a positive integer, got {fp_text!r}")
         clean = _pct(row["clean_acc_percent"], where, "clean_acc_percent", required=False)
         robust = _pct(row["autoattack_acc_percent"], where, "autoattack_acc_percent", required=True)
         stronger = _pct(row["stronger_attack_acc_percent"], where, "stronger_attack_acc_percent", required=False)
         params = _num(row["params"], where, "params")
         flags = []
+        best_known, best_note = None, ""
         if stronger is not None and robust is not None and stronger < robust:
-            flags.append(Flag("stronger-attack", f"a stronger attack than AutoAttack reaches {stronger:.2%} "
-                                                 "(RobustBench's external evaluation)"))
+            best_known = stronger
+            best_note = (f"a stronger attack than AutoAttack reaches {stronger:.2%} "
+                         "(RobustBench's external evaluation; see the note)")
+            flags.append(Flag("stronger-attack", best_note))
         if (row["unreliable"] or "").strip().lower() == "true":
-            flags.append(Flag("unreliable", "RobustBench marks this evaluation as unreliable", "error"))
+            flags.append(Flag("unreliable", "RobustBench marks this evaluation as potentially unreliable", "error"))
+        board_eps = _board_eps(row["norm"], eps)
+        if board_eps is not None:
+            flags.append(Flag(f"eps {row['eps'].strip()}", f"evaluated at ε = {row['eps'].strip()}, listed on the "
+                                                           f"ε = {format_eps(board_eps)} board as RobustBench does",
+                              "info"))
+        inference = _num(row["inference_flops"], where, "inference_flops")
+        compute_note = (row["compute_source"] or "").strip()
+        if inference is None and not compute_note:
+            raise HarnessError(f"{where}: inference_flops is empty and compute_source does not say why")
+        additional = (row["additional_data"] or "").strip().lower()
+        url = (row["source_url"] or "").strip()
         entries.append(Entry(
             id=rid, name=(row["name"] or rid).strip(), kind="reported", dataset=row["dataset"].strip(),
             norm=row["norm"], eps=eps, n_examples=n,
             clean=clean, clean_ci=_binomial_ci(clean, n), robust=robust, robust_ci=_binomial_ci(robust, n),
             ci_note=REPORTED_CI_NOTE.format(n=n),
             params=None if params is None else int(params),
-            inference_flops=_num(row["inference_flops"], where, "inference_flops"),
+            inference_flops=inference,
             training_flops=_num(row["training_flops"], where, "training_flops"),
             training_flops_source=(row["training_flops_source"] or "").strip() or None,
-            flags=flags, url=(row["source_url"] or "").strip() or None, reported=dict(row),
+            flags=flags, url=url or None, reported=dict(row),
+            architecture=(row["architecture"] or "").strip(), extra_data=(row["extra_data"] or "").strip(),
+            additional_data=None if additional not in ("true", "false") else additional == "true",
+            venue=(row["venue"] or "").strip(), year=(row["year"] or "").strip(),
+            paper_title=(row["paper"] or "").strip(), best_known=best_known, best_known_note=best_note,
+            board_eps=board_eps, compute_note=compute_note, forward_passes=int(fp_text),
         ))
     return entries
+
+
+def attach_recipes(entries: list[Entry], path: Path) -> None:
+    """Training FLOPs of the reported rows from ``training_recipes.csv`` (forward FLOPs x examples
+    seen x the method's multiplier; see :mod:`leaderboard.recipes`)."""
+    recipes = load_recipes(path)
+    by_key = {(e.dataset, e.norm, e.reported["robustbench_id"]): e for e in entries if e.reported}
+    for key, r in recipes.items():
+        e = by_key.get(key)
+        if e is None:
+            raise HarnessError(f"{r.where}: a recipe for {'/'.join(key)}, which is not a row of reported.csv")
+        tc = training_compute(r, e.inference_flops)
+        e.training_recipe = r
+        e.training_method = r.method_label()
+        if tc.value is not None and e.training_flops is not None:
+            raise HarnessError(f"{r.where}: training FLOPs for {e.id} are given twice: in reported.csv and "
+                               "by this recipe; keep one")
+        if tc.value is not None:
+            e.training_flops = tc.value
+            first = tc.source.split(" ; ")[0].strip()
+            e.training_flops_source = f"{tc.formula}; recipe source: {first}" + (" (and more)" if " ; " in tc.source else "")
+        elif e.training_flops is None:
+            e.training_flops_source = tc.formula
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +382,25 @@ def entry_from_record(rec: ResultRecord, path: Path, sub: LoadedSubmission) -> E
                                if rec.training_flops is not None else None),
         flags=_record_flags(rec), url=spec.paper.url if spec.paper else None,
         separation=_separation(rec.diagnostics), record=rec, record_path=path, submission=sub,
+        architecture=spec.model.architecture or spec.model.format,
+        extra_data=(f"{spec.training.extra_data:,} extra images" if spec.training and spec.training.extra_data else ""),
+        venue=(spec.paper.venue or "") if spec.paper else "",
+        year=str(spec.paper.year) if spec.paper and spec.paper.year else "",
+        paper_title=spec.paper.title if spec.paper else "",
+        compute_note=(f"fvcore count by the harness ({rec.forward_passes or 1} forward pass"
+                      f"{'' if (rec.forward_passes or 1) == 1 else 'es'} per prediction)"
+                      if rec.inference_flops else (rec.flops_error or "FLOPs not counted")),
+        forward_passes=rec.forward_passes or 1,
+        training_method=_record_method(spec),
     )
+
+
+def _record_method(spec) -> str:
+    from harness.flops import describe_method
+    t = spec.training
+    if t is None:
+        return ""
+    return describe_method(t.method, t.attack_steps, bool(getattr(t, "awp", False)))
 
 
 def load_entries(repo_root: Path) -> Inputs:
@@ -336,9 +452,13 @@ def load_entries(repo_root: Path) -> Inputs:
 
     reported_csv = repo_root / "leaderboard" / "reported.csv"
     if reported_csv.is_file():
-        for line, e in enumerate(load_reported(reported_csv), start=2):
+        reported = load_reported(reported_csv)
+        for line, e in enumerate(reported, start=2):
             claim(e.id, f"{reported_csv}:{line}")
             entries.append(e)
+        recipes_csv = repo_root / "leaderboard" / "training_recipes.csv"
+        if recipes_csv.is_file():
+            attach_recipes(reported, recipes_csv)
 
     slugs: dict[str, str] = {}
     for e in entries:  # entry pages are named by slug: two ids must not collide there either
@@ -351,30 +471,78 @@ def load_entries(repo_root: Path) -> Inputs:
 
 
 # ---------------------------------------------------------------------------------------------
-def rank_board(entries: list[Entry]) -> list[Entry]:
-    """Frontiers, layers, the efficiency figure and ranks with ties; returns the default order.
+def measurably_above_zero(value: float | None, ci: CI | None) -> bool:
+    """Is an accuracy measurably above zero: the lower end of its 95% CI above 0 (without a CI:
+    the value itself)?"""
+    if value is None or not math.isfinite(value):
+        return False
+    if ci is not None:
+        return ci[0] > 0
+    return value > 0
 
-    Compute figures enter rounded to the 3 significant digits the tables show (:func:`compute_key`)."""
+
+#: the tiers of the default order: a lower tier always ranks above a higher one
+TIER_ON_BOARD, TIER_NO_COMPUTE, TIER_NOT_ROBUST, TIER_NO_ACCURACY = range(4)
+TIER_NAMES = {
+    TIER_ON_BOARD: "measurably robust, ranked by frontier layer",
+    TIER_NO_COMPUTE: "measurably robust, inference FLOPs unknown",
+    TIER_NOT_ROBUST: "not measurably robust (the 95% CI of AutoAttack accuracy contains 0)",
+    TIER_NO_ACCURACY: "no AutoAttack accuracy",
+}
+
+
+def tier(e: Entry) -> int:
+    if e.robust is None:
+        return TIER_NO_ACCURACY
+    if not e.measurably_robust:
+        return TIER_NOT_ROBUST
+    if e.layer is None:
+        return TIER_NO_COMPUTE
+    return TIER_ON_BOARD
+
+
+def rank_board(entries: list[Entry]) -> list[Entry]:
+    """Frontiers, layers, overhead and gap, the FLOP saving and ranks with ties; returns the
+    default order.
+
+    Honest ranking: an entry whose accuracy is not measurably above zero (its 95% CI contains 0)
+    is on no frontier of that accuracy and ranks below every measurably robust entry. Compute
+    figures enter rounded to the 3 significant digits the tables show (:func:`compute_key`)."""
+    for e in entries:
+        e.measurably_robust = measurably_above_zero(e.robust, e.robust_ci)
+    robust_vals = [e.robust if e.measurably_robust else None for e in entries]
+    cert_vals = [e.certified if measurably_above_zero(e.certified, e.certified_ci) else None for e in entries]
     for key, cost_attr, value_attr, _ in FRONTIERS:
-        on = fr.pareto_frontier([compute_key(getattr(e, cost_attr)) for e in entries],
-                                [getattr(e, value_attr) for e in entries])
-        for e, f in zip(entries, on):
-            e.on_frontier[key] = f
+        values = cert_vals if value_attr == "certified" else robust_vals
+        on = fr.pareto_frontier([compute_key(getattr(e, cost_attr)) for e in entries], values)
+        for e, f, v in zip(entries, on, values):
+            # an accuracy that is not measurably above zero: False (no badge), not None (no figure)
+            e.on_frontier[key] = False if (f is None and v is None and getattr(e, value_attr) is not None
+                                           and compute_key(getattr(e, cost_attr)) is not None) else f
     costs = [compute_key(e.inference_flops) for e in entries]
-    values = [e.robust for e in entries]
-    layers = fr.nondominated_layers(costs, values)
-    saving = fr.flop_saving(costs, values)
-    for e, layer, s in zip(entries, layers, saving):
-        e.layer, e.flop_saving = layer, s
-    order = fr.default_order(layers, values, costs, [e.name for e in entries])
-    ranks, tied = fr.ranks_with_ties(order, layers, [e.robust_ci for e in entries])
+    layers = fr.nondominated_layers(costs, robust_vals)
+    saving = fr.flop_saving(costs, robust_vals)
+    all_vals = [e.robust for e in entries]
+    overhead = fr.compute_overhead(costs, all_vals)
+    gap = fr.robustness_gap(costs, all_vals)
+    tcosts = [compute_key(e.training_flops) for e in entries]
+    t_overhead = fr.compute_overhead(tcosts, all_vals)
+    t_gap = fr.robustness_gap(tcosts, all_vals)
+    for i, e in enumerate(entries):
+        e.layer, e.flop_saving = layers[i], saving[i]
+        e.overhead, e.gap = overhead[i], gap[i]
+        e.training_overhead, e.training_gap = t_overhead[i], t_gap[i]
+    tiers = [tier(e) for e in entries]
+    order = fr.default_order(layers, all_vals, costs, [e.name for e in entries], tiers)
+    ranks, tied = fr.ranks_with_ties(order, [(t, layer) for t, layer in zip(tiers, layers)],
+                                     [e.robust_ci for e in entries])
     for e, r, t in zip(entries, ranks, tied):
         e.rank, e.tied = r, t
     return [entries[i] for i in order]
 
 
 def _board_key(e: Entry) -> tuple[str, str, float]:
-    return (e.dataset, e.norm, round(e.eps, 9))
+    return (e.dataset, e.norm, round(e.board_eps if e.board_eps is not None else e.eps, 9))
 
 
 def make_boards(entries: list[Entry]) -> list[Board]:
@@ -382,11 +550,11 @@ def make_boards(entries: list[Entry]) -> list[Board]:
     for e in entries:
         groups.setdefault(_board_key(e), []).append(e)
     boards = []
-    for (dataset, norm, _), group in sorted(
+    for (dataset, norm, eps), group in sorted(
             groups.items(), key=lambda kv: (DATASET_ORDER.get(kv[0][0], 9), kv[0][0], NORM_ORDER.get(kv[0][1], 9),
                                             kv[0][2])):
         ordered = rank_board(group)
-        board = Board(dataset, norm, group[0].eps, ordered)
+        board = Board(dataset, norm, next((e.board_eps for e in group if e.board_eps is not None), group[0].eps), ordered)
         board.scaling = fit_saturating_power_law([e.training_flops for e in ordered], [e.robust for e in ordered])
         seps = [e for e in ordered if e.separation is not None]
         if seps:  # the estimate from the most test points
@@ -394,3 +562,65 @@ def make_boards(entries: list[Entry]) -> list[Board]:
             board.separation = dict(best.separation, source=best.id)
         boards.append(board)
     return boards
+
+
+# ---------------------------------------------------------------------------------------------
+def coverage(board: Board) -> dict[str, Any]:
+    """What the board holds of its sources: reported rows (RobustBench) and re-evaluated records,
+    how many have counted inference FLOPs and training FLOPs, and why the others have none."""
+    rep = [e for e in board.entries if e.kind == "reported"]
+    rec = [e for e in board.entries if e.kind == "re-evaluated"]
+    uncounted = [{"id": e.id, "name": e.name, "reason": e.compute_note or "not counted"}
+                 for e in board.entries if e.inference_flops is None]
+    return {
+        "reported_rows": len(rep),
+        "re_evaluated": len(rec),
+        "with_inference_flops": sum(e.inference_flops is not None for e in board.entries),
+        "with_training_flops": sum(e.training_flops is not None for e in board.entries),
+        "reported_with_inference_flops": sum(e.inference_flops is not None for e in rep),
+        "reported_with_training_flops": sum(e.training_flops is not None for e in rep),
+        "eps_aliases": sum(e.board_eps is not None for e in board.entries),
+        "not_measurably_robust": [e.id for e in board.entries if e.robust is not None and not e.measurably_robust],
+        "uncounted": uncounted,
+    }
+
+
+def _pc(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def worked_example(board: Board) -> list[str]:
+    """Sentences that apply the ranking rule to entries of this board (for the page and the
+    Markdown): an entry that is not measurably robust, and a dominated entry's overhead and gap."""
+    from .fmt import flops as fflops
+
+    out = []
+    robust = [e for e in board.entries if e.measurably_robust]
+    weak = [e for e in board.entries if e.robust is not None and not e.measurably_robust
+            and e.inference_flops is not None]
+    if weak and robust:
+        w = min(weak, key=lambda e: (e.rank, e.id))
+        cheaper = sum(1 for e in robust if e.inference_flops is not None and e.inference_flops > w.inference_flops)
+        ci = f"95% CI [{100 * w.robust_ci[0]:.2f}, {100 * w.robust_ci[1]:.2f}]" if w.robust_ci else "no CI"
+        out.append(f"{w.name} reaches {_pc(w.robust)} AutoAttack accuracy ({ci}): the interval contains 0, so it "
+                   f"is not measurably robust. It wears no frontier badge and ranks {w.rank} of "
+                   f"{len(board.entries)}, below all {len(robust)} measurably robust entries"
+                   + (f", although it needs fewer inference FLOPs ({fflops(w.inference_flops)}) than "
+                      f"{cheaper} of them." if cheaper else "."))
+    dominated = [e for e in robust if e.layer is not None and e.layer > 1 and e.overhead and e.overhead > 1
+                 and e.gap is not None and e.gap > 0]
+    if dominated:
+        d = min(dominated, key=lambda e: (e.rank, e.id))
+        key_d = compute_key(d.inference_flops)
+        cheaper = min((e for e in board.entries if e.robust is not None and d.robust is not None
+                       and e.robust >= d.robust and compute_key(e.inference_flops) is not None),
+                      key=lambda e: (compute_key(e.inference_flops), -e.robust, e.id))
+        better = max((e for e in board.entries if e.robust is not None and compute_key(e.inference_flops) is not None
+                      and compute_key(e.inference_flops) <= key_d),
+                     key=lambda e: (e.robust, -compute_key(e.inference_flops), e.id))
+        out.append(f"{d.name} reaches {_pc(d.robust)} with {fflops(d.inference_flops)} inference FLOPs. "
+                   f"{cheaper.name} is at least as robust ({_pc(cheaper.robust)}) with "
+                   f"{fflops(cheaper.inference_flops)}, so {d.name}'s compute overhead is {d.overhead:.3g}×; "
+                   f"with no more compute, {better.name} reaches {_pc(better.robust)}, so its robustness gap is "
+                   f"{100 * d.gap:.2f} points. It ranks {d.rank}{'=' if d.tied else ''}, in frontier layer {d.layer}.")
+    return out

@@ -26,19 +26,46 @@ def si(v: float | int | None, unit: str = "") -> str:
     if v == 0:
         return f"0{unit}"
     for p, s in ((1e24, "Y"), (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= p:
-            return f"{v / p:.3g} {s}{unit}"
+        if abs(v) >= p * 0.9995:  # 999.7 M reads 1 G (3 significant digits)
+            m = f"{v / p:.3g}"
+            return f"{m} {s}{unit}"
     return f"{v:.3g}{unit}"
 
 
 def flops(v: float | None) -> str:
-    """FLOPs: SI prefixes up to tera, scientific notation above (7.35e20 reads better than 735 E)."""
+    """FLOPs, like every compute figure on the board: 3 significant digits with an SI prefix
+    (53.3 G per image, 735 E for a training run)."""
+    return si(v)
+
+
+def overhead(v: float | None) -> str:
+    """Compute overhead: this entry's FLOPs over the least FLOPs of any entry at least as robust."""
     if v is None:
         return DASH
-    if abs(float(v)) >= 1e15:
-        m, e = f"{float(v):.3g}".split("e")
-        return f"{m}e{int(e)}"
-    return si(v)
+    return "1×" if v == 1 else f"{v:.3g}×"
+
+
+def overhead_title(v: float | None) -> str:
+    if v is None:
+        return "needs AutoAttack accuracy and the compute figure"
+    if v == 1:
+        return "no entry at least as robust needs less compute"
+    return f"an entry at least as robust needs {1 / v:.3g}× this entry's compute ({v:.3g}× less)"
+
+
+def gap(v: float | None) -> str:
+    """Robustness gap, in percentage points."""
+    if v is None:
+        return DASH
+    return "0" if v == 0 else f"{100 * v:.2f}"
+
+
+def gap_title(v: float | None) -> str:
+    if v is None:
+        return "needs AutoAttack accuracy and the compute figure"
+    if v == 0:
+        return "no entry with at most this compute is more robust"
+    return f"an entry with at most this compute is {100 * v:.2f} points more robust"
 
 
 def compute_key(v: float | int | None) -> float | None:

@@ -116,6 +116,52 @@ def flop_saving(costs: Sequence[Number], values: Sequence[Number]) -> list[float
     return out
 
 
+def compute_overhead(costs: Sequence[Number], values: Sequence[Number]) -> list[float | None]:
+    """For entry ``i``: ``cost[i] / min{ cost[j] : value[j] >= value[i] }`` over all entries ``j``
+    (``i`` included), so at least 1; exactly 1 when no entry at least as robust is cheaper.
+    O(n log n): by value, highest first, keeping the least cost seen."""
+    if len(costs) != len(values):
+        raise ValueError("costs and values must have the same length")
+    idx = [i for i in range(len(costs)) if _ok(costs[i], positive=True) and _ok(values[i])]
+    idx.sort(key=lambda i: -float(values[i]))
+    out: list[float | None] = [None] * len(costs)
+    least = math.inf
+    g = 0
+    while g < len(idx):
+        h = g
+        v = float(values[idx[g]])
+        while h < len(idx) and float(values[idx[h]]) == v:
+            h += 1
+        least = min(least, min(float(costs[i]) for i in idx[g:h]))  # equal values count as "at least"
+        for i in idx[g:h]:
+            out[i] = float(costs[i]) / least
+        g = h
+    return out
+
+
+def robustness_gap(costs: Sequence[Number], values: Sequence[Number]) -> list[float | None]:
+    """For entry ``i``: ``max{ value[j] : cost[j] <= cost[i] } - value[i]`` over all entries ``j``
+    (``i`` included), so at least 0; exactly 0 when nothing at most as expensive is more robust.
+    O(n log n): by cost, cheapest first, keeping the highest value seen."""
+    if len(costs) != len(values):
+        raise ValueError("costs and values must have the same length")
+    idx = [i for i in range(len(costs)) if _ok(costs[i], positive=True) and _ok(values[i])]
+    idx.sort(key=lambda i: float(costs[i]))
+    out: list[float | None] = [None] * len(costs)
+    best = -math.inf
+    g = 0
+    while g < len(idx):
+        h = g
+        c = float(costs[idx[g]])
+        while h < len(idx) and float(costs[idx[h]]) == c:
+            h += 1
+        best = max(best, max(float(values[i]) for i in idx[g:h]))  # equal costs count as "no more"
+        for i in idx[g:h]:
+            out[i] = best - float(values[i])
+        g = h
+    return out
+
+
 CI = tuple[float, float]
 
 
@@ -127,19 +173,21 @@ def ci_overlap(a: CI | None, b: CI | None) -> bool:
 
 
 def default_order(layers: Sequence[int | None], values: Sequence[Number], costs: Sequence[Number],
-                  names: Sequence[str]) -> list[int]:
-    """The default ranking: by frontier layer (entries without one last), within a layer by value
-    (higher first), then by cost (lower first), then by name."""
+                  names: Sequence[str], tiers: Sequence[int] | None = None) -> list[int]:
+    """The default ranking: by tier (when given; lower first), then by frontier layer (entries
+    without one last), within a layer by value (higher first), then by cost (lower first), then by
+    name."""
     def key(i: int):
         layer = layers[i]
         v = values[i] if _ok(values[i]) else None
         c = costs[i] if _ok(costs[i], positive=True) else None
-        return (layer is None, layer or 0, v is None, -(v or 0.0), c is None, c or 0.0, names[i])
+        t = tiers[i] if tiers is not None else 0
+        return (t, layer is None, layer or 0, v is None, -(v or 0.0), c is None, c or 0.0, names[i])
 
     return sorted(range(len(layers)), key=key)
 
 
-def ranks_with_ties(order: Sequence[int], layers: Sequence[int | None],
+def ranks_with_ties(order: Sequence[int], layers: Sequence[object],
                     cis: Sequence[CI | None]) -> tuple[list[int], list[bool]]:
     """Standard competition ranks ("1, 2, 2, 4") along ``order``.
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup, escape
 
 from harness.record import FLOPS_CONVENTION
 
@@ -21,6 +22,7 @@ from .boards import FRONTIERS, Board, Entry, Inputs
 from .render_json import EFFICIENCY_DEFINITION, RANKING_DEFINITION, entry_page
 from .render_plots import write_gallery
 from .scaling import MIN_POINTS, PAPER
+from .urls import safe_url
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -38,11 +40,19 @@ FRONTIER_SHORT = {
 }
 
 
+def wbr(text: object) -> Markup:
+    """Escaped text with break opportunities after '_' and '-' (long identifiers in narrow cells);
+    <wbr> adds nothing to the text itself, so filtering and copying see the original."""
+    return Markup(str(escape(str(text))).replace("_", "_<wbr>").replace("-", "-<wbr>"))
+
+
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(pct=fmt.pct, flops=fmt.flops, ci=fmt.ci, si=fmt.si, saving=fmt.saving, saving_title=fmt.saving_title,
-                       num=fmt.num, sortv=fmt.sort_value, tojson_pretty=lambda v: json.dumps(v, indent=2, default=str))
+                       overhead=fmt.overhead, overhead_title=fmt.overhead_title, gap=fmt.gap, gap_title=fmt.gap_title,
+                       num=fmt.num, sortv=fmt.sort_value, safe_url=safe_url, wbr=wbr,
+                       tojson_pretty=lambda v: json.dumps(v, indent=2, default=str))
     env.globals.update(FRONTIERS=FRONTIERS, FRONTIER_SHORT=FRONTIER_SHORT, DASH=fmt.DASH)
     return env
 
@@ -88,9 +98,14 @@ def render_site(out: Path, boards: list[Board], inputs: Inputs, plots: dict[str,
             shutil.copyfile(f, out / "static" / f.name)
     common = {"convention": FLOPS_CONVENTION, "ranking": RANKING_DEFINITION,
               "efficiency": EFFICIENCY_DEFINITION, "paper": PAPER, "min_points": MIN_POINTS}
+    entries = [e for b in boards for e in b.entries]
     index = env.get_template("index.html").render(
         boards=boards, plots=plots, pending=inputs.pending, root=".", page=entry_page,
-        n_entries=sum(len(b.entries) for b in boards), **common)
+        n_entries=len(entries), page_by_id={e.id: entry_page(e) for e in entries},
+        source_rows=sum(e.kind == "reported" for e in entries),
+        counted_rows=sum(e.kind == "reported" and e.inference_flops is not None for e in entries),
+        trained_rows=sum(e.kind == "reported" and e.training_flops is not None for e in entries),
+        n_records=sum(e.kind == "re-evaluated" for e in entries), **common)
     (out / "index.html").write_text(index, encoding="utf-8")
 
     entry_tpl = env.get_template("entry.html")

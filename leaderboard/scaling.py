@@ -62,8 +62,15 @@ class ScalingFit:
         c = np.asarray(compute, dtype=float)
         return self.A - self.B * (c / self.C0) ** (-self.alpha)
 
+    @property
+    def A_ci95(self) -> tuple[float, float] | None:
+        """Normal-approximation 95% interval of the plateau (A ± 1.96 standard errors)."""
+        if self.A is None or self.A_stderr is None or not math.isfinite(self.A_stderr):
+            return None
+        return (self.A - 1.96 * self.A_stderr, self.A + 1.96 * self.A_stderr)
+
     def to_json(self) -> dict:
-        return {
+        return {"A_ci95": list(self.A_ci95) if self.A_ci95 else None,
             "n_points": self.n_points, "ok": self.ok, "message": self.message,
             "model": "acc(C) = A - B * (C / C0) ** (-alpha)",
             "A": self.A, "B": self.B, "alpha": self.alpha, "C0": self.C0,
@@ -123,5 +130,6 @@ def fit_saturating_power_law(compute: Sequence[float], accuracy: Sequence[float]
                        f"{'infinity' if not math.isfinite(stderr) else f'{stderr:.1%}'}; "
                        "the data do not pin it down")
     else:
-        fit.message = f"predicted plateau A = {A:.2%} (standard error {stderr:.2%}) from {n} entries"
+        fit.message = (f"predicted plateau A = {A:.2%} (standard error {stderr:.2%}, 95% CI "
+                       f"[{A - 1.96 * stderr:.1%}, {A + 1.96 * stderr:.1%}]) from {n} entries")
     return fit

@@ -71,3 +71,12 @@ def make_submission(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def repo_site(tmp_path_factory) -> Path:
+    """The leaderboard of the repository itself (every committed record, all 188 reported rows),
+    built once per test session: the build and browser tests share it."""
+    from leaderboard.build import build_leaderboard
+
+    return build_leaderboard(REPO, tmp_path_factory.mktemp("repo-site") / "site")

@@ -78,3 +78,100 @@ def test_declared_and_unknown_training_flops():
     # default examples per epoch: the training set plus extra data
     est = training_flops(Training(method="standard", epochs=2, extra_data=10_000), "mnist", 100.0, 10)
     assert est.examples_seen == 2 * 70_000 and est.value == 100.0 * 140_000 * 3
+
+
+@pytest.mark.parametrize("method, k, awp, expected", [
+    ("mart", 10, False, 26),     # 2K attack + clean and adversarial forward/backward (6), no clean target pass
+    ("free", 8, False, 24),      # 8 replays x (forward + backward with weight and input gradients)
+    ("pgd", 10, True, 26),       # PGD-10 (23) + one more forward/backward of the loss for AWP (3)
+    ("trades", 10, True, 33),    # TRADES-10 (27) + AWP on the clean+adversarial loss (6)
+    ("mart", 10, True, 32),
+    ("fgsm", 1, True, 8),
+    ("free", 8, True, None),     # AWP is not defined for free training
+    ("ibp", 0, True, None),
+    ("pgd", 0, False, None),     # a step method without its steps
+    ("free", 0, False, None),
+])
+def test_more_method_multipliers(method, k, awp, expected):
+    assert method_multiplier(method, k, num_classes=10, awp=awp) == expected
+
+
+# --- an independent check of the multipliers: run one real training step of each method on a
+# small network under torch's FlopCounterMode (which counts the forward and backward matmuls) and
+# compare the FLOPs per example with method_multiplier x the forward FLOPs per example.
+import torch  # noqa: E402
+
+
+def _net():
+    import torch.nn as nn
+    # a tiny input and output layer around wide hidden layers: the first layer's input gradient and
+    # weight gradient are then negligible, so "backward = 2 forwards" holds to within 0.5%
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256),
+                         nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def _attack_step(net, x_adv, loss_fn):
+    x_adv = x_adv.detach().requires_grad_(True)
+    for p in net.parameters():  # input gradient only, as attacks compute it
+        p.requires_grad_(False)
+    loss_fn(net(x_adv)).backward()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return (x_adv + 0.01 * x_adv.grad.sign()).detach()
+
+
+def _train_step(net, x, y, method, k, awp):
+    import torch.nn.functional as F
+
+    def weight_step(loss):
+        loss.backward()  # weight gradients (and the optimiser update, which is not a matmul)
+
+    if method == "standard":
+        x_adv = x
+    elif method == "free":
+        delta = torch.zeros_like(x)
+        for _ in range(k):  # each replay: one forward, one backward giving weight and input gradients
+            d = delta.clone().requires_grad_(True)
+            loss = F.cross_entropy(net(x + d), y)
+            loss.backward()
+            delta = (d + 0.01 * d.grad.sign()).detach()
+        return
+    elif method == "trades":
+        with torch.no_grad():
+            target = F.softmax(net(x), 1)  # the clean forward for the KL target
+        x_adv = x
+        for _ in range(k):
+            x_adv = _attack_step(net, x_adv, lambda out: F.kl_div(F.log_softmax(out, 1), target, reduction="batchmean"))
+    else:  # pgd, mart, fgsm: the attack's target is the label
+        x_adv = x
+        for _ in range(1 if method == "fgsm" else k):
+            x_adv = _attack_step(net, x_adv, lambda out: F.cross_entropy(out, y))
+    if method in ("trades", "mart"):
+        def full_loss():
+            return F.cross_entropy(net(x), y) + F.cross_entropy(net(x_adv), y)
+    else:
+        def full_loss():
+            return F.cross_entropy(net(x_adv), y)
+    if awp:
+        weight_step(full_loss())  # the weight perturbation's forward and backward
+    weight_step(full_loss())
+
+
+@pytest.mark.parametrize("method, k, awp", [
+    ("standard", 0, False), ("pgd", 10, False), ("pgd", 3, True), ("trades", 10, False), ("trades", 5, True),
+    ("mart", 10, False), ("mart", 4, True), ("fgsm", 1, False), ("free", 8, False),
+])
+def test_multipliers_match_a_measured_training_step(method, k, awp):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = _net()
+    x = torch.randn(64, 2)
+    y = torch.randint(0, 10, (64,))
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            net(x)
+    with FlopCounterMode(display=False) as step:
+        _train_step(net, x, y, method, k, awp)
+    measured = step.get_total_flops() / fwd.get_total_flops()
+    assert measured == pytest.approx(method_multiplier(method, k, 10, awp), rel=0.01)

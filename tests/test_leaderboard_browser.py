@@ -6,8 +6,12 @@ console messages with their level, uncaught exceptions and failed resource loads
 script), and lets the test click column headers and read the table back. A separate one-shot
 ``--screenshot`` run renders the page as a user would first see it.
 
+One browser serves the whole module (a fresh page load per test). The must-show checks of issue 10
+run on the repository's own board (all 188 RobustBench rows); the hostile-string checks of issue
+12 render strings that try to run script in every field and check the DOM.
+
 Skips only when no chromium is installed and ``CI`` is unset; in CI a missing browser fails.
-Set ``LEADERBOARD_SCREENSHOT_DIR`` to keep a copy of the screenshot.
+Set ``LEADERBOARD_SCREENSHOT_DIR`` to keep a copy of the screenshots.
 """
 from __future__ import annotations
 
@@ -67,7 +71,7 @@ def site(tmp_path_factory) -> Path:
 class Browser:
     """A headless chromium driven over the DevTools pipe."""
 
-    def __init__(self, exe: str, profile: Path, width: int = 1400, height: int = 1000):
+    def __init__(self, exe: str, profile: Path, width: int = 1280, height: int = 1000):
         to_r, self._to_w = os.pipe()
         self._from_r, from_w = os.pipe()
 
@@ -134,7 +138,10 @@ class Browser:
             self.events.append(self._read(deadline))
 
     def open(self, url: str) -> None:
-        self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]
+        if "#" in url:  # a fragment change on the current page fires no load event: leave the page first
+            self.send("Page.navigate", {"url": "about:blank"}, session=self.session)
+            self.wait_for("Page.loadEventFired")
+        self.events = []  # problems() reports what this page load causes
         self.send("Page.navigate", {"url": url}, session=self.session)
         self.wait_for("Page.loadEventFired")
 
@@ -176,9 +183,9 @@ class Browser:
                 pass
 
 
-@pytest.fixture
-def browser(chromium, tmp_path):
-    b = Browser(chromium, tmp_path / "profile")
+@pytest.fixture(scope="module")
+def browser(chromium, tmp_path_factory):
+    b = Browser(chromium, tmp_path_factory.mktemp("profile"))
     try:
         yield b
     finally:
@@ -215,7 +222,7 @@ def test_index_loads_without_errors_and_sorts(browser, site):
     broken = browser.js("Array.prototype.filter.call(document.images, function (i) {"
                         " return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.src; })")
     assert broken == []
-    assert browser.js("document.images.length") >= 7
+    assert browser.js("document.images.length") + browser.js("document.querySelectorAll('object').length") >= 7
 
     table = "table-cifar10-Linf-8_255"
     data = board_data(site, "cifar10-Linf-8_255")
@@ -241,7 +248,7 @@ def test_index_loads_without_errors_and_sorts(browser, site):
     assert robust == pytest.approx(expected)
 
     assert click(browser, table, "model") == "ascending"
-    names = browser.js(f"Array.prototype.map.call(document.querySelectorAll('#{table} tbody td.model a:first-child'),"
+    names = browser.js(f"Array.prototype.map.call(document.querySelectorAll('#{table} tbody td.model a.entry'),"
                        " function (a) { return a.textContent.toLowerCase(); })")
     assert names == sorted(names)
     assert browser.problems() == []
@@ -299,6 +306,7 @@ def test_the_error_check_catches_errors(browser, site, tmp_path):
         "</main>", '<img src="plots/missing.svg"><script>notDefinedAnywhere();</script></main>'), encoding="utf-8")
     (broken / "static" / "leaderboard.css").unlink()
     browser.open(index.as_uri())
+    time.sleep(0.5)  # let the failed loads be logged
     problems = "\n".join(browser.problems())
     assert "notDefinedAnywhere" in problems
     assert "missing.svg" in problems
@@ -308,7 +316,7 @@ def test_the_error_check_catches_errors(browser, site, tmp_path):
 def test_screenshot(chromium, site, tmp_path):
     shot = tmp_path / "index.png"
     proc = subprocess.run(
-        [chromium, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1800",
+        [chromium, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1800",
          f"--screenshot={shot}", (site / "index.html").as_uri()],
         stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
@@ -317,7 +325,7 @@ def test_screenshot(chromium, site, tmp_path):
     import numpy as np
 
     img = mpimg.imread(shot)
-    assert img.shape[:2] == (1800, 1400)
+    assert img.shape[:2] == (1800, 1280)
     assert shot.stat().st_size > 50_000
     gray = img[..., :3].mean(axis=2)
     assert gray.std() > 0.1  # not a blank page
@@ -327,3 +335,228 @@ def test_screenshot(chromium, site, tmp_path):
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, Path(keep) / "index.png")
     assert np.isfinite(gray).all()
+
+
+# --- issue 10: the whole RobustBench field on the board ---------------------------------------------
+C10 = "table-cifar10-Linf-8_255"
+VISIBLE = "document.querySelectorAll('#{t} tbody tr:not([hidden])').length"
+
+
+def set_filter(b: Browser, table: str, *, text: str | None = None, extra: str | None = None) -> int:
+    controls = f"document.querySelector('.controls[data-table=\"{table}\"]')"
+    js = "(function () {"
+    if text is not None:
+        js += (f" var t = {controls}.querySelector('.filter-text'); t.value = {json.dumps(text)};"
+               " t.dispatchEvent(new Event('input'));")
+    if extra is not None:
+        js += (f" var e = {controls}.querySelector('.filter-extra'); e.value = {json.dumps(extra)};"
+               " e.dispatchEvent(new Event('change'));")
+    js += " })()"
+    b.js(js)
+    return b.js(VISIBLE.format(t=table))
+
+
+def test_must_show_on_the_repository_board(browser, repo_site):
+    browser.open((repo_site / "index.html").as_uri())
+    assert browser.js("document.body.getAttribute('data-ready')") == "1"
+    assert browser.problems() == []
+    # all 188 source rows are accounted for: one table row each, and the coverage statement says so
+    assert browser.js("document.querySelectorAll('tr[data-source=\"reported\"]').length") == 188
+    assert browser.js("document.getElementById('coverage').getAttribute('data-source-rows')") == "188"
+    per_board = browser.js("Array.prototype.map.call(document.querySelectorAll('.board-coverage'),"
+                           " function (p) { return +p.getAttribute('data-reported-rows'); })")
+    assert sum(per_board) == 188
+    assert "188" in browser.js("document.getElementById('coverage').textContent")
+    n_c10 = browser.js(VISIBLE.format(t=C10))
+    assert n_c10 >= 99
+    # free-text filter over every column, including paper, venue and architecture
+    for term in ("WideResNet", "ICML"):
+        shown = set_filter(browser, C10, text=term)
+        assert 0 < shown < n_c10, term
+        texts = browser.js(f"Array.prototype.map.call(document.querySelectorAll('#{C10} tbody tr:not([hidden])'),"
+                           " function (r) { return (r.textContent + ' ' + r.getAttribute('data-search')).toLowerCase(); })")
+        assert all(term.lower() in t for t in texts)
+    assert set_filter(browser, C10, text="") == n_c10
+    # the extra-data filter
+    shown = set_filter(browser, C10, extra="generated")
+    tags = browser.js(f"Array.prototype.map.call(document.querySelectorAll('#{C10} tbody tr:not([hidden])'),"
+                      " function (r) { return r.getAttribute('data-extra'); })")
+    assert 0 < shown < n_c10 and all("generated" in t for t in tags)
+    set_filter(browser, C10, extra="")
+    # sorting
+    assert click(browser, C10, "training_flops") == "ascending"
+    present = [v for v in column(browser, C10, "training_flops") if v is not None]
+    assert len(present) >= 10 and present == sorted(present)
+    assert click(browser, C10, "robust") == "descending"
+    robust = column(browser, C10, "robust")
+    assert robust == sorted(robust, reverse=True)
+    # back to the default order: the undefended ResNet-18 has no frontier badge and ranks below
+    # every measurably robust entry
+    assert click(browser, C10, "rank") == "ascending"
+    data = board_data(repo_site, "cifar10-Linf-8_255")
+    ids = browser.js(f"Array.prototype.map.call(document.querySelectorAll('#{C10} tbody tr'),"
+                     " function (r) { return r.getAttribute('data-id'); })")
+    assert ids == [e["id"] for e in data["entries"]]
+    r18 = "cifar10-autoattack-resnet18"
+    robust_ids = [e["id"] for e in data["entries"] if e["measurably_robust"]]
+    assert len(robust_ids) >= 90 and all(ids.index(i) < ids.index(r18) for i in robust_ids)
+    badges = browser.js(f"document.querySelector('#{C10} tr[data-id=\"{r18}\"]').querySelectorAll('.fbadge, .layer1').length")
+    assert badges == 0
+    # no horizontal scrollbar at 1,280 px: neither the page nor any table scrolls sideways
+    assert browser.js("window.innerWidth") == 1280
+    assert browser.js("document.documentElement.scrollWidth <= window.innerWidth")
+    wide = browser.js("Array.prototype.filter.call(document.querySelectorAll('.table-wrap'), function (w) {"
+                      " return w.scrollWidth > w.clientWidth + 1; }).length")
+    assert wide == 0
+    # the ranking paragraph with a worked example from the board
+    assert "cifar10-autoattack-resnet18" not in (browser.js(f"document.querySelector('#cifar10-Linf-8_255 .example').textContent") or "x")
+    assert "ResNet-18" in browser.js("document.querySelector('#cifar10-Linf-8_255 .example').textContent")
+    assert browser.problems() == []
+    keep = os.environ.get("LEADERBOARD_SCREENSHOT_DIR")
+    if keep:
+        shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=browser.session)
+        import base64
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / "repository-index.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+SVG_CHECK = """(function () {
+  var svg = document.documentElement;
+  var vb = svg.viewBox.baseVal, r = svg.getBoundingClientRect();
+  var scale = r.width / vb.width;  // page px per SVG unit, as the file is shown here
+  var sizes = Array.prototype.map.call(document.querySelectorAll('text'), function (t) {
+    return parseFloat(getComputedStyle(t).fontSize); });  // in SVG units
+  var labels = Array.prototype.map.call(document.querySelectorAll('g[id^="rflabel"]'), function (g) {
+    var b = g.getBoundingClientRect(); return [b.left / scale, b.top / scale, b.right / scale, b.bottom / scale]; });
+  var points = document.querySelectorAll('g[id^="rfpt"]').length;
+  var titled = document.querySelectorAll('g[id^="rfpt"] > title').length;
+  return {vbw: vb.width, sizes: sizes, labels: labels, points: points, titled: titled,
+          text: svg.textContent};
+})()"""
+
+
+def test_plots_are_readable(browser, repo_site):
+    """Text of at least 10 px at the width the page shows the figures (1,280 px window), labels
+    that do not overlap, the frontier points named, a tooltip on every point, extra data marked,
+    and the scaling fit drawn when it is not degenerate."""
+    browser.open((repo_site / "index.html").as_uri())
+    shown = browser.js("Array.prototype.map.call(document.querySelectorAll('#cifar10-Linf-8_255 figure object'),"
+                       " function (o) { return [o.getAttribute('data'), o.getBoundingClientRect().width]; })")
+    assert len(shown) >= 4
+    data = board_data(repo_site, "cifar10-Linf-8_255")
+    for rel, width in shown:
+        browser.open((repo_site / rel).as_uri())
+        got = browser.js(SVG_CHECK)
+        px_per_unit = width / got["vbw"]
+        assert min(got["sizes"]) * px_per_unit >= 10, (rel, min(got["sizes"]) * px_per_unit)
+        boxes = got["labels"]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (rel, a, b)
+        assert got["points"] > 0 and got["titled"] == got["points"]
+        key = next((k for k in data["frontiers"] if rel.endswith(f"{k}.svg")), None)
+        if key is not None:
+            assert len(boxes) == min(len(data["frontiers"][key]), 12), rel
+            if key.startswith("robust_"):  # extra-data entries have their own marker and legend entry
+                assert "extra training data" in got["text"]
+        if rel.endswith("scaling.svg") and data["scaling_fit"]["ok"]:
+            assert "fitted plateau" in got["text"]
+
+
+# --- issue 12: hostile strings in every field render as text ---------------------------------------
+HOSTILE = [
+    '<script>window.__pwned = 1</script>',
+    '<img src=x onerror="window.__pwned = 2">',
+    '"><svg onload="window.__pwned = 3">',
+    "' onmouseover='window.__pwned = 4' x='",
+    'a | b | c',
+    '[click](javascript:window.__pwned=5)',
+]
+BAD_URL = "javascript:window.__pwned = 6"
+
+
+def _hostile_site(root: Path, out: Path) -> Path:
+    """A synthetic board whose every text field, in a record's entry and a reported row, holds a
+    hostile string; rendered directly (input validation is another layer and is bypassed here)."""
+    from leaderboard.boards import load_entries, make_boards
+    from leaderboard.build import write_site
+    from leaderboard.recipes import parse_recipe
+
+    lines = (REPO / "leaderboard" / "reported.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+    (root.parent / "r.csv").write_text("".join(lines[:4]), encoding="utf-8")
+    write_synthetic_repo(root, 3, gallery=1, reported_csv=root.parent / "r.csv")
+    inputs = load_entries(root)
+    h = " ".join(HOSTILE)
+    for e in inputs.entries:
+        e.name = f"{e.id} {h}"
+        e.architecture = e.extra_data = e.venue = e.paper_title = e.training_method = h
+        e.compute_note = e.training_flops_source = e.best_known_note = h
+        e.url = BAD_URL
+        for f in e.flags:
+            f.name, f.message = f"flag {h}", h
+        if e.reported:
+            for k in ("name", "architecture", "venue", "paper", "authors", "note", "compute_source",
+                      "additional_data", "eps"):
+                e.reported[k] = h
+            e.reported["source_url"] = e.reported["accuracy_source_url"] = BAD_URL
+            e.training_recipe = parse_recipe({
+                "robustbench_id": "X", "dataset": "cifar10", "threat_model": "Linf", "method": f"other:{h}",
+                "attack_steps": "", "awp": "", "epochs": "", "examples_per_epoch": "", "real_generated_ratio": "",
+                "extra_data": h, "batch_size": "", "status": "partial", "source": f"https://example.org/{h}",
+                "note": h}, "x:2")
+        if e.submission is not None:
+            spec = e.submission.spec
+            paper = spec.paper.model_copy(update={"url": BAD_URL, "title": h, "venue": h}) if spec.paper else None
+            training = spec.training.model_copy(update={"command": h})
+            import dataclasses
+            e.submission = dataclasses.replace(e.submission, spec=spec.model_copy(update={
+                "paper": paper, "authors": [h], "notes": h, "name": h, "training": training}))
+    boards = make_boards(inputs.entries)
+    out.mkdir(parents=True)
+    write_site(out, boards, inputs)
+    from markdown_it import MarkdownIt  # a CommonMark renderer that passes raw HTML through
+
+    md = MarkdownIt("commonmark", {"html": True}).enable("table").render(
+        (out / "leaderboard.md").read_text(encoding="utf-8"))
+    (out / "leaderboard.md.html").write_text(f"<!DOCTYPE html><meta charset='utf-8'><body>{md}</body>",
+                                             encoding="utf-8")
+    return out
+
+
+DOM_CHECK = """(function () {
+  var bad = [];
+  Array.prototype.forEach.call(document.querySelectorAll('*'), function (el) {
+    Array.prototype.forEach.call(el.attributes, function (a) {
+      if (/^on/i.test(a.name)) bad.push(el.tagName + ' ' + a.name);
+    });
+    if (el.tagName === 'SCRIPT' && !/static\\/leaderboard\\.js$/.test(el.getAttribute('src') || '')) bad.push('script');
+    if (el.tagName === 'svg' || el.tagName === 'SVG' || el.tagName === 'IMG' && /x$/.test(el.getAttribute('src') || '')) bad.push(el.tagName);
+  });
+  var links = Array.prototype.map.call(document.querySelectorAll('a[href]'), function (a) { return a.protocol; });
+  return {pwned: window.__pwned || 0, bad: bad, protocols: links, text: document.body.textContent};
+})()"""
+
+
+def test_hostile_strings_render_as_text(browser, tmp_path):
+    site = _hostile_site(tmp_path / "repo", tmp_path / "site")
+    pages = [site / "index.html", site / "leaderboard.md.html"] + sorted((site / "entries").glob("*.html"))
+    assert len(pages) >= 5
+    for page in pages:
+        browser.open(page.as_uri())
+        # hover and click everything that could carry a handler or a link
+        browser.js("Array.prototype.forEach.call(document.querySelectorAll('a, span, td'), function (el) {"
+                   " el.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})); });")
+        got = browser.js(DOM_CHECK)
+        assert got["pwned"] == 0, page.name
+        assert got["bad"] == [], (page.name, got["bad"][:5])
+        assert set(got["protocols"]) <= {"http:", "https:", "file:"}, (page.name, set(got["protocols"]))
+        text = " ".join(got["text"].split())
+        for s in HOSTILE[:4]:
+            assert s in text, (page.name, s)  # shown literally
+        for link in browser.js("Array.prototype.map.call(document.querySelectorAll('a[href]'), function (a) {"
+                               " return a.getAttribute('href'); })"):
+            assert not link.lower().lstrip().startswith(("javascript:", "data:", "vbscript:")), (page.name, link)
+    # the Markdown source itself: no raw tag, and no link to anything but http(s)
+    md = (site / "leaderboard.md").read_text(encoding="utf-8")
+    assert "<script" not in md and "<img" not in md and "<svg" not in md
+    assert "](javascript" not in md.replace("\\\\", "")

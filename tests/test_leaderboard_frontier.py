@@ -126,3 +126,119 @@ def test_ties_compare_with_the_head_of_the_group_not_a_chain():
 def test_no_tie_across_layers():
     rank, tied = fr.ranks_with_ties([0, 1], [1, 2], [(0.5, 0.6), (0.5, 0.6)])
     assert rank == [1, 2] and tied == [False, False]
+
+
+# --- compute overhead and robustness gap --------------------------------------------------------
+def brute_overhead(costs, values):
+    out = []
+    for i in range(len(costs)):
+        if costs[i] is None or values[i] is None:
+            out.append(None)
+            continue
+        least = min(costs[j] for j in range(len(costs))
+                    if costs[j] is not None and values[j] is not None and values[j] >= values[i])
+        out.append(costs[i] / least)
+    return out
+
+
+def brute_gap(costs, values):
+    out = []
+    for i in range(len(costs)):
+        if costs[i] is None or values[i] is None:
+            out.append(None)
+            continue
+        out.append(max(values[j] for j in range(len(costs))
+                       if costs[j] is not None and values[j] is not None and costs[j] <= costs[i]) - values[i])
+    return out
+
+
+@pytest.mark.parametrize("coarse", [True, False])
+def test_overhead_and_gap_match_brute_force(coarse):
+    rng = random.Random(99 + coarse)
+    for _ in range(150):
+        costs, values = random_points(rng, rng.randint(0, 25), coarse=coarse)
+        for got, want in ((fr.compute_overhead(costs, values), brute_overhead(costs, values)),
+                          (fr.robustness_gap(costs, values), brute_gap(costs, values))):
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                assert (g is None and w is None) or g == pytest.approx(w)
+
+
+def test_overhead_and_gap_hand_example():
+    # a: 1 G, 50%; b: 4 G, 50% (same robustness, 4x the compute); c: 2 G, 60%
+    costs, values = [1e9, 4e9, 2e9], [0.5, 0.5, 0.6]
+    assert fr.compute_overhead(costs, values) == [1.0, 4.0, 1.0]
+    assert fr.robustness_gap(costs, values) == pytest.approx([0.0, 0.1, 0.0])
+
+
+# --- the honest ranking on a random board, by brute force ----------------------------------------
+def _random_board(rng, n):
+    from harness.stats import clopper_pearson
+    from leaderboard.boards import Entry
+
+    entries = []
+    for i in range(n):
+        k_n = rng.choice([0, 0, 1, 3, 40, 200, 400, 600, 800])  # many zeros: not measurably robust
+        nn = rng.choice([100, 1000])
+        robust = None if rng.random() < 0.05 else min(k_n, nn) / nn
+        ci = None if robust is None else clopper_pearson(int(round(robust * nn)), nn)
+        cert = None
+        cert_ci = None
+        if rng.random() < 0.4 and robust is not None:
+            cert = rng.choice([0.0, robust / 2, robust])
+            cert_ci = clopper_pearson(int(round(cert * nn)), nn)
+        e = Entry(id=f"e{i}", name=f"e{i}", kind="reported", dataset="cifar10", norm="Linf", eps=8 / 255,
+                  n_examples=nn, robust=robust, robust_ci=ci, certified=cert, certified_ci=cert_ci,
+                  inference_flops=None if rng.random() < 0.1 else float(rng.choice([1e8, 2e8, 5e8, 1e9, 3e9, 1e10])),
+                  training_flops=None if rng.random() < 0.5 else float(rng.choice([1e17, 1e18, 1e19])),
+                  params=None if rng.random() < 0.1 else rng.choice([10 ** 6, 10 ** 7, 10 ** 8]))
+        entries.append(e)
+    return entries
+
+
+def test_rank_board_matches_brute_force_on_random_boards():
+    from leaderboard.boards import FRONTIERS, rank_board
+
+    rng = random.Random(7)
+    for _ in range(60):
+        entries = _random_board(rng, rng.randint(1, 30))
+        ordered = rank_board(list(entries))
+        pos = {e.id: k for k, e in enumerate(ordered)}
+        measurable = {e.id: e.robust is not None and e.robust_ci[0] > 0 for e in entries}
+        for e in entries:
+            assert e.measurably_robust == measurable[e.id]
+        # frontiers: brute force over the measurably robust entries only (with both figures)
+        for key, cost_attr, value_attr, _ in FRONTIERS:
+            def val(x):
+                v, c = getattr(x, value_attr), (x.certified_ci if value_attr == "certified" else x.robust_ci)
+                return v if v is not None and c is not None and c[0] > 0 else None
+            for e in entries:
+                ce, ve = getattr(e, cost_attr), val(e)
+                if ce is None or ve is None:
+                    assert not e.on_frontier[key]
+                    continue
+                dominated = any(fr.dominates(getattr(o, cost_attr), val(o), ce, ve) for o in entries
+                                if o is not e and getattr(o, cost_attr) is not None and val(o) is not None)
+                assert e.on_frontier[key] == (not dominated), (key, e.id)
+        # overhead and gap over every entry with both figures
+        costs = [e.inference_flops for e in entries]
+        values = [e.robust for e in entries]
+        for e, o, g in zip(entries, brute_overhead(costs, values), brute_gap(costs, values)):
+            assert (e.overhead is None and o is None) or e.overhead == pytest.approx(o)
+            assert (e.gap is None and g is None) or e.gap == pytest.approx(g)
+        # never above a measurably robust entry; no badge without measurable robustness
+        for a in entries:
+            for b in entries:
+                if measurable[a.id] and not measurable[b.id]:
+                    assert pos[a.id] < pos[b.id] and a.rank < b.rank
+            if not measurable[a.id]:
+                assert not any(a.on_frontier.get(k) for k, _, v, _ in FRONTIERS if v == "robust")
+            if a.certified is not None and a.certified_ci[0] == 0:
+                assert not a.on_frontier.get("certified_vs_inference_flops")
+        # within the measurably robust entries with inference FLOPs: by layer, then accuracy
+        ranked = [e for e in ordered if e.measurably_robust and e.layer is not None]
+        keys = [(e.layer, -e.robust) for e in ranked]
+        assert keys == sorted(keys)
+        # ranks are standard competition ranks along the order
+        for k, e in enumerate(ordered, start=1):
+            assert e.rank <= k and (e.rank == k or e.tied)

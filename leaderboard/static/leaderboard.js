@@ -4,7 +4,9 @@
  * Cells carry the value to sort by in data-sort (numbers, or lower-case text); an empty data-sort
  * (a missing value) always sorts last. The sort is stable. A URL such as
  * index.html#sort=table-cifar10-Linf-8_255:inference_flops:asc opens a table already sorted.
- * The .controls block above a table filters its rows by text, by source and to the frontier.
+ * The .controls block above a table filters its rows by text (any column, plus the row's
+ * data-search: paper title, venue, architecture, extra data, training method), by source, by extra
+ * data and to the frontier.
  */
 (function () {
   "use strict";
@@ -72,16 +74,23 @@
     var text = controls.querySelector(".filter-text");
     var source = controls.querySelector(".filter-source");
     var front = controls.querySelector(".filter-frontier");
+    var extra = controls.querySelector(".filter-extra");
     var count = controls.querySelector(".count");
+    function haystack(r) {
+      return (r.textContent + " " + (r.getAttribute("data-search") || "")).toLowerCase();
+    }
     function apply() {
       var q = (text.value || "").trim().toLowerCase();
       var src = source.value;
+      var ex = extra ? extra.value : "";
       var onlyFront = front.checked;
       var shown = 0, rows = table.tBodies[0].rows;
       for (var i = 0; i < rows.length; i++) {
         var r = rows[i];
-        var ok = (!q || r.textContent.toLowerCase().indexOf(q) !== -1) &&
+        var tags = (r.getAttribute("data-extra") || "").split(" ");
+        var ok = (!q || haystack(r).indexOf(q) !== -1) &&
                  (!src || r.getAttribute("data-source") === src) &&
+                 (!ex || tags.indexOf(ex) !== -1) &&
                  (!onlyFront || r.getAttribute("data-frontier") === "1");
         r.hidden = !ok;
         if (ok) shown++;
@@ -91,6 +100,7 @@
     text.addEventListener("input", apply);
     source.addEventListener("change", apply);
     front.addEventListener("change", apply);
+    if (extra) extra.addEventListener("change", apply);
     apply();
   }
 

@@ -1,0 +1,271 @@
+"""Training recipes of the reported rows (``leaderboard/training_recipes.csv``) → training FLOPs.
+
+One row per RobustBench entry (``robustbench_id``, ``dataset``, ``threat_model``), with the method
+and its attack steps, AWP, epochs, examples per epoch (generated and extra data included), the
+real:generated ratio, extra data, batch size, a status (``known``, ``partial``, ``unknown``), the
+exact source (a URL plus section or table, or a config file) and a note with the assumptions or
+why a number is unknown.
+
+Training FLOPs = forward FLOPs x examples seen x the method's multiplier, with examples seen =
+epochs x examples per epoch and the multiplier from :func:`harness.flops.method_multiplier` (the one
+place it is derived; the harness's own records use it too). A recipe that lacks any of the three
+gives no training FLOPs, and the entry says why; nothing is guessed.
+
+:func:`load_recipes` reads the committed table strictly (the build refuses a malformed row with
+one line); :func:`merge_recipe_rows` checks contributed rows for plausibility before they are
+merged into it (``scripts/merge_recipes.py``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.flops import SAME_PASSES_AS, STEP_METHODS, TRAIN_SET_SIZE, describe_method, method_multiplier
+
+RECIPE_COLUMNS = [
+    "robustbench_id", "dataset", "threat_model", "method", "attack_steps", "awp", "epochs",
+    "examples_per_epoch", "real_generated_ratio", "extra_data", "batch_size", "status", "source", "note",
+]
+BASE_METHODS = ("standard", "pgd", "trades", "mart", "fgsm", "free")
+STATUSES = ("known", "partial", "unknown")
+#: the data sets a recipe may name; an epoch shorter than half the training set is doubted
+#: unless the note says a subset was used
+MIN_EPOCH = {d: TRAIN_SET_SIZE[d] for d in ("cifar10", "cifar100", "imagenet")}
+
+Key = tuple[str, str, str]  # (dataset, threat model, robustbench id)
+
+
+@dataclass
+class Recipe:
+    robustbench_id: str
+    dataset: str
+    threat_model: str
+    method: str            # standard | pgd | ... | other:<name> | unknown
+    attack_steps: int | None
+    awp: bool | None
+    epochs: float | None
+    examples_per_epoch: float | None
+    real_generated_ratio: str
+    extra_data: str
+    batch_size: int | None
+    status: str
+    source: str
+    note: str
+    where: str = ""
+
+    @property
+    def key(self) -> Key:
+        return (self.dataset, self.threat_model, self.robustbench_id)
+
+    @property
+    def examples_seen(self) -> float | None:
+        if self.epochs is None or self.examples_per_epoch is None:
+            return None
+        return self.epochs * self.examples_per_epoch
+
+    @property
+    def base_method(self) -> str | None:
+        """The method whose passes this one spends: itself, or for ``other:<name>`` the method it
+        only changes the loss of (:data:`harness.flops.SAME_PASSES_AS`)."""
+        if self.method in BASE_METHODS:
+            return self.method
+        if self.method.startswith("other:"):
+            return SAME_PASSES_AS.get(self.method[len("other:"):].split(" (")[0].strip())
+        return None
+
+    @property
+    def multiplier(self) -> float | None:
+        if self.base_method is None or self.awp is None:
+            return None
+        return method_multiplier(self.base_method, self.attack_steps or 0, 0, self.awp)
+
+    def method_label(self) -> str:
+        if self.method == "unknown":
+            return "unknown"
+        if self.method.startswith("other:"):
+            short = self.method[len("other:"):].split(" (")[0].strip()
+            return short + (" + AWP" if self.awp else "")
+        return describe_method(self.method, self.attack_steps, bool(self.awp))
+
+
+@dataclass
+class TrainingCompute:
+    value: float | None
+    formula: str   # how the value was computed, or why there is none
+    source: str    # the recipe's source
+
+
+def _num(text: str, where: str, column: str, *, integer: bool = False, positive: bool = True) -> float | int | None:
+    t = (text or "").strip().replace("_", "").replace(",", "")
+    if t == "" or t.lower() == "unknown":
+        return None
+    try:
+        v = float(t)
+    except ValueError:
+        raise HarnessError(f"{where}: column {column} is not a number (or 'unknown'): {text!r}")
+    if not math.isfinite(v) or (positive and v <= 0) or v < 0:
+        raise HarnessError(f"{where}: column {column} must be a positive number, got {text!r}")
+    if integer:
+        if v != int(v):
+            raise HarnessError(f"{where}: column {column} must be a whole number, got {text!r}")
+        return int(v)
+    return v
+
+
+def parse_recipe(row: dict[str, str], where: str) -> Recipe:
+    """One CSV row → a Recipe; raises HarnessError naming the column on anything malformed."""
+    missing = [c for c in RECIPE_COLUMNS if c not in row]
+    if missing:
+        raise HarnessError(f"{where}: missing columns {', '.join(missing)}")
+    g = {k: (row.get(k) or "").strip() for k in RECIPE_COLUMNS}
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}", g["robustbench_id"]):
+        raise HarnessError(f"{where}: column robustbench_id is not a RobustBench name: {g['robustbench_id']!r}")
+    if g["dataset"] not in MIN_EPOCH:
+        raise HarnessError(f"{where}: column dataset must be one of {', '.join(MIN_EPOCH)}, got {g['dataset']!r}")
+    if g["threat_model"] not in ("Linf", "L2"):
+        raise HarnessError(f"{where}: column threat_model must be Linf or L2, got {g['threat_model']!r}")
+    method = g["method"].lower()
+    if not (method in BASE_METHODS or method == "unknown" or re.fullmatch(r"other:[^\x00-\x1f\x7f]{1,200}", method)):
+        raise HarnessError(f"{where}: column method must be one of {', '.join(BASE_METHODS)}, other:<name> or "
+                           f"unknown, got {g['method']!r}")
+    steps = _num(g["attack_steps"], where, "attack_steps", integer=True, positive=False)
+    if method in STEP_METHODS and steps is not None and steps < 1:
+        raise HarnessError(f"{where}: column attack_steps must be >= 1 for method {method}")
+    awp_t = g["awp"].lower()
+    if awp_t not in ("true", "false", "", "unknown"):
+        raise HarnessError(f"{where}: column awp must be true, false or unknown, got {g['awp']!r}")
+    ratio = g["real_generated_ratio"]
+    if ratio and ratio.lower() != "unknown" and not re.match(r"\d+(\.\d+)?:\d+(\.\d+)?", ratio):
+        raise HarnessError(f"{where}: column real_generated_ratio must start like 3:7, got {ratio!r}")
+    if g["status"] not in STATUSES:
+        raise HarnessError(f"{where}: column status must be one of {', '.join(STATUSES)}, got {g['status']!r}")
+    if g["source"] and not re.match(r"https?://", g["source"]):
+        raise HarnessError(f"{where}: column source must start with an http(s) URL, got {g['source'][:60]!r}")
+    r = Recipe(
+        robustbench_id=g["robustbench_id"], dataset=g["dataset"], threat_model=g["threat_model"], method=method,
+        attack_steps=steps, awp=None if awp_t in ("", "unknown") else awp_t == "true",
+        epochs=_num(g["epochs"], where, "epochs"), examples_per_epoch=_num(g["examples_per_epoch"], where,
+                                                                           "examples_per_epoch"),
+        real_generated_ratio=ratio, extra_data=g["extra_data"],
+        batch_size=_num(g["batch_size"], where, "batch_size", integer=True), status=g["status"],
+        source=g["source"], note=g["note"], where=where)
+    if r.status == "known":
+        need = [("method", r.method != "unknown"), ("awp", r.awp is not None), ("epochs", r.epochs is not None),
+                ("examples_per_epoch", r.examples_per_epoch is not None),
+                ("attack_steps", r.method not in STEP_METHODS or r.attack_steps is not None), ("source", bool(r.source))]
+        lacking = [n for n, ok in need if not ok]
+        if lacking:
+            raise HarnessError(f"{where}: status known, but {', '.join(lacking)} "
+                               f"{'is' if len(lacking) == 1 else 'are'} not given")
+    if r.status != "known" and not r.note:
+        raise HarnessError(f"{where}: status {r.status} needs a note saying what is unknown and why")
+    return r
+
+
+def plausibility_problems(r: Recipe) -> list[str]:
+    """Reasons to doubt a contributed row (each one sentence); empty when it looks right."""
+    out = []
+    if r.examples_per_epoch is not None and r.examples_per_epoch < MIN_EPOCH[r.dataset] * 0.5 \
+            and "subset" not in r.note.lower():
+        out.append(f"examples_per_epoch {r.examples_per_epoch:g} is less than half of the {r.dataset} training set")
+    if r.epochs is not None and not (0.5 <= r.epochs <= 20_000):
+        out.append(f"epochs {r.epochs:g} is outside [0.5, 20000]")
+    if r.attack_steps is not None and r.method in ("pgd", "trades", "mart") and r.attack_steps > 100:
+        out.append(f"attack_steps {r.attack_steps} is above 100")
+    if r.method == "free" and r.attack_steps is not None and r.attack_steps > 20:
+        out.append(f"free training with m = {r.attack_steps} replays is implausible")
+    if r.method == "fgsm" and r.attack_steps not in (None, 0, 1):
+        out.append(f"FGSM with {r.attack_steps} attack steps: that is PGD")
+    if r.batch_size is not None and not (8 <= r.batch_size <= 65_536):
+        out.append(f"batch_size {r.batch_size} is outside [8, 65536]")
+    if r.status in ("known", "partial") and not r.source:
+        out.append("no source")
+    return out
+
+
+def read_recipe_csv(path: Path, *, strict: bool = True) -> list[Recipe]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{path}: cannot read: {e}")
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in RECIPE_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise HarnessError(f"{path}: missing columns {', '.join(missing)}")
+    return [parse_recipe(row, f"{path}:{line}") for line, row in enumerate(reader, start=2)]
+
+
+def load_recipes(path: Path) -> dict[Key, Recipe]:
+    """The committed recipe table, one row per key; raises HarnessError on a bad or repeated row."""
+    out: dict[Key, Recipe] = {}
+    for r in read_recipe_csv(path):
+        if r.key in out:
+            raise HarnessError(f"{r.where}: a second recipe for {'/'.join(r.key)} (first at {out[r.key].where})")
+        out[r.key] = r
+    return out
+
+
+def training_compute(r: Recipe, forward_flops: float | None) -> TrainingCompute:
+    """Training FLOPs of one recipe for a model of ``forward_flops`` per example (fvcore)."""
+    mult, seen = r.multiplier, r.examples_seen
+    missing = []
+    if r.method == "unknown":
+        missing.append("the training method is unknown")
+    elif r.base_method is None:
+        missing.append(f"harness.flops derives no multiplier for {r.method_label()}")
+    elif r.awp is None:
+        missing.append("whether AWP was used is unknown")
+    elif (r.base_method or r.method) in STEP_METHODS and r.attack_steps is None:
+        missing.append("the number of attack steps is unknown")
+    elif mult is None:
+        missing.append(f"harness.flops derives no multiplier for {r.method_label()}")
+    if r.epochs is None:
+        missing.append("the epochs are unknown")
+    if r.examples_per_epoch is None:
+        missing.append("the examples per epoch are unknown")
+    if forward_flops is None:
+        missing.append("the model's forward FLOPs were not counted")
+    if missing or mult is None or seen is None or forward_flops is None:
+        why = "unknown: " + "; ".join(missing)
+        if r.note:
+            why += f" ({r.note})"
+        return TrainingCompute(None, why, r.source)
+    value = forward_flops * seen * mult
+    same = (f", the passes of {describe_method(r.base_method, r.attack_steps or 0, bool(r.awp))}"
+            if r.base_method != r.method else "")
+    from .fmt import si
+    formula = (f"{si(forward_flops)} forward FLOPs × {si(seen)} examples seen ({r.epochs:g} epochs × "
+               f"{si(r.examples_per_epoch)}) × {mult:g} ({r.method_label()}{same})")
+    return TrainingCompute(value, formula, r.source)
+
+
+def write_recipes(rows: list[Recipe], path: Path) -> None:
+    from harness.files import atomic_write_text
+
+    def fmt(v) -> str:
+        if v is None:
+            return "unknown"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float) and v == int(v):
+            return str(int(v))
+        return str(v)
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RECIPE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in sorted(rows, key=lambda r: (r.dataset, r.threat_model, r.robustbench_id)):
+        w.writerow({
+            "robustbench_id": r.robustbench_id, "dataset": r.dataset, "threat_model": r.threat_model,
+            "method": r.method, "attack_steps": fmt(r.attack_steps) if r.attack_steps is not None else "",
+            "awp": fmt(r.awp), "epochs": fmt(r.epochs), "examples_per_epoch": fmt(r.examples_per_epoch),
+            "real_generated_ratio": r.real_generated_ratio, "extra_data": r.extra_data,
+            "batch_size": fmt(r.batch_size) if r.batch_size is not None else "", "status": r.status,
+            "source": r.source, "note": r.note,
+        })
+    atomic_write_text(Path(path), buf.getvalue())
