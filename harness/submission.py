@@ -71,7 +71,14 @@ def format_eps(eps: float) -> str:
 
 
 class Checkpoint(_Strict):
-    path: str = Field(description="file inside the submission folder, or inside `package` if given")
+    path: str | None = Field(default=None,
+                             description="file inside the submission folder, or inside `package` if given")
+    url: str | None = Field(
+        default=None,
+        description="instead of `path`, a hosted file (over 100 MB it must be hosted): "
+                    "https://<host>/<file>, or hf://<org>/<repo>/<file>@<40-hex commit> on the Hugging Face Hub; "
+                    "`harness fetch` downloads it into the local cache and checks `sha256`",
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="lower-case hex SHA-256 of the file")
     package: str | None = Field(
         default=None, description="an installed Python package that ships the file (e.g. pyautoattack)"
@@ -79,11 +86,30 @@ class Checkpoint(_Strict):
 
     @field_validator("path")
     @classmethod
-    def _relative(cls, v: str) -> str:
+    def _relative(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         p = Path(v)
         if p.is_absolute() or ".." in p.parts:
             raise ValueError("must be a relative path without '..'")
         return v
+
+    @field_validator("url")
+    @classmethod
+    def _hosted(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .hosted import parse_url
+
+            parse_url(v)  # raises ValueError with the reason
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Checkpoint":
+        if (self.path is None) == (self.url is None):
+            raise ValueError("path or url: give exactly one (a file in the folder, or a hosted file)")
+        if self.url is not None and self.package is not None:
+            raise ValueError("package cannot be combined with url")
+        return self
 
 
 class Preprocessing(_Strict):
@@ -101,7 +127,14 @@ class Preprocessing(_Strict):
 
 class ModelSpec(_Strict):
     format: Literal["state_dict", "torchscript", "onnx"]
-    architecture: str | None = Field(default=None, description="for state_dict: see `harness schema`")
+    architecture: str | None = Field(
+        default=None,
+        description="for state_dict: a built-in architecture (mnist_small_cnn, mnist_mlp, cifar_small_cnn), a "
+                    "RobustBench class (robustbench.ResNet18, robustbench.WideResNet with architecture_kwargs depth "
+                    "and widen_factor, ...), or a RobustBench model-zoo entry's architecture "
+                    "'robustbench.zoo:<dataset>/<threat_model>/<name>', e.g. "
+                    "'robustbench.zoo:cifar10/Linf/Carmon2019Unlabeled' (built without downloading weights)",
+    )
     architecture_kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Checkpoint
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
@@ -275,6 +308,11 @@ def parse_submission(path: str | Path) -> tuple[LoadedSubmission | None, list[Pr
 
 def resolve_checkpoint(spec: Submission, folder: Path) -> Path:
     ck = spec.model.checkpoint
+    if ck.url is not None:  # hosted: only ever read from the local cache; `harness fetch` downloads
+        from .hosted import cached_checkpoint
+
+        return cached_checkpoint(ck.url, ck.sha256, fetch_hint=f"harness fetch {folder / 'submission.yaml'}")
+    assert ck.path is not None
     if ck.package is None:
         return confine(folder, ck.path, field="model.checkpoint.path")
     try:
