@@ -199,13 +199,13 @@ def test_hf_wrong_hash_and_offline(tmp_path, server, cache, monkeypatch):
 
 
 def test_the_contributing_guide_example_is_a_valid_hosted_submission():
-    """The copy-paste submission.yaml of submissions/CONTRIBUTING.md parses, names a hosted file on the
+    """The copy-paste submission.yaml of .github/CONTRIBUTING.md parses, names a hosted file on the
     Hub pinned to a commit, and a RobustBench model-zoo architecture; the README links the guide."""
-    text = (REPO / "submissions" / "CONTRIBUTING.md").read_text()
+    text = (REPO / ".github" / "CONTRIBUTING.md").read_text()
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     spec = Submission.model_validate(yaml.safe_load(block))
     assert spec.model.architecture.startswith("robustbench.zoo:cifar10/Linf/")
     assert parse_url(spec.model.checkpoint.url).kind == "hf" and spec.model.checkpoint.path is None
     readme = (REPO / "README.md").read_text()
-    assert "submissions/CONTRIBUTING.md" in readme
+    assert ".github/CONTRIBUTING.md" in readme
     assert "robustbench.zoo:<dataset>/<threat_model>/<name>" in readme
