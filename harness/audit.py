@@ -16,9 +16,13 @@ trusts none of it:
    one unless ``--seed`` is given, printed so the run can be repeated). Every break is verified
    here independently (perturbation within ε, image in [0, 1], the model's own prediction wrong).
    AutoAttack already ran those two attacks (with the record's seed) plus FAB-T and Square, so an
-   honest record loses at most the odd point to another random start; the tolerance is
-   ``floor(max_broken_fraction * sample)`` broken points (default 2%, so 0 for samples under 50).
-   More than that fails, naming the example indices.
+   honest record loses only the odd point to another random start (on this project's records, 0 of
+   200 sampled robust points for the PGD- and IBP-trained MNIST models, 4 of 200 for the RS-FGSM one,
+   whose gradients are the least informative). The audit therefore fails when the sample shows,
+   with 95% confidence, that more than ``max_broken_fraction`` (default 2%) of the claimed-robust
+   points can be broken: when the one-sided 95% Clopper-Pearson lower bound of the broken fraction
+   exceeds it. Four flipped flags out of four sampled fail (lower bound 47%); one broken point in
+   64 does not (0.08%). Broken points are always listed by example index, failing or not.
 
 The model work is one function with explicit inputs, :func:`recompute`, so that it can run in the
 sandboxed evaluation worker like the evaluation itself.
@@ -36,6 +40,7 @@ import numpy as np
 
 from .errors import HarnessError
 from .files import sha256_file
+from .stats import clopper_pearson
 
 #: a clean disagreement is excused only when (top1 - top2) <= CLEAN_MARGIN_RTOL * max(1, |top1|)
 CLEAN_MARGIN_RTOL = 1e-3
@@ -54,7 +59,8 @@ class AuditResult:
     clean_disagree: list[int] = field(default_factory=list)
     clean_ambiguous: list[int] = field(default_factory=list)
     broken: dict[int, str] = field(default_factory=dict)  # dataset index -> attack that broke it
-    allowed_broken: int = 0
+    max_broken_fraction: float = DEFAULT_MAX_BROKEN_FRACTION
+    broken_lower_bound: float = 0.0  # one-sided 95% Clopper-Pearson lower bound of the broken fraction
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -70,7 +76,10 @@ class AuditResult:
                 f"{len(self.clean_disagree)} disagree"
                 + (f" ({len(self.clean_ambiguous)} more within the numerical margin)" if self.clean_ambiguous else "")
                 + f"; APGD-CE + APGD-T at {self.norm} eps={self.eps:g} on {len(self.attack_checked)} points claimed "
-                f"robust, {len(self.broken)} broken (tolerance {self.allowed_broken}); "
+                f"robust, {len(self.broken)} broken"
+                + (f" (indices {_short(sorted(self.broken))})" if self.broken else "")
+                + f" (95% lower bound of the broken fraction {100 * self.broken_lower_bound:.1f}%, "
+                f"tolerance {100 * self.max_broken_fraction:g}%); "
                 + ("passed" if self.ok else f"FAILED ({len(self.problems)} problem(s))"))
 
 
@@ -218,6 +227,14 @@ def recompute(submission_path: str | Path, clean_pos: np.ndarray, attack_pos: np
     }
 
 
+def reattack_verdict(n_broken: int, n_sampled: int, max_broken_fraction: float) -> tuple[float, bool]:
+    """(one-sided 95% Clopper-Pearson lower bound of the broken fraction, whether the audit fails)."""
+    if n_sampled == 0:
+        return 0.0, False
+    lower = clopper_pearson(n_broken, n_sampled, confidence=0.90)[0]  # lower end of the two-sided 90% interval
+    return lower, lower > max_broken_fraction
+
+
 def _find_submission(record_path: Path, submission_id: str) -> Path:
     results = record_path.resolve().parent
     if results.name == "results" and results.parent.name == "leaderboard":
@@ -243,6 +260,8 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
     record_path = Path(record_path)
     if sample < 1:
         raise HarnessError("--sample must be at least 1")
+    if not 0 <= max_broken_fraction < 1:
+        raise HarnessError("--max-broken-fraction must be in [0, 1)")
     rec = read_record(record_path)
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     res = AuditResult(record_path, rec.submission_id, seed, eps=float(rec.threat_model.eps), norm=rec.threat_model.norm)
@@ -287,11 +306,13 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
         res.problems.append(f"clean_correct: the model's predictions disagree with the record at indices "
                             f"{_short(res.clean_disagree)} (re-classified {len(clean_pos)} sampled points)")
     res.broken = {int(index[p]): str(b) for p, b in zip(attack_pos, out["broken_by"]) if b}
-    res.allowed_broken = int(math.floor(max_broken_fraction * attack_pos.size))
-    if len(res.broken) > res.allowed_broken:
+    res.max_broken_fraction = max_broken_fraction
+    res.broken_lower_bound, fails = reattack_verdict(len(res.broken), int(attack_pos.size), max_broken_fraction)
+    if fails:
         res.problems.append(
             f"autoattack_robust: {len(res.broken)} of {attack_pos.size} sampled points the record claims robust were broken "
-            f"(tolerance {res.allowed_broken}) at indices {_short(sorted(res.broken))} "
-            f"(by {', '.join(sorted(set(res.broken.values())))}; seed {seed})")
+            f"at indices {_short(sorted(res.broken))} (by {', '.join(sorted(set(res.broken.values())))}; seed {seed}); "
+            f"at 95% confidence more than {100 * max_broken_fraction:g}% of its robust points are not robust "
+            f"(lower bound {100 * res.broken_lower_bound:.1f}%)")
     res.seconds = time.perf_counter() - t0
     return res

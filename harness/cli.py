@@ -239,14 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_fetch)
 
+    from . import prcheck as prc
+
     pc = sub.add_parser("pr-check", help="check a pull request's submission (what CI runs on a PR)")
     pc.add_argument("--base", required=True, help="git ref of the branch the PR targets (e.g. origin/main)")
-    pc.add_argument("--n-examples", type=int, default=20, help="points for the smoke evaluation (default 20)")
-    pc.add_argument("--max-file-mb", type=float, default=100.0,
-                    help="largest file allowed in a submission folder, in MB (default 100)")
+    pc.add_argument("--n-examples", type=int, default=prc.DEFAULT_N_EXAMPLES,
+                    help=f"first N test points for the smoke evaluation (default {prc.DEFAULT_N_EXAMPLES})")
+    pc.add_argument("--max-file-mb", type=float, default=prc.DEFAULT_MAX_FILE_MB,
+                    help=f"largest file allowed in a submission folder, in MB (default {prc.DEFAULT_MAX_FILE_MB:g})")
     pc.add_argument("--allow-update", action="append", metavar="ID",
                     help="maintainers: allow the PR to change this existing entry (repeatable)")
-    pc.add_argument("--audit-sample", type=int, default=64,
+    pc.add_argument("--audit-sample", type=int, default=prc.DEFAULT_AUDIT_SAMPLE,
                     help="points re-classified and claimed-robust points re-attacked when auditing a record")
     pc.add_argument("--seed", type=int, help="audit seed (default: a fresh random one, printed)")
     pc.add_argument("--device", default="cpu", help="device of the smoke evaluation and audit (default cpu)")
@@ -264,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "re-attack (default 64 each)")
     a.add_argument("--seed", type=int, help="sampling and attack seed (default: a fresh random one, printed)")
     a.add_argument("--max-broken-fraction", type=float, default=0.02,
-                   help="re-attack tolerance: broken points allowed = floor(fraction * sample) (default 0.02)")
+                   help="fail when, at 95%% confidence, more than this fraction of the claimed-robust points "
+                   "can be broken (default 0.02)")
     a.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     a.add_argument("--batch-size", type=int, help="default: the submission's, at most 256")
     a.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")

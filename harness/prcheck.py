@@ -38,7 +38,7 @@ from typing import Any, Callable
 from .errors import HarnessError
 
 DEFAULT_MAX_FILE_MB = 100.0
-DEFAULT_N_EXAMPLES = 20
+DEFAULT_N_EXAMPLES = 10
 DEFAULT_AUDIT_SAMPLE = 64
 SMOKE_STAGES = ["clean", "flops", "autoattack"]
 LICENSE_FILE = re.compile(r"^(LICEN[CS]E|COPYING)([._-].*)?$", re.IGNORECASE)
@@ -118,7 +118,11 @@ def git(root: Path, *args: str) -> str:
 
 def changed_files(root: Path, base: str) -> list[Change]:
     """Files changed on this branch since it left ``base`` (``git diff base...HEAD``)."""
-    git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
+    try:
+        git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
+    except HarnessError:
+        raise HarnessError(f"--base {base!r} is not a commit of this repository (fetch it first, e.g. "
+                           "`git fetch origin main` and --base origin/main)")
     raw = git(root, "diff", "--name-status", "-z", "--no-renames", f"{base}...HEAD")
     tokens = [t for t in raw.split("\0") if t]
     return [Change(tokens[i][0], tokens[i + 1]) for i in range(0, len(tokens) - 1, 2)]
@@ -262,8 +266,8 @@ def run_pr_check(opts: PRCheckOptions) -> PRCheckReport:
     say = _say(opts.progress)
     root = Path(git(Path(opts.root), "rev-parse", "--show-toplevel").strip())
     rep = PRCheckReport(opts.base)
-    rep.base_sha = git(root, "rev-parse", "--short", f"{opts.base}^{{commit}}").strip()
     rep.changes = changed_files(root, opts.base)
+    rep.base_sha = git(root, "rev-parse", "--short", f"{opts.base}^{{commit}}").strip()
     rep.entry_id, rep.kind, scope = scope_problems(root, opts.base, rep.changes, tuple(opts.allow_update))
     rep.problems += scope
     if rep.entry_id is None:

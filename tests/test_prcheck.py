@@ -245,7 +245,7 @@ def test_a_record_with_flipped_robust_flags_fails_naming_the_examples(repo, caps
     assert code == 1
     (problem,) = problems
     assert problem.startswith("problem: leaderboard/results/forged.json: audit: autoattack_robust: 4 of 4 sampled")
-    assert "at indices 3, 17, 42, 101 " in problem and "(tolerance 0)" in problem
+    assert "at indices 3, 17, 42, 101 " in problem and "more than 2% of its robust points are not robust" in problem
     assert "### Audit of the record" in out and "seed 5" in out
 
 
@@ -257,3 +257,9 @@ def test_an_honest_record_passes_the_audit_in_a_pr(repo, capsys):
     assert code == 0, problems
     assert "Figures from the record the PR carries" in out
     assert "n=500" in out  # the row is the record's, not the smoke evaluation's
+
+
+def test_an_unknown_base_is_a_one_line_error(repo, capsys):
+    assert main(["pr-check", "--base", "origin/nope", "--root", str(repo), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--base 'origin/nope' is not a commit" in err and "Traceback" not in err
