@@ -155,8 +155,10 @@ def test_pr_check_from_the_command_line_is_one_line_per_problem(repo):
     new_entry(repo, "mine")
     shutil.rmtree(repo / "submissions" / "mnist-standard")
     commit(repo)
-    out = subprocess.run([sys.executable, "-m", "harness", "pr-check", "--base", "main", "--no-progress"],
-                         cwd=repo, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
+    # run from outside the repository: its stand-in harness/ folder must not shadow the real package
+    out = subprocess.run([sys.executable, "-m", "harness", "pr-check", "--base", "main", "--no-progress",
+                          "--root", str(repo)], cwd=repo.parent, capture_output=True, text=True,
+                         env={**os.environ, **GIT_ENV})
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     lines = out.stderr.strip().splitlines()
