@@ -1,8 +1,9 @@
-"""The ``harness`` command line: eval, validate, schema, leaderboard build / import-robustbench."""
+"""The ``harness`` command line: eval, validate, schema, fetch, pr-check, audit, leaderboard build / import-robustbench."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -127,6 +128,91 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir_arg(args: argparse.Namespace) -> None:
+    """--cache-dir applies to the whole process (and its children), as $ROBUST_FRONTIER_CACHE does."""
+    if getattr(args, "cache_dir", None):
+        from .hosted import CACHE_ENV
+
+        os.environ[CACHE_ENV] = str(Path(args.cache_dir).expanduser().resolve())
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .hosted import cache_dir, fetch
+    from .submission import parse_submission
+
+    _cache_dir_arg(args)
+    failed = 0
+    for path in args.paths:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "submission.yaml"
+        try:
+            sub, problems = parse_submission(p)
+            if sub is None:
+                raise HarnessError(f"{problems[0]} (run `harness validate {p}`)")
+            ck = sub.spec.model.checkpoint
+            if ck.url is None:
+                print(f"{p}: nothing to fetch (the checkpoint is a local file)")
+                continue
+            got, downloaded = fetch(ck.url, ck.sha256, progress=not args.no_progress)
+            print(f"{p}: {'downloaded and verified' if downloaded else 'already in the cache'}: {got}")
+        except HarnessError as e:
+            failed += 1
+            print(f"error: {p}: {e}", file=sys.stderr)
+    if failed:
+        print(f"(cache: {cache_dir()})", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_pr_check(args: argparse.Namespace) -> int:
+    from .prcheck import PRCheckOptions, run_pr_check
+
+    _cache_dir_arg(args)
+    if args.n_examples < 1 or args.audit_sample < 1 or not args.max_file_mb > 0:
+        raise HarnessError("--n-examples and --audit-sample must be >= 1 and --max-file-mb > 0")
+    opts = PRCheckOptions(
+        base=args.base, root=Path(args.root), n_examples=args.n_examples, max_file_mb=args.max_file_mb,
+        allow_update=tuple(args.allow_update or ()), device=args.device, audit_sample=args.audit_sample,
+        audit_seed=args.seed, data_dir=Path(args.data_dir) if args.data_dir else None,
+        keep=Path(args.keep) if args.keep else None, progress=not args.no_progress,
+    )
+    report = run_pr_check(opts)
+    text = report.markdown()
+    print(text)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+    if opts.keep is not None:
+        (opts.keep / "pr-check.md").write_text(text + "\n", encoding="utf-8")
+    _print_problems(report.problems)
+    return 0 if report.ok else 1
+
+
+def _print_problems(problems: list[str]) -> None:
+    """One line per problem on stderr; in GitHub Actions as an error annotation."""
+    actions = os.environ.get("GITHUB_ACTIONS") == "true"
+    for problem in problems:
+        line = " ".join(problem.split())
+        if actions:
+            print("::error title=pr-check::" + line.replace("%", "%25"), file=sys.stderr)
+        else:
+            print(f"problem: {line}", file=sys.stderr)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit_record
+
+    res = audit_record(args.record, submission=args.submission, sample=args.sample, seed=args.seed,
+                       device=args.device, data_dir=args.data_dir, batch_size=args.batch_size,
+                       max_broken_fraction=args.max_broken_fraction, progress=not args.no_progress)
+    print(res.summary())
+    for note in res.notes:
+        print(f"note: {note}")
+    _print_problems(res.problems)
+    return 0 if res.ok else 1
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from leaderboard.build import build_leaderboard
 
@@ -197,6 +283,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the submission JSON Schema")
     s.set_defaults(func=cmd_schema)
+
+    f = sub.add_parser("fetch", help="download hosted checkpoints (model.checkpoint.url) into the local cache")
+    f.add_argument("paths", nargs="+", help="submission.yaml files or their folders")
+    f.add_argument("--cache-dir", help="cache folder (default $ROBUST_FRONTIER_CACHE or ~/.cache/robust-frontier)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_fetch)
+
+    from . import prcheck as prc
+
+    pc = sub.add_parser("pr-check", help="check a pull request's submission (what CI runs on a PR)")
+    pc.add_argument("--base", required=True, help="git ref of the branch the PR targets (e.g. origin/main)")
+    pc.add_argument("--n-examples", type=int, default=prc.DEFAULT_N_EXAMPLES,
+                    help=f"first N test points for the smoke evaluation (default {prc.DEFAULT_N_EXAMPLES})")
+    pc.add_argument("--max-file-mb", type=float, default=prc.DEFAULT_MAX_FILE_MB,
+                    help=f"largest file allowed in a submission folder, in MB (default {prc.DEFAULT_MAX_FILE_MB:g})")
+    pc.add_argument("--allow-update", action="append", metavar="ID",
+                    help="maintainers: allow the PR to change this existing entry (repeatable)")
+    pc.add_argument("--audit-sample", type=int, default=prc.DEFAULT_AUDIT_SAMPLE,
+                    help="points re-classified and claimed-robust points re-attacked when auditing a record")
+    pc.add_argument("--seed", type=int, help="audit seed (default: a fresh random one, printed)")
+    pc.add_argument("--device", default="cpu", help="device of the smoke evaluation and audit (default cpu)")
+    pc.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
+    pc.add_argument("--cache-dir", help="checkpoint cache folder (default $ROBUST_FRONTIER_CACHE)")
+    pc.add_argument("--keep", help="also write the report and the smoke record into this folder")
+    pc.add_argument("--root", default=".", help="repository (default: the current folder)")
+    pc.add_argument("--no-progress", action="store_true", help="no progress bars or step messages")
+    pc.set_defaults(func=cmd_pr_check)
+
+    a = sub.add_parser("audit", help="re-check a result record against its model (clean per example, re-attack)")
+    a.add_argument("record", help="leaderboard/results/<id>.json")
+    a.add_argument("--submission", help="its submission.yaml (default: submissions/<id>/ of the same repository)")
+    a.add_argument("--sample", type=int, default=64, help="points to re-classify and claimed-robust points to "
+                   "re-attack (default 64 each)")
+    a.add_argument("--seed", type=int, help="sampling and attack seed (default: a fresh random one, printed)")
+    a.add_argument("--max-broken-fraction", type=float, default=0.02,
+                   help="fail when, at 95%% confidence, more than this fraction of the claimed-robust points "
+                   "can be broken (default 0.02)")
+    a.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    a.add_argument("--batch-size", type=int, help="default: the submission's, at most 256")
+    a.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
+    a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.set_defaults(func=cmd_audit)
 
     lb = sub.add_parser("leaderboard", help="leaderboard commands")
     lbs = lb.add_subparsers(dest="lb_command", required=True)

@@ -150,7 +150,14 @@ def format_eps(eps: float) -> str:
 
 
 class Checkpoint(_Strict):
-    path: RelPath = Field(description="file inside the submission folder, or inside `package` if given")
+    path: RelPath | None = Field(default=None,
+                                 description="file inside the submission folder, or inside `package` if given")
+    url: str | None = Field(
+        default=None, max_length=2000,
+        description="instead of `path`, a hosted file (over 100 MB it must be hosted): "
+                    "https://<host>/<file>, or hf://<org>/<repo>/<file>@<40-hex commit> on the Hugging Face Hub; "
+                    "`harness fetch` downloads it into the local cache and checks `sha256`",
+    )
     sha256: Sha256 = Field(description="lower-case hex SHA-256 of the file")
     package: str | None = Field(
         default=None, description=f"an installed package that ships the file; one of: {', '.join(ALLOWED_PACKAGES)}"
@@ -162,6 +169,23 @@ class Checkpoint(_Strict):
         if v is not None and v not in ALLOWED_PACKAGES:
             raise ValueError(f"only these packages may ship a checkpoint: {', '.join(sorted(ALLOWED_PACKAGES))}")
         return v
+
+    @field_validator("url")
+    @classmethod
+    def _hosted(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .hosted import parse_url
+
+            parse_url(v)  # raises ValueError with the reason
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Checkpoint":
+        if (self.path is None) == (self.url is None):
+            raise ValueError("path or url: give exactly one (a file in the folder, or a hosted file)")
+        if self.url is not None and self.package is not None:
+            raise ValueError("package cannot be combined with url")
+        return self
 
 
 class Preprocessing(_Strict):
@@ -186,8 +210,14 @@ MAX_KWARGS = 32
 
 class ModelSpec(_Strict):
     format: Literal["state_dict", "torchscript", "onnx"]
-    architecture: str | None = Field(default=None, max_length=200,
-                                     description="for state_dict: see `harness schema`")
+    architecture: str | None = Field(
+        default=None, max_length=200,
+        description="for state_dict: a built-in architecture (mnist_small_cnn, mnist_mlp, cifar_small_cnn), a "
+                    "RobustBench class (robustbench.ResNet18, robustbench.WideResNet with architecture_kwargs depth "
+                    "and widen_factor, ...), or a RobustBench model-zoo entry's architecture "
+                    "'robustbench.zoo:<dataset>/<threat_model>/<name>', e.g. "
+                    "'robustbench.zoo:cifar10/Linf/Carmon2019Unlabeled' (built without downloading weights)",
+    )
     architecture_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description=f"keyword arguments of the architecture: integers in [0, {MAX_KWARG_INT}], finite numbers, "
@@ -464,6 +494,11 @@ def package_root(package: str) -> Path:
 
 def resolve_checkpoint(spec: Submission, folder: Path) -> Path:
     ck = spec.model.checkpoint
+    if ck.url is not None:  # hosted: only ever read from the local cache; `harness fetch` downloads
+        from .hosted import cached_checkpoint
+
+        return cached_checkpoint(ck.url, ck.sha256, fetch_hint=f"harness fetch {folder / 'submission.yaml'}")
+    assert ck.path is not None
     if ck.package is None:
         return confine(folder, ck.path, field="model.checkpoint.path")
     return confine(package_root(ck.package), ck.path, field="model.checkpoint.path")
