@@ -89,9 +89,8 @@ def _short(indices: list[int], limit: int = 20) -> str:
 
 
 def check_provenance_hashes(record, sub) -> list[str]:
-    """The two provenance hashes against the files. (The input-hardening work adds these and every
-    other record invariant to :func:`harness.record.read_record`; until then the audit checks the
-    two hashes itself, here, in one place.)"""
+    """The two provenance hashes against the files, named field by field (the folder digest,
+    ``provenance.files_sha256``, is checked by :func:`harness.record.check_against_submission`)."""
     problems = []
     ck = sub.spec.model.checkpoint
     if record.provenance.submission_sha256 != sub.yaml_sha256:
@@ -114,23 +113,19 @@ def check_provenance_hashes(record, sub) -> list[str]:
     return problems
 
 
-def load_examples(npz_path: Path, n_examples: int) -> dict[str, np.ndarray]:
-    if not npz_path.is_file():
-        raise HarnessError(f"{npz_path}: the record's per-example file is missing; a record without it cannot be audited")
-    try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in REQUIRED_ARRAYS if k in z.files}
-    except (OSError, ValueError) as e:
-        raise HarnessError(f"{npz_path}: cannot read: {str(e).splitlines()[0][:200]}")
+def load_examples(rec, record_path: Path) -> dict[str, np.ndarray]:
+    """The record's per-example arrays, read and checked against its summary by
+    :func:`harness.record.read_examples`; the audit needs AutoAttack's flags and the first N points."""
+    from .record import read_examples
+
+    arrays = read_examples(rec, record_path)
+    npz_path = record_path.with_name(rec.examples_file or "")
     missing = [k for k in REQUIRED_ARRAYS if k not in arrays]
     if missing:
         raise HarnessError(f"{npz_path}: missing arrays {', '.join(missing)} (an AutoAttack record is needed)")
-    for k, v in arrays.items():
-        if v.ndim != 1 or len(v) != n_examples:
-            raise HarnessError(f"{npz_path}: array {k} must have shape ({n_examples},), has {v.shape}")
     idx = arrays["index"]
-    if not np.issubdtype(idx.dtype, np.integer) or not np.array_equal(idx, np.arange(n_examples)):
-        raise HarnessError(f"{npz_path}: index must be 0..{n_examples - 1} (the first N test points in order)")
+    if not np.issubdtype(idx.dtype, np.integer) or not np.array_equal(idx, np.arange(rec.n_examples)):
+        raise HarnessError(f"{npz_path}: index must be 0..{rec.n_examples - 1} (the first N test points in order)")
     return arrays
 
 
@@ -253,7 +248,7 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
                  batch_size: int | None = None, max_broken_fraction: float = DEFAULT_MAX_BROKEN_FRACTION,
                  progress: bool = False) -> AuditResult:
     """Audit one record; problems (one line each) are in the result, bad inputs raise HarnessError."""
-    from .record import read_record, record_paths
+    from .record import check_against_submission, read_record
     from .submission import parse_submission
 
     t0 = time.perf_counter()
@@ -262,7 +257,7 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
         raise HarnessError("--sample must be at least 1")
     if not 0 <= max_broken_fraction < 1:
         raise HarnessError("--max-broken-fraction must be in [0, 1)")
-    rec = read_record(record_path)
+    rec = read_record(record_path, examples=False)  # every invariant; the examples are read below
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     res = AuditResult(record_path, rec.submission_id, seed, eps=float(rec.threat_model.eps), norm=rec.threat_model.norm)
     yaml_path = Path(submission) if submission is not None else _find_submission(record_path, rec.submission_id)
@@ -276,13 +271,18 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
         res.problems.append(f"threat_model: the record is {rec.dataset} {rec.threat_model.norm} eps={rec.threat_model.eps:g}, "
                             f"the submission is {sub.spec.dataset} {sub.spec.threat_model.label}")
     res.problems += check_provenance_hashes(rec, sub)
+    if not res.problems:
+        try:
+            check_against_submission(rec, record_path, sub)
+        except HarnessError as e:
+            res.problems.append(str(e))
     if res.problems:  # a record for other files or another threat model: re-running would prove nothing
         res.seconds = time.perf_counter() - t0
         return res
     if rec.autoattack is None or rec.robust_accuracy is None:
         raise HarnessError(f"{record_path}: the record has no AutoAttack result to audit")
 
-    arrays = load_examples(record_paths(record_path)[1], rec.n_examples)
+    arrays = load_examples(rec, record_path)
     n_avail = available_points(sub.spec.dataset, data_dir, sub.dataset_path())
     if n_avail < rec.n_examples:
         res.notes.append(f"only the first {n_avail} of the record's {rec.n_examples} points are available here; "

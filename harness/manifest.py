@@ -140,7 +140,8 @@ def check(sub: "LoadedSubmission") -> tuple[list[FileProblem], str | None]:
         problems.append(FileProblem(e.field or "model.checkpoint.path", str(e).split(": ", 1)[-1]))
         ck = None
     if ck is not None:
-        if spec.model.checkpoint.package is None:
+        hosted = spec.model.checkpoint.url is not None  # in the local cache (harness.hosted), outside the folder
+        if spec.model.checkpoint.package is None and not hosted:
             rel = _relative_to(root, ck)
             if rel is not None:
                 expected[rel] = ("model.checkpoint.sha256", ck_sha)
@@ -153,7 +154,8 @@ def check(sub: "LoadedSubmission") -> tuple[list[FileProblem], str | None]:
             if actual != ck_sha:
                 problems.append(FileProblem("model.checkpoint.sha256", f"checkpoint hash mismatch: file has {actual}, "
                                                                        f"submission says {ck_sha}"))
-            package_line = _line(ck_sha, f"{spec.model.checkpoint.package}:{spec.model.checkpoint.path}")
+            package_line = _line(ck_sha, f"url:{spec.model.checkpoint.url}" if hosted
+                                 else f"{spec.model.checkpoint.package}:{spec.model.checkpoint.path}")
     for name, digest in (spec.files or {}).items():
         field = f"files.{name}"
         try:

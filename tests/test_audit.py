@@ -11,6 +11,7 @@ from conftest import REPO
 from harness.audit import audit_record, plan_sample, reattack_verdict
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.stats import clopper_pearson
 
 
 def copy_entry(tmp_path, eid="mnist-standard"):
@@ -24,12 +25,27 @@ def copy_entry(tmp_path, eid="mnist-standard"):
 
 
 def edit_examples(record, **changes):
+    """Flip per-example flags and, as a careful forger would, make the record's summary agree with
+    them (accuracies, their Clopper-Pearson intervals, AutoAttack's accuracy after each attack), so
+    that `read_record`'s consistency checks pass and only the re-computation can catch it."""
     npz = record.with_name(record.name.removesuffix(".json") + ".examples.npz")
     with np.load(npz) as z:
         arrays = {k: z[k] for k in z.files}
     for key, (idx, value) in changes.items():
         arrays[key][idx] = value
     np.savez_compressed(npz, **arrays)
+    rec = json.loads(record.read_text())
+    n = rec["n_examples"]
+    clean, robust = arrays["clean_correct"].astype(bool), arrays["autoattack_robust"].astype(bool)
+    for name, flags in (("clean_accuracy", clean), ("robust_accuracy", robust)):
+        k = int(flags.sum())
+        rec[name], rec[f"{name}_ci95"] = k / n, list(clopper_pearson(k, n))
+    after = rec["autoattack"]["accuracy_after"]
+    for a in after:
+        after[a] = rec["clean_accuracy"] if a == "clean" else max(min(after[a], rec["clean_accuracy"]),
+                                                                  rec["robust_accuracy"])
+    after[list(after)[-1]] = rec["robust_accuracy"]
+    record.write_text(json.dumps(rec))
     return arrays
 
 
@@ -49,11 +65,6 @@ def test_flipped_clean_flags_are_named(tmp_path, capsys):
         wrong = np.nonzero(~z["clean_correct"])[0][:2]
     assert wrong.size == 2
     edit_examples(record, clean_correct=(wrong, True))
-    rec = json.loads(record.read_text())
-    rec["clean_accuracy"] += 2 / rec["n_examples"]
-    rec["clean_accuracy_ci95"] = [min(rec["clean_accuracy_ci95"][0], rec["clean_accuracy"]),
-                                  max(rec["clean_accuracy_ci95"][1], rec["clean_accuracy"])]
-    record.write_text(json.dumps(rec))
     res = audit_record(record, sample=500, seed=0)  # every point re-classified
     assert res.clean_disagree == wrong.tolist() and not res.clean_ambiguous
     assert len(res.problems) == 1 and f"indices {wrong[0]}, {wrong[1]} " in res.problems[0]
@@ -114,7 +125,7 @@ def test_a_record_of_another_checkpoint_fails_before_any_model_runs(tmp_path):
 def test_missing_examples_file_is_a_one_line_error(tmp_path):
     record = copy_entry(tmp_path)
     record.with_name("mnist-standard.examples.npz").unlink()
-    with pytest.raises(HarnessError, match="per-example file is missing"):
+    with pytest.raises(HarnessError, match="examples.npz: no such file"):
         audit_record(record, sample=4, seed=0)
 
 

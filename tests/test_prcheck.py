@@ -24,6 +24,7 @@ from harness.cli import main
 from harness.files import sha256_file
 from harness.hosted import CACHE_ENV
 from harness.stats import accuracy_with_ci
+from harness.submission import load_submission, verify_files
 
 BASE_ENTRIES = ("mnist-standard", "mnist-pgd")
 CKPT = REPO / "submissions" / "mnist-standard" / "model.safetensors"
@@ -103,8 +104,8 @@ def test_good_hosted_submission_passes_with_its_row(repo, tmp_path, capsys, monk
     assert "### Would-be row: MNIST, Linf, ε = 0.3" in out
     header, rule, row = out.split("### Would-be row: MNIST, Linf, ε = 0.3\n\n", 1)[1].splitlines()[:3]
     assert header.startswith("| Rank") and "AutoAttack" in header and rule.startswith("|---")
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "Hosted standard CNN" and cells[2] == "re-evaluated (n=4)"
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]))
+    assert cells["Model"] == "Hosted standard CNN" and cells["Source"] == "re-evaluated (n=4)"
     # 3 entries on the MNIST board; a 0%-robust model with mnist-standard's FLOPs ties it, behind mnist-pgd
     assert "of 3, frontier layer" in out and "Rank **2" in out
     assert "### Smoke evaluation" in out and "downloaded and verified" in out
@@ -195,6 +196,12 @@ def test_symlinks_executables_and_a_missing_licence_fail(repo, capsys):
     assert code == 1 and len(problems) == 1 and "license: 'my own terms' is not an SPDX" in problems[0]
     (folder / "LICENSE.txt").write_text("my own terms, in full\n")
     commit(repo)
+    code, _, problems = pr_check(repo, capsys)  # every file of a submission must be covered by a hash
+    assert code == 1 and len(problems) == 1 and "files: LICENSE.txt is not covered by any hash" in problems[0]
+    spec = yaml.safe_load((folder / "submission.yaml").read_text())
+    spec["files"] = {"LICENSE.txt": hashlib.sha256((folder / "LICENSE.txt").read_bytes()).hexdigest()}
+    (folder / "submission.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    commit(repo)
     code, _, problems = pr_check(repo, capsys)
     assert code == 0, problems
 
@@ -233,7 +240,14 @@ def forge_record(root, eid, flip: list[int]):
     acc, ci = accuracy_with_ci(arrays["autoattack_robust"])
     rec.update(submission_id=eid, robust_accuracy=acc, robust_accuracy_ci95=list(ci),
                examples_file=f"{eid}.examples.npz")
-    rec["provenance"]["submission_sha256"] = sha256_file(root / "submissions" / eid / "submission.yaml")
+    after = rec["autoattack"]["accuracy_after"]
+    for a in after:
+        if a != "clean":
+            after[a] = max(min(after[a], rec["clean_accuracy"]), acc)
+    after[list(after)[-1]] = acc
+    yaml_path = root / "submissions" / eid / "submission.yaml"
+    rec["provenance"]["submission_sha256"] = sha256_file(yaml_path)
+    rec["provenance"]["files_sha256"] = verify_files(load_submission(yaml_path))
     (res / f"{eid}.json").write_text(json.dumps(rec, indent=2))
     np.savez_compressed(res / f"{eid}.examples.npz", **arrays)
 
