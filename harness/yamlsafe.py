@@ -126,6 +126,8 @@ def load_yaml_text(text: str, name: str = "<yaml>") -> Any:
         if isinstance(e, yaml.reader.ReaderError) and isinstance(e.position, int):
             where = f" at line {text.count(chr(10), 0, e.position) + 1}"
         problem = getattr(e, "problem", None) or (str(e).splitlines() or ["malformed"])[0]
+        if "nesting depth" in str(problem):  # libyaml's own cap (PyYAML >= 6.0.4's wheels) fired before ours
+            problem = f"nested deeper than {MAX_DEPTH} levels"
         raise HarnessError(f"{name}: malformed YAML{where}: {problem}")
     except (ValueError, OverflowError, RecursionError, MemoryError) as e:  # belt and braces
         raise HarnessError(f"{name}: malformed YAML: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
