@@ -229,6 +229,22 @@ def write_error(state_dir: Path, generation: int, rank: int, message: str) -> No
     atomic_write_text(error_path(state_dir, generation, rank), message)
 
 
+def first_error(state_dir: Path, generation: int, exclude: int | None = None) -> tuple[int, str, float] | None:
+    """(rank, message, time) of the first error reported in attempt ``generation`` by a rank other
+    than ``exclude``, or None."""
+    found = []
+    for r, msg in read_errors(state_dir, generation).items():
+        if r != exclude:
+            try:
+                found.append((error_path(state_dir, generation, r).stat().st_mtime, r, msg))
+            except OSError:
+                pass
+    if not found:
+        return None
+    t, r, msg = min(found)
+    return r, msg, t
+
+
 def read_errors(state_dir: Path, generation: int) -> dict[int, str]:
     """The one-line errors ranks reported in attempt ``generation``, by rank."""
     d = Path(state_dir) / "errors" / str(generation)

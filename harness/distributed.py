@@ -36,6 +36,8 @@ class Distributed:
     #: True under torchrun (a process group is, or will be, initialised)
     launched: bool = False
     backend: str | None = None
+    #: torchrun --max-restarts: how many times the job was restarted (TORCHELASTIC_RESTART_COUNT)
+    restart_count: int = 0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Distributed":
@@ -50,7 +52,9 @@ class Distributed:
             raise HarnessError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them)")
         if not (0 <= rank < world and local >= 0):
             raise HarnessError(f"RANK {rank} is outside WORLD_SIZE {world}")
-        return cls(rank=rank, world_size=world, local_rank=local, launched=True)
+        restarts = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+        return cls(rank=rank, world_size=world, local_rank=local, launched=True,
+                   restart_count=int(restarts) if restarts.isdigit() else 0)
 
     @property
     def is_main(self) -> bool:
@@ -112,6 +116,27 @@ class Distributed:
         except Exception as e:  # noqa: BLE001 - another rank died: torchrun reports it; one line here
             raise HarnessError(f"lost contact with the other ranks ({type(e).__name__}: "
                                f"{' '.join(str(e).split())[:200]})")
+
+    def report_failure(self, line: str, *, at: float | None = None, after: float | None = None) -> None:
+        """Write torchrun's error file for this rank (``TORCHELASTIC_ERROR_FILE``, the file its
+        ``@record`` decorator writes): torchrun's failure summary then shows this one line, and names
+        as the root cause the rank whose failure is dated first. ``at``: when this rank failed;
+        ``after``: when the rank whose failure stopped this one failed (this one is dated later)."""
+        import json
+        import time
+
+        path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+        if not self.launched or not path:
+            return
+        stamp = int(at if at is not None else time.time())
+        if after is not None:
+            stamp = max(stamp, int(after) + 1)
+        try:
+            with open(path, "w", encoding="utf-8") as f:  # the layout @record writes; our line, no traceback
+                json.dump({"message": {"message": line, "extraInfo": {"py_callstack": line,
+                                                                      "timestamp": str(stamp)}}}, f)
+        except OSError:
+            pass
 
     def close(self) -> None:
         if not self.launched:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .blocks import StageStore, new_generation, read_errors, write_error
+from .blocks import StageStore, first_error, new_generation, write_error
 from .bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
 from .data import NUM_CLASSES, load_test_data
 from .distributed import Distributed
@@ -48,7 +48,9 @@ from .files import atomic_savez, atomic_write_text
 from .models import load_model, resolve_device
 from .provenance import device_name, now, package_versions, python_version
 from .record import STAGE_PARTS, Provenance, ResultRecord, write_record
-from .schedule import POLL_S, Aborted, Plan, gather, is_reduced, reduced_paths, run_blocks, snapshot, stage_finished
+from .schedule import (
+    POLL_S, Aborted, Plan, gather, other_rank_failed, reduced_paths, run_blocks, snapshot, stage_finished,
+)
 from .stages import STAGE_ORDER, EvalContext, EvalOptions, StageResult, get_stage, ordered, stage_class
 from .stages.base import concat_blocks
 from .submission import LoadedSubmission, load_submission
@@ -279,10 +281,7 @@ def _wait_for_blocks(state_dir: Path, plan: Plan, dist: Distributed, tick: Calla
             tick()
         if all(stage_finished(state_dir, s, plan) for s in plan.todo):
             return
-        errors = {r: m for r, m in read_errors(state_dir, plan.generation).items() if r != dist.rank}
-        if errors:
-            r = min(errors)
-            raise Aborted(f"stopped because rank {r} failed: {' '.join(errors[r].split())}")
+        other_rank_failed(state_dir, plan.generation, dist.rank)
         if not dist.launched:  # one process, and its worker finished: blocks missing is an error
             missing = [s for s in plan.todo if not stage_finished(state_dir, s, plan)]
             raise HarnessError(f"the evaluation finished without the results of {', '.join(missing)} in {state_dir}")
@@ -310,7 +309,9 @@ def evaluate(
                          command=command, echo=echo)
     except HarnessError as e:
         if dist.launched:
-            raise HarnessError(f"rank {dist.rank}: {e}") from None
+            line = f"rank {dist.rank}: {e}"
+            dist.report_failure(line, at=getattr(e, "failed_at", None), after=getattr(e, "after", None))
+            raise HarnessError(line) from None
         raise
     finally:
         dist.close()
@@ -340,7 +341,8 @@ def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stage
                                                           train_source)
     planned = None
     if main:
-        if restart and state_dir.exists():
+        # --restart drops the state once, not again when torchrun restarts the job (--max-restarts)
+        if restart and state_dir.exists() and dist.restart_count == 0:
             shutil.rmtree(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         plan, resumed_blocks = make_plan(state_dir.resolve(), selected, len(data), batch_size,
@@ -383,8 +385,13 @@ def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stage
             runtime = _read_runtime(state_dir, device)
         _wait_for_blocks(state_dir, plan, dist, tick)
     except HarnessError as e:
-        if dist.launched and not isinstance(e, Aborted) and not getattr(e, "aborted", False):
-            write_error(state_dir, plan.generation, dist.rank, str(e))  # the other ranks stop too
+        if dist.launched:
+            if isinstance(e, Aborted) or getattr(e, "aborted", False):  # another rank failed first
+                first = first_error(state_dir, plan.generation, exclude=dist.rank)
+                e.after = first[2] if first is not None else None
+            else:
+                e.failed_at = time.time()
+                write_error(state_dir, plan.generation, dist.rank, str(e))  # the other ranks stop too
         if reducer is not None:
             reducer.close()
         raise

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .blocks import StageStore, make_block, n_blocks, read_errors
+from .blocks import StageStore, first_error, make_block, n_blocks
 from .errors import HarnessError
 
 #: seconds between two looks at the state folder while a worker or a supervisor waits
@@ -53,7 +53,11 @@ class Plan:
 
 
 class Aborted(HarnessError):
-    """Another rank of this attempt failed: this one stops too."""
+    """Another rank of this attempt failed: this one stops too. ``after``: when that rank failed."""
+
+    def __init__(self, message: str, after: float | None = None):
+        super().__init__(message)
+        self.after = after
 
 
 def reduced_paths(state_dir: Path, stage: str) -> tuple[Path, Path]:
@@ -72,10 +76,11 @@ def stage_finished(state_dir: Path, stage: str, plan: Plan) -> bool:
 
 
 def other_rank_failed(state_dir: Path, generation: int, rank: int) -> None:
-    errors = {r: m for r, m in read_errors(state_dir, generation).items() if r != rank}
-    if errors:
-        r = min(errors)
-        raise Aborted(f"stopped because rank {r} failed: {' '.join(errors[r].split())}")
+    """Raise :class:`Aborted` if another rank of this attempt reported an error."""
+    first = first_error(state_dir, generation, exclude=rank)
+    if first is not None:
+        r, msg, t = first
+        raise Aborted(f"stopped because rank {r} failed: {' '.join(msg.split())}", after=t)
 
 
 # ------------------------------------------------------------------------------------ the worker
