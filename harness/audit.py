@@ -24,12 +24,15 @@ trusts none of it:
    exceeds it. Four flipped flags out of four sampled fail (lower bound 47%); one broken point in
    64 does not (0.08%). Broken points are always listed by example index, failing or not.
 
-The model work is one function with explicit inputs, :func:`recompute`, so that it can run in the
-sandboxed evaluation worker like the evaluation itself.
+The model work is one function with explicit inputs, :func:`recompute`, and it runs in the
+sandboxed evaluation worker like the evaluation itself (:func:`recompute_sandboxed`: a worker job of
+kind ``audit``, with the submission's limits and no network): auditing a stranger's record never
+runs their model in this process.
 """
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -142,7 +145,8 @@ def plan_sample(arrays: dict[str, np.ndarray], n_available: int, sample: int, se
 
 def recompute(submission_path: str | Path, clean_pos: np.ndarray, attack_pos: np.ndarray, *, eps: float, norm: str,
               seed: int, device: str = "cpu", batch_size: int = 100, data_dir: str | Path | None = None,
-              eot_iter: int = 1, progress: bool = False) -> dict[str, Any]:
+              eot_iter: int = 1, progress: bool = False, trust_code: bool = False,
+              max_model_bytes: int | None = None) -> dict[str, Any]:
     """All the model work of the audit, with explicit inputs and plain array outputs.
 
     Loads the submission's model (hash-checked, safely), classifies the points at ``clean_pos``
@@ -163,7 +167,8 @@ def recompute(submission_path: str | Path, clean_pos: np.ndarray, attack_pos: np
     num_classes = NUM_CLASSES.get(spec.dataset) or int(data.y.max()) + 1
     dev = resolve_device(device)
     torch.manual_seed(seed)
-    model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=dev)
+    model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=dev,
+                       trust_code=trust_code, max_model_bytes=max_model_bytes)
     net = model.module
     clean_pos, attack_pos = np.asarray(clean_pos, dtype=np.int64), np.asarray(attack_pos, dtype=np.int64)
 
@@ -222,6 +227,68 @@ def recompute(submission_path: str | Path, clean_pos: np.ndarray, attack_pos: np
     }
 
 
+def recompute_sandboxed(submission_path: str | Path, clean_pos: np.ndarray, attack_pos: np.ndarray, *, eps: float,
+                        norm: str, seed: int, device: str = "cpu", batch_size: int = 100,
+                        data_dir: str | Path | None = None, eot_iter: int = 1, progress: bool = False,
+                        sandbox: str = "worker") -> dict[str, Any]:
+    """:func:`recompute` in the sandboxed evaluation worker (``sandbox`` "worker" or "bwrap"; "none"
+    runs it in this process, for trusted models only). Its outputs come back through a file the
+    worker writes, read here as untrusted data (no pickles, shapes checked)."""
+    import shutil
+    import tempfile
+
+    from .models import resolve_device
+    from .pipeline import resolve_limits
+    from .sandbox import run_worker
+    from .stages import EvalOptions
+    from .submission import load_submission
+    from .worker import WorkerJob
+
+    clean_pos, attack_pos = np.asarray(clean_pos, dtype=np.int64), np.asarray(attack_pos, dtype=np.int64)
+    if sandbox == "none":
+        return recompute(submission_path, clean_pos, attack_pos, eps=eps, norm=norm, seed=seed, device=device,
+                         batch_size=batch_size, data_dir=data_dir, eot_iter=eot_iter, progress=progress)
+    sub = load_submission(submission_path)
+    dev = resolve_device(device)
+    limits = resolve_limits(sub, EvalOptions())
+    work = Path(tempfile.mkdtemp(prefix="harness-audit-"))
+    try:
+        job = WorkerJob(
+            submission=str(sub.yaml_path), submission_sha256=sub.yaml_sha256, state_dir=str(work), stages=[],
+            device=str(dev), n_examples=0, batch_size=int(batch_size),
+            data_dir=str(Path(data_dir).resolve()) if data_dir else None, progress=progress,
+            memory_limit=limits["memory"], cpu_limit=limits["cpu"], isolate_network=sandbox != "bwrap",
+            parent_pid=None if sandbox == "bwrap" else os.getpid(), max_model_bytes=limits["memory"], kind="audit",
+            audit={"clean_pos": clean_pos.tolist(), "attack_pos": attack_pos.tolist(), "eps": float(eps),
+                   "norm": norm, "seed": int(seed), "eot_iter": int(eot_iter)})
+        read_only = [sub.folder, sub.checkpoint_path().parent] + ([Path(data_dir).resolve()] if data_dir else [])
+        run_worker(job, mode=sandbox, stage_timeout=limits["stage_timeout"],
+                   watch_memory=limits["memory"] if dev.type == "cuda" else None, read_only=read_only,
+                   echo=lambda line: None)
+        return _read_recomputed(work / "audit.npz", clean_pos.size, attack_pos.size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _read_recomputed(path: Path, n_clean: int, n_attack: int) -> dict[str, Any]:
+    """The worker's audit results, checked (written by a process that ran a stranger's model)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+        labels, n_avail = out["labels"], int(out["n_available"])
+        pred, margin, broken = out["clean_pred"], out["clean_margin"], out["broken_by"]
+        ok = (labels.ndim == 1 and labels.dtype.kind in "iu" and labels.size == n_avail
+              and pred.shape == (n_clean,) and pred.dtype.kind in "iu" and margin.shape == (n_clean,)
+              and margin.dtype.kind == "f" and broken.shape == (n_attack,) and broken.dtype.kind == "U"
+              and set(broken.tolist()) <= {"", "clean", "apgd-ce", "apgd-t"})
+        if not ok:
+            raise ValueError("unexpected shapes or values")
+    except Exception as e:  # noqa: BLE001 - any malformed result is one error line
+        raise HarnessError(f"the audit worker's result {path.name} is malformed ({type(e).__name__}: {str(e)[:120]})")
+    return {"labels": labels, "n_available": n_avail, "clean_pred": pred, "clean_margin": margin,
+            "broken_by": np.array(broken.tolist(), dtype=object)}
+
+
 def reattack_verdict(n_broken: int, n_sampled: int, max_broken_fraction: float) -> tuple[float, bool]:
     """(one-sided 95% Clopper-Pearson lower bound of the broken fraction, whether the audit fails)."""
     if n_sampled == 0:
@@ -246,8 +313,10 @@ def available_points(dataset: str, data_dir=None, custom_path=None) -> int:
 def audit_record(record_path: str | Path, *, submission: str | Path | None = None, sample: int = DEFAULT_SAMPLE,
                  seed: int | None = None, device: str = "cpu", data_dir: str | Path | None = None,
                  batch_size: int | None = None, max_broken_fraction: float = DEFAULT_MAX_BROKEN_FRACTION,
-                 progress: bool = False) -> AuditResult:
-    """Audit one record; problems (one line each) are in the result, bad inputs raise HarnessError."""
+                 progress: bool = False, sandbox: str = "worker") -> AuditResult:
+    """Audit one record; problems (one line each) are in the result, bad inputs raise HarnessError.
+    The model runs in the sandboxed worker (``sandbox``: "worker", "bwrap"; "none" only for trusted
+    models)."""
     from .record import check_against_submission, read_record
     from .submission import parse_submission
 
@@ -288,9 +357,11 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
         res.notes.append(f"only the first {n_avail} of the record's {rec.n_examples} points are available here; "
                          "the sample is drawn from those")
     clean_pos, attack_pos = plan_sample(arrays, n_avail, sample, seed)
-    out = recompute(yaml_path, clean_pos, attack_pos, eps=float(rec.threat_model.eps), norm=rec.threat_model.norm,
-                    seed=seed, device=device, batch_size=batch_size or min(sub.spec.evaluation.batch_size, 256),
-                    data_dir=data_dir, eot_iter=20 if rec.autoattack.version == "rand" else 1, progress=progress)
+    out = recompute_sandboxed(yaml_path, clean_pos, attack_pos, eps=float(rec.threat_model.eps),
+                              norm=rec.threat_model.norm, seed=seed, device=device,
+                              batch_size=batch_size or min(sub.spec.evaluation.batch_size, 256), data_dir=data_dir,
+                              eot_iter=20 if rec.autoattack.version == "rand" else 1, progress=progress,
+                              sandbox=sandbox)
 
     index = arrays["index"]
     bad_labels = [int(index[p]) for p in np.union1d(clean_pos, attack_pos) if out["labels"][p] != arrays["label"][p]]

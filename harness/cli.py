@@ -88,6 +88,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("\ninterrupted: finished stages and attacks are kept; run the same command again to resume",
               file=sys.stderr)
         return 130
+    if outcome is None:  # a torchrun rank other than 0: rank 0 writes the record and prints the table
+        return 0
     print()
     print(summary_table(outcome.record))
     print(f"\nrecord:   {outcome.json_path}\nexamples: {outcome.npz_path}")

@@ -2,18 +2,26 @@
 
     sub   = load_submission(path)                  # harness.submission (schema, paths, hashes)
     data  = load_test_data(...)                    # harness.data (first N test points, uint8)
-    --- in the sandboxed worker (harness.worker, supervised by harness.sandbox) ---
+    plan  = rank 0's plan, broadcast               # harness.schedule (attempt, stages to compute)
+    --- in the sandboxed worker of each rank (harness.worker, supervised by harness.sandbox) ---
     model = load_model(sub, ...)                   # harness.models (safe loading, wrapper)
-    run_stages(ctx, ...)                           # harness.stages.* (each saved in the run state)
-    --- back in the supervisor, which never loads the model ---
+    run_blocks(ctx, plan)                          # stages' map, block by block from a shared queue
+    --- back in the supervisors, which never load the model; rank 0 only from here ---
+    reduce each stage from its blocks             # stages' reduce (as soon as its blocks are done)
     check_sandwich(ctx)                            # certified <= robust <= clean, per example
     write_record(build_record(ctx), arrays, out)   # harness.record (atomic JSON + npz)
 
-Every finished stage is stored in the run's state folder (``<results>/.state/<id>/<run key>/``),
-whose key covers everything a result depends on (submission and checkpoint hashes, N, seed, batch
-size, device type, harness version). Rerunning the same command resumes; stages cached under the same
-key are included in the record even when not selected again, so a partial run (``--only certify``)
-adds to the record instead of erasing it. ``--restart`` drops the state.
+Without torchrun there is one rank. Under ``torchrun`` (:mod:`harness.distributed`) every rank runs
+this same function: rank 0 plans and, once every block of every stage is in the state folder,
+reduces and writes the record; the others compute blocks and exit. The record does not depend on the
+number of ranks (:mod:`harness.blocks`).
+
+Every finished block, and every reduced stage, is stored in the run's state folder
+(``<results>/.state/<id>/<run key>/``), whose key covers everything a result depends on (submission
+and checkpoint hashes, N, seed, batch size, device type, harness version). Rerunning the same
+command resumes, redoing only unfinished blocks; stages finished under the same key are included in
+the record even when not selected again, so a partial run (``--only certify``) adds to the record
+instead of erasing it. ``--restart`` drops the state.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +39,21 @@ import numpy as np
 import torch
 
 from . import __version__
+from .blocks import StageStore, first_error, new_generation, write_error
 from .bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
 from .data import NUM_CLASSES, load_test_data
+from .distributed import Distributed
 from .errors import HarnessError, SandwichViolation
 from .files import atomic_savez, atomic_write_text
 from .models import load_model, resolve_device
 from .provenance import device_name, now, package_versions, python_version
-from .record import Provenance, ResultRecord, write_record
-from .stages import STAGE_ORDER, EvalContext, EvalOptions, StageResult, get_stage
+from .record import STAGE_PARTS, Provenance, ResultRecord, write_record
+from .schedule import (
+    POLL_S, Aborted, Plan, gather, other_rank_failed, reduced_paths, run_blocks, snapshot, stage_finished,
+)
+from .stages import STAGE_ORDER, EvalContext, EvalOptions, StageResult, get_stage, ordered, stage_class
+from .stages.base import concat_blocks
 from .submission import LoadedSubmission, load_submission
-
 
 
 @dataclass
@@ -69,27 +83,59 @@ def run_key(sub: LoadedSubmission, n: int, batch_size: int, device: torch.device
 
 # ---------------------------------------------------------------------------------------------
 def _save_stage(state_dir: Path, name: str, res: StageResult) -> None:
-    d = state_dir / "stages"
-    atomic_savez(d / f"{name}.npz", res.arrays)
-    atomic_write_text(d / f"{name}.json", json.dumps({"summary": res.summary, "seconds": res.seconds}))
+    j, z = reduced_paths(state_dir, name)
+    atomic_savez(z, res.arrays)
+    atomic_write_text(j, json.dumps({"summary": res.summary, "seconds": res.seconds}))
 
 
-def _load_stage(state_dir: Path, name: str) -> StageResult | None:
-    d = state_dir / "stages"
-    j, z = d / f"{name}.json", d / f"{name}.npz"
+def _load_stage(state_dir: Path, name: str, n: int) -> StageResult | None:
+    j, z = reduced_paths(state_dir, name)
     if not (j.exists() and z.exists()):
         return None
-    # written by the worker, which ran a stranger's model: read as untrusted data
+    # reduced from blocks a worker wrote, which ran a stranger's model: read as untrusted data
     try:
         meta = json.loads(j.read_text())
         with np.load(z, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
         if not isinstance(meta, dict) or not isinstance(meta.get("summary"), dict):
             raise ValueError("no summary")
-        return StageResult(meta["summary"], arrays, float(meta["seconds"]), resumed=True)
+        STAGE_PARTS[name].model_validate(meta["summary"])  # the stage's own part of the record, typed
+        res = StageResult(meta["summary"], arrays, float(meta["seconds"]), resumed=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is one error line
         raise HarnessError(f"the saved result of stage {name} in {state_dir} is unreadable "
                            f"({type(e).__name__}); run again with --restart")
+    _check_lengths(state_dir, name, res, n)
+    return res
+
+
+def _check_lengths(state_dir: Path, name: str, res: StageResult, n: int) -> None:
+    for key, arr in res.arrays.items():  # per-example arrays (the gallery is a few examples)
+        if not key.startswith("gallery_") and (arr.ndim < 1 or arr.shape[0] != n):
+            raise HarnessError(f"the saved result of stage {name} in {state_dir} has {key} of shape "
+                               f"{arr.shape} for {n} examples; run again with --restart")
+
+
+def reduce_stage(ctx: EvalContext, name: str, plan: Plan) -> StageResult:
+    """Gather every block of ``name`` (untrusted data), reduce them into the stage's result (no
+    model), check it and save it in the state folder."""
+    parts, extras, metas = gather(ctx.state_dir, name, plan)
+    stage = get_stage(name)
+    try:
+        res = stage.reduce(ctx, concat_blocks(parts), extras)
+    except HarnessError:
+        raise
+    except Exception as e:  # noqa: BLE001 - blocks of the wrong shape or type from a worker
+        raise HarnessError(f"the blocks of stage {name} in {ctx.state_dir} are malformed ({type(e).__name__}: "
+                           f"{' '.join(str(e).split())[:200]}); run again with --restart")
+    try:
+        STAGE_PARTS[name].model_validate(res.summary)
+    except Exception as e:  # noqa: BLE001 - a stage wrote a field outside its part: a harness bug
+        raise HarnessError(f"internal error: stage {name} produced a summary outside its record part: "
+                           f"{' '.join(str(e).split())[:300]}")
+    res.seconds = float(sum(float(m["seconds"]) for m in metas))
+    _check_lengths(ctx.state_dir, name, res, len(ctx.data))
+    _save_stage(ctx.state_dir, name, res)
+    return res
 
 
 def check_sandwich(ctx: EvalContext) -> None:
@@ -123,30 +169,6 @@ def runtime_info(device: torch.device) -> dict:
     return {"device": str(device), "device_name": device_name(device), "torch_threads": torch.get_num_threads()}
 
 
-def run_stages(ctx: EvalContext, selected: list[str], *,
-               on_phase: Callable[[str], None] | None = None,
-               on_done: Callable[[str, float], None] | None = None) -> None:
-    """Run the ``selected`` stages that the state folder does not hold yet, in order, saving each as
-    it finishes; earlier results (cached under the same key) are in ``ctx.results`` for the stages
-    that read them. Used in process and by the sandboxed worker alike."""
-    for name in STAGE_ORDER:
-        cached = _load_stage(ctx.state_dir, name)
-        if cached is not None:
-            ctx.results[name] = cached
-            continue
-        if name not in selected:
-            continue
-        if on_phase is not None:
-            on_phase(name)
-        t0 = time.perf_counter()
-        result = get_stage(name).run(ctx)
-        result.seconds = time.perf_counter() - t0
-        _save_stage(ctx.state_dir, name, result)
-        ctx.results[name] = result
-        if on_done is not None:
-            on_done(name, result.seconds)
-
-
 def resolve_limits(sub: LoadedSubmission, options: EvalOptions) -> dict:
     """The worker's limits: the submission's ``evaluation.limits``, overridden by the maintainer's
     options (``memory_limit`` 0 = no limit). The CPU budget per stage defaults to the wall-clock
@@ -178,6 +200,94 @@ def _read_runtime(state_dir: Path, device: torch.device) -> dict:
     return runtime_info(device)
 
 
+def make_plan(state_dir: Path, selected: list[str], n: int, batch_size: int, seed: int,
+              world_size: int) -> tuple[Plan, dict[str, int]]:
+    """Rank 0's plan for this attempt: a new generation, the selected stages not finished yet, and
+    the stages whose per-example arrays are there; with the blocks already done, per stage."""
+    single = [s for s in STAGE_ORDER if not stage_class(s).per_example]
+    probe = Plan(n, batch_size, seed, 0, [], [], single, world_size)
+    finished = {s for s in STAGE_ORDER if stage_finished(state_dir, s, probe)}
+    todo = [s for s in ordered(selected) if s not in finished]
+    available = [s for s in STAGE_ORDER if s in selected or s in finished]
+    resumed = {s: len(StageStore(state_dir, s).done()) for s in todo}
+    generation = new_generation(state_dir, {"world_size": world_size, "host": socket.gethostname(),
+                                            "pid": os.getpid(), "started": now(), "todo": todo})
+    return Plan(n, batch_size, seed, generation, todo, available, single, world_size), {
+        s: k for s, k in resumed.items() if k}
+
+
+class _Reducer:
+    """Rank 0's supervisor side while the blocks are computed: reduces each stage as soon as its
+    blocks are all there (so a finished stage is kept even if a later one fails), says so, and shows
+    one progress bar for the whole job (blocks done of all blocks, read from the state folder)."""
+
+    def __init__(self, ctx: EvalContext, plan: Plan, echo: Callable[[str], None], progress: bool, label: str):
+        self.ctx, self.plan, self.echo = ctx, plan, echo
+        self.bar = None
+        total = sum(plan.count(s) for s in plan.todo)
+        if progress and total:
+            from tqdm.auto import tqdm
+
+            done, _ = snapshot(ctx.state_dir, plan)
+            self.bar = tqdm(total=total, initial=int(done), desc=label, unit="block", dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n:.2f}/{total} blocks [{elapsed}<{remaining}]{postfix}")
+        self.tick()
+
+    def say(self, line: str) -> None:
+        if self.bar is None:
+            self.echo(line)
+            return
+        from tqdm.auto import tqdm
+
+        with tqdm.external_write_mode():
+            self.echo(line)
+
+    def tick(self) -> None:
+        ctx, plan = self.ctx, self.plan
+        for name in ordered(plan.available):
+            if name in ctx.results:
+                continue
+            res = _load_stage(ctx.state_dir, name, len(ctx.data))
+            if res is not None:
+                res.resumed = name not in plan.todo
+                ctx.results[name] = res
+                continue
+            waits_for = [u for u in stage_class(name).uses if u in plan.available and u not in ctx.results]
+            if waits_for or not stage_finished(ctx.state_dir, name, plan):
+                continue
+            res = reduce_stage(ctx, name, plan)
+            res.resumed = name not in plan.todo
+            ctx.results[name] = res
+            self.say(f"  {name:<12} done in {res.seconds:.1f} s"
+                     + (f" ({plan.count(name)} blocks)" if plan.count(name) > 1 else ""))
+        if self.bar is not None:
+            done, per_stage = snapshot(ctx.state_dir, plan)
+            self.bar.n = min(done, self.bar.total)
+            busy = [f"{s} {per_stage[s]}/{plan.count(s)}" for s in plan.todo if per_stage[s] < plan.count(s)]
+            self.bar.set_postfix_str(", ".join(busy[:2]), refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _wait_for_blocks(state_dir: Path, plan: Plan, dist: Distributed, tick: Callable[[], None] | None) -> None:
+    """After this rank's worker is done: wait until every block of the plan is in the state folder
+    (other ranks may still be computing theirs); stop if a rank reports an error."""
+    while True:
+        if tick is not None:
+            tick()
+        if all(stage_finished(state_dir, s, plan) for s in plan.todo):
+            return
+        other_rank_failed(state_dir, plan.generation, dist.rank)
+        if not dist.launched:  # one process, and its worker finished: blocks missing is an error
+            missing = [s for s in plan.todo if not stage_finished(state_dir, s, plan)]
+            raise HarnessError(f"the evaluation finished without the results of {', '.join(missing)} in {state_dir}")
+        time.sleep(POLL_S)
+
+
 def evaluate(
     submission_path: str | Path,
     options: EvalOptions,
@@ -187,94 +297,128 @@ def evaluate(
     restart: bool = False,
     command: str | None = None,
     echo: Callable[[str], None] = print,
-) -> EvalOutcome:
-    """Evaluate a submission: the supervisor's part (validate, plan, run the stages in a sandboxed
-    worker unless ``options.sandbox == "none"``, check the sandwich, write the record)."""
+) -> EvalOutcome | None:
+    """Evaluate a submission: the supervisor's part (validate, plan, compute blocks in a sandboxed
+    worker unless ``options.sandbox == "none"``, reduce, check the sandwich, write the record).
+
+    Under torchrun every rank calls this; rank 0 returns the outcome, the other ranks None. An error
+    on a rank is one line naming the rank (``rank 1: ...``), and no record is written."""
+    dist = Distributed.from_env()
+    try:
+        return _evaluate(dist, submission_path, options, stages=stages, out=out, restart=restart,
+                         command=command, echo=echo)
+    except HarnessError as e:
+        if dist.launched:
+            line = f"rank {dist.rank}: {e}"
+            dist.report_failure(line, at=getattr(e, "failed_at", None), after=getattr(e, "after", None))
+            raise HarnessError(line) from None
+        raise
+    finally:
+        dist.close()
+
+
+def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stages, out, restart, command,
+              echo) -> EvalOutcome | None:
     started = now()
     sub = load_submission(submission_path)
     spec = sub.spec
-    selected = list(stages) if stages is not None else list(STAGE_ORDER)
+    selected = ordered(stages) if stages is not None else list(STAGE_ORDER)
 
     n = options.n_examples or spec.evaluation.n_examples
     data = load_test_data(spec.dataset, n, data_dir=options.data_dir, custom_path=sub.dataset_path())
     num_classes = NUM_CLASSES.get(spec.dataset) or int(data.y.max()) + 1
-    device = resolve_device(options.device)
+    device = dist.device(resolve_device(options.device))
+    dist.init(device)
     batch_size = options.batch_size or spec.evaluation.batch_size
     limits = resolve_limits(sub, options)
+    main = dist.is_main
+    say = echo if main else (lambda line: None)
 
     out = Path(out) if out is not None else default_record_path(sub)
     train_source = str(options.train_data.resolve()) if options.train_data else (
         f"{options.data_dir}:train" if options.data_dir else None)
     state_dir = out.parent / ".state" / spec.id / run_key(sub, len(data), batch_size, device, data.source,
                                                           train_source)
-    if restart and state_dir.exists():
-        shutil.rmtree(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    planned = None
+    if main:
+        # --restart drops the state once, not again when torchrun restarts the job (--max-restarts)
+        if restart and state_dir.exists() and dist.restart_count == 0:
+            shutil.rmtree(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        plan, resumed_blocks = make_plan(state_dir.resolve(), selected, len(data), batch_size,
+                                         spec.evaluation.seed, dist.world_size)
+        planned = (plan.to_dict(), resumed_blocks)
+    plan_dict, resumed_blocks = dist.broadcast(planned)
+    plan = Plan.from_dict(plan_dict)
     state_dir = state_dir.resolve()
 
-    echo(f"{spec.id}: {spec.dataset}, {spec.threat_model.label}, {len(data)} examples, device {device}, "
-         f"stages {','.join(selected)}")
-    cached = {name for name in STAGE_ORDER if _load_stage(state_dir, name) is not None}
+    where = f", {dist.world_size} ranks ({dist.backend})" if dist.launched else ""
+    say(f"{spec.id}: {spec.dataset}, {spec.threat_model.label}, {len(data)} examples, device {device}{where}, "
+        f"stages {','.join(selected)}")
     for name in selected:
-        if name in cached:
-            echo(f"  {name:<12} resumed from {state_dir}")
-    todo = [name for name in selected if name not in cached]
+        if name not in plan.todo:
+            say(f"  {name:<12} resumed from {state_dir}")
+        elif resumed_blocks.get(name):
+            say(f"  {name:<12} {resumed_blocks[name]} of {plan.count(name)} blocks resumed from {state_dir}")
 
-    def done(name: str, seconds: float) -> None:
-        echo(f"  {name:<12} done in {seconds:.1f} s")
-
+    reducer = None
     runtime: dict
-    if options.sandbox == "none":  # in process: trusted fixtures and benchmarks only
-        torch.manual_seed(spec.evaluation.seed)
-        model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=device,
-                           trust_code=options.trust_code,
-                           max_model_bytes=limits["memory"] if limits["memory"] else None)
-        runtime = {**runtime_info(device), "sandbox": {"mode": "none (in process)"}}
-        run_stages(EvalContext(sub, model, data, options, state_dir), selected, on_done=done)
-    elif todo:
-        from .sandbox import run_worker
-        from .worker import WorkerJob
+    computed = 0
+    try:
+        if main:
+            rctx = EvalContext(sub, None, data, options, state_dir, rank=dist.rank, world_size=dist.world_size)
+            reducer = _Reducer(rctx, plan, say, options.progress, spec.id)
+        tick = reducer.tick if reducer is not None else None
+        if plan.todo and options.sandbox == "none":  # in process: trusted fixtures and benchmarks only
+            torch.manual_seed(spec.evaluation.seed)
+            model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=device,
+                               trust_code=options.trust_code,
+                               max_model_bytes=limits["memory"] if limits["memory"] else None)
+            runtime = {**runtime_info(device), "sandbox": {"mode": "none (in process)"}}
+            ctx = EvalContext(sub, model, data, options, state_dir, rank=dist.rank, world_size=dist.world_size)
+            computed = run_blocks(ctx, plan, on_done=(lambda *a: tick()) if tick else None)
+        elif plan.todo:
+            runtime = _run_in_worker(sub, options, data, device, batch_size, limits, state_dir, plan, dist,
+                                     echo=say, tick=tick)
+            computed = int(runtime.pop("blocks", 0) or 0)
+        else:
+            runtime = _read_runtime(state_dir, device)
+        _wait_for_blocks(state_dir, plan, dist, tick)
+    except HarnessError as e:
+        if dist.launched:
+            if isinstance(e, Aborted) or getattr(e, "aborted", False):  # another rank failed first
+                first = first_error(state_dir, plan.generation, exclude=dist.rank)
+                e.after = first[2] if first is not None else None
+            else:
+                e.failed_at = time.time()
+                write_error(state_dir, plan.generation, dist.rank, str(e))  # the other ranks stop too
+        if reducer is not None:
+            reducer.close()
+        raise
 
-        job = WorkerJob(
-            submission=str(sub.yaml_path), submission_sha256=sub.yaml_sha256, state_dir=str(state_dir),
-            stages=todo, device=str(device), n_examples=len(data), batch_size=batch_size,
-            data_dir=str(options.data_dir.resolve()) if options.data_dir else None,
-            train_data=str(options.train_data.resolve()) if options.train_data else None,
-            progress=options.progress, trust_code=options.trust_code, memory_limit=limits["memory"],
-            cpu_limit=limits["cpu"], isolate_network=options.sandbox != "bwrap", parent_pid=None
-            if options.sandbox == "bwrap" else os.getpid(), max_model_bytes=limits["memory"])
-        read_only = [sub.folder, sub.checkpoint_path().parent] + [
-            p.resolve() for p in (options.data_dir, options.train_data) if p is not None]
-        runtime = run_worker(job, mode=options.sandbox, stage_timeout=limits["stage_timeout"],
-                             watch_memory=limits["memory"] if device.type == "cuda" else None,
-                             read_only=read_only, echo=echo, on_done=done)
-        runtime.setdefault("sandbox", {})
-        if isinstance(runtime["sandbox"], dict):
-            runtime["sandbox"]["mode"] = options.sandbox
-            runtime["sandbox"]["stage_timeout_s"] = limits["stage_timeout"]
-        if not isinstance(runtime.get("device_name"), str):
-            runtime = {**_read_runtime(state_dir, device), "sandbox": runtime.get("sandbox")}
-    else:
-        runtime = _read_runtime(state_dir, device)
-
-    results = {}
-    for name in STAGE_ORDER:
-        res = _load_stage(state_dir, name)
-        if res is not None:
-            res.resumed = name in cached
-            results[name] = res
-            for key, arr in res.arrays.items():  # per-example arrays (the gallery is a few examples)
-                if not key.startswith("gallery_") and (arr.ndim < 1 or arr.shape[0] != len(data)):
-                    raise HarnessError(f"the saved result of stage {name} in {state_dir} has {key} of shape "
-                                       f"{arr.shape} for {len(data)} examples; run again with --restart")
+    # every rank's device and share of the work, in rank order (also the final barrier)
+    ranks = dist.all_gather({"rank": dist.rank, "device": str(device),
+                             "device_name": str(runtime.get("device_name") or device_name(device))[:200],
+                             "host": socket.gethostname()[:200], "blocks": computed})
+    if not main:
+        return None
+    try:
+        reducer.tick()
+    finally:
+        reducer.close()
+    results = reducer.ctx.results
     missing = [name for name in selected if name not in results]
     if missing:
         raise HarnessError(f"the evaluation finished without the results of {', '.join(missing)} in {state_dir}")
-    ctx = EvalContext(sub, None, data, options, state_dir, results)
+    ctx = EvalContext(sub, None, data, options, state_dir, {k: results[k] for k in STAGE_ORDER if k in results})
     try:
         check_sandwich(ctx)
-        record, arrays = build_record(ctx, started=started, command=command or f"harness eval {submission_path}",
-                                      runtime=runtime, device=device)
+        record, arrays = build_record(
+            ctx, started=started, command=command or f"harness eval {submission_path}", runtime=runtime,
+            device=device, distributed={"world_size": dist.world_size, "backend": dist.backend,
+                                        "ranks": ranks if dist.launched else [], "block_size": batch_size,
+                                        "blocks": {k: plan.count(k) for k in ctx.results},
+                                        "resumed_blocks": resumed_blocks})
     except HarnessError:
         raise
     except Exception as e:  # noqa: BLE001 - arrays of the wrong shape or type from the worker
@@ -284,14 +428,46 @@ def evaluate(
     return EvalOutcome(record, json_path, npz_path, state_dir, arrays)
 
 
+def _run_in_worker(sub, options: EvalOptions, data, device, batch_size: int, limits: dict, state_dir: Path,
+                   plan: Plan, dist: Distributed, *, echo, tick) -> dict:
+    """This rank's blocks, computed by a sandboxed worker (harness.worker)."""
+    from .sandbox import run_worker
+    from .worker import WorkerJob
+
+    job = WorkerJob(
+        submission=str(sub.yaml_path), submission_sha256=sub.yaml_sha256, state_dir=str(state_dir),
+        stages=list(plan.todo), device=str(device), n_examples=len(data), batch_size=batch_size,
+        data_dir=str(options.data_dir.resolve()) if options.data_dir else None,
+        train_data=str(options.train_data.resolve()) if options.train_data else None,
+        progress=False, trust_code=options.trust_code, memory_limit=limits["memory"],
+        cpu_limit=limits["cpu"], isolate_network=options.sandbox != "bwrap", parent_pid=None
+        if options.sandbox == "bwrap" else os.getpid(), max_model_bytes=limits["memory"],
+        rank=dist.rank, world_size=dist.world_size, plan=plan.to_dict())
+    read_only = [sub.folder, sub.checkpoint_path().parent] + [
+        p.resolve() for p in (options.data_dir, options.train_data) if p is not None]
+    runtime = run_worker(job, mode=options.sandbox, stage_timeout=limits["stage_timeout"],
+                         watch_memory=limits["memory"] if device.type == "cuda" else None,
+                         read_only=read_only, echo=echo, tick=tick)
+    runtime.setdefault("sandbox", {})
+    if isinstance(runtime["sandbox"], dict):
+        runtime["sandbox"]["mode"] = options.sandbox
+        runtime["sandbox"]["stage_timeout_s"] = limits["stage_timeout"]
+    if not isinstance(runtime.get("device_name"), str):
+        blocks = runtime.get("blocks")
+        runtime = {**_read_runtime(state_dir, device), "sandbox": runtime.get("sandbox"), "blocks": blocks}
+    return runtime
+
+
 def build_record(ctx: EvalContext, *, started: str, command: str, runtime: dict, device: torch.device,
-                 ) -> tuple[ResultRecord, dict[str, np.ndarray]]:
+                 distributed: dict | None = None) -> tuple[ResultRecord, dict[str, np.ndarray]]:
     spec = ctx.spec
     fields: dict = {}
     arrays: dict[str, np.ndarray] = {"index": ctx.data.index, "label": ctx.data.y.numpy().astype(np.int16)}
     for name in STAGE_ORDER:
         if name in ctx.results:
-            fields.update(ctx.results[name].summary)
+            # each stage fills only its own part of the record (harness.record.STAGE_PARTS)
+            part = STAGE_PARTS[name].model_validate(ctx.results[name].summary)
+            fields.update({k: getattr(part, k) for k in part.model_fields_set})
             arrays.update(ctx.results[name].arrays)
     prov = Provenance(
         harness_version=__version__,
@@ -312,6 +488,7 @@ def build_record(ctx: EvalContext, *, started: str, command: str, runtime: dict,
         resumed_stages=[k for k, r in ctx.results.items() if r.resumed],
         command=command,
         sandbox=runtime.get("sandbox"),
+        **(distributed or {}),
     )
     try:
         record = ResultRecord(

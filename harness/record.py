@@ -111,6 +111,15 @@ class CertifiedRecord(_Rec):
     details: dict[str, Any] = Field(default_factory=dict)
 
 
+class RankRecord(_Rec):
+    """One torchrun rank: where it ran and how many blocks it computed in this run."""
+    rank: Count
+    device: Short
+    device_name: Short | None = None
+    host: Short | None = None
+    blocks: Count = 0
+
+
 class Provenance(_Rec):
     harness_version: Short
     python: Short
@@ -132,9 +141,22 @@ class Provenance(_Rec):
     command: Annotated[str, Field(max_length=20_000)]
     #: how the model ran: sandbox mode, network isolation, memory/CPU/wall-clock limits
     sandbox: dict[str, Any] | None = None
+    #: torchrun: how many ranks ran the evaluation (1 without torchrun), the process group's backend
+    #: (None without torchrun) and each rank's device (harness.distributed)
+    world_size: int = Field(default=1, ge=1, le=100_000)
+    backend: Short | None = None
+    ranks: list[RankRecord] = Field(default_factory=list, max_length=100_000)
+    #: the work split: blocks of ``block_size`` consecutive examples per stage (harness.blocks),
+    #: and how many of them a previous, interrupted run had already finished
+    block_size: int | None = Field(default=None, ge=1, le=10**9)
+    blocks: dict[str, Count] = Field(default_factory=dict)
+    resumed_blocks: dict[str, Count] = Field(default_factory=dict)
 
 
-class ResultRecord(_Rec):
+# Each stage writes one part of the record, a sub-model of its own: the stage's summary is validated
+# against its part (extra fields refused), so a stage can never write another stage's field. The
+# record's JSON stays flat (schema_version 1): ResultRecord inherits the parts' fields.
+class RecordHead(_Rec):
     schema_version: Literal[1] = SCHEMA_VERSION
     submission_id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     name: Annotated[str, Field(max_length=300)]
@@ -143,12 +165,22 @@ class ResultRecord(_Rec):
     n_examples: int = Field(ge=1, le=10**9)
     stages: list[Literal["clean", "flops", "certify", "autoattack", "diagnostics"]] = Field(max_length=5)
 
+
+class CleanPart(_Rec):
+    """Written by the ``clean`` stage."""
     clean_accuracy: Frac | None = None
     clean_accuracy_ci95: CI | None = None
+
+
+class AutoAttackPart(_Rec):
+    """Written by the ``autoattack`` stage."""
     robust_accuracy: Frac | None = Field(default=None, description="final AutoAttack robust accuracy")
     robust_accuracy_ci95: CI | None = None
     autoattack: AutoAttackRecord | None = None
 
+
+class FlopsPart(_Rec):
+    """Written by the ``flops`` stage."""
     params: Count | None = None
     inference_flops: NonNeg | None = None
     flops_convention: Short | None = None
@@ -159,11 +191,40 @@ class ResultRecord(_Rec):
     forward_passes: int | None = Field(default=None, ge=1, le=10_000)
     training_flops: TrainingFlopsRecord | None = None
 
+
+class CertifyPart(_Rec):
+    """Written by the ``certify`` stage."""
     certified: dict[str, CertifiedRecord] | None = None
     certify_skipped: str | None = None
 
+
+class DiagnosticsPart(_Rec):
+    """Written by the ``diagnostics`` stage."""
     diagnostics: dict[str, Any] | None = None
 
+
+#: the part of the record each stage writes
+STAGE_PARTS: dict[str, type[_Rec]] = {
+    "clean": CleanPart, "flops": FlopsPart, "certify": CertifyPart, "autoattack": AutoAttackPart,
+    "diagnostics": DiagnosticsPart,
+}
+
+
+def _check_parts_disjoint() -> None:
+    seen: dict[str, str] = {name: "head" for name in RecordHead.model_fields}
+    for stage, part in STAGE_PARTS.items():
+        for name in part.model_fields:
+            if name in seen:
+                raise AssertionError(f"record field {name} belongs to both {seen[name]} and {stage}")
+            seen[name] = stage
+
+
+_check_parts_disjoint()
+
+
+# the bases in reverse order of the JSON layout (pydantic lists inherited fields base by base,
+# from the last base to the first)
+class ResultRecord(DiagnosticsPart, CertifyPart, FlopsPart, AutoAttackPart, CleanPart, RecordHead):
     provenance: Provenance
     examples_file: str | None = None
 

@@ -209,22 +209,38 @@ def _rss_of_tree(root: int) -> int:
 def _phase_label(phase: str) -> str:
     if phase == "start":
         return "starting the evaluation worker"
-    return "loading the model" if phase == "load" else f"stage {phase}"
+    return {"load": "loading the model", "audit": "the audit", "wait": "waiting for other ranks"}.get(
+        phase, f"stage {phase}")
 
 
 class WorkerFailed(HarnessError):
-    """The worker stopped before finishing its job (a one-line reason)."""
+    """The worker stopped before finishing its job (a one-line reason). ``aborted``: it stopped
+    because another rank had failed first."""
+
+    def __init__(self, message: str, *, aborted: bool = False):
+        super().__init__(message)
+        self.aborted = aborted
+
+
+#: phases without a wall-clock limit: waiting for other ranks' blocks (each rank's own supervisor
+#: enforces the limits of the blocks it runs)
+UNLIMITED_PHASES = ("wait",)
 
 
 def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None = None,
                read_only: list[Path] = (), echo: Callable[[str], None] = print,
-               on_done: Callable[[str, float], None] | None = None) -> dict:
+               on_block: Callable[[str, int, float], None] | None = None,
+               tick: Callable[[], None] | None = None) -> dict:
     """Run ``job`` (a :class:`harness.worker.WorkerJob`) in a worker process and supervise it.
 
-    Returns the worker's runtime description (device, device name, threads, sandbox). Raises a
-    one-line :class:`WorkerFailed` when a stage runs past ``stage_timeout`` seconds, the worker runs
-    out of memory or CPU time, dies, or reports an error (passed on verbatim). Finished stages stay
-    in ``job.state_dir`` whatever happens.
+    The wall-clock limit ``stage_timeout`` applies to loading the model and to each stage: the time
+    the worker spends in a stage's blocks adds up. ``on_block`` is called for each block the worker
+    finishes, ``tick`` about twice a second (rank 0's progress bar and reductions).
+
+    Returns the worker's runtime description (device, device name, threads, sandbox, blocks
+    computed). Raises a one-line :class:`WorkerFailed` when a stage runs past ``stage_timeout``
+    seconds, the worker runs out of memory or CPU time, dies, or reports an error (passed on
+    verbatim). Finished blocks and stages stay in ``job.state_dir`` whatever happens.
     """
     state = Path(job.state_dir)
     worker_cmd = [sys.executable, "-m", "harness.worker"]
@@ -281,15 +297,21 @@ def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None
         pass
 
     phase, phase_started = "start", time.monotonic()
+    spent: dict[str, float] = {}  # wall seconds spent in each phase before the current stretch
     runtime: dict = {}
     error: str | None = None
+    aborted = False
     finished = False
     killed_for: str | None = None
-    next_watch = 0.0
+    next_watch = next_tick = 0.0
+
+    def limit_of(ph: str) -> float:
+        return STARTUP_TIMEOUT_S if ph == "start" else float("inf") if ph in UNLIMITED_PHASES else stage_timeout
+
     try:
         while True:
-            limit = STARTUP_TIMEOUT_S if phase == "start" else stage_timeout
-            timeout_left = limit - (time.monotonic() - phase_started)
+            limit = limit_of(phase)
+            timeout_left = limit - spent.get(phase, 0.0) - (time.monotonic() - phase_started)
             try:
                 msg = messages.get(timeout=max(0.01, min(0.5, timeout_left)))
             except queue.Empty:
@@ -299,7 +321,9 @@ def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None
             if isinstance(msg, dict):
                 event = msg.get("event")
                 if event == "phase" and isinstance(msg.get("name"), str):
-                    phase, phase_started = msg["name"][:40], time.monotonic()
+                    now_ = time.monotonic()
+                    spent[phase] = spent.get(phase, 0.0) + now_ - phase_started
+                    phase, phase_started = msg["name"][:40], now_
                 elif event == "sandbox":
                     runtime["sandbox"] = msg.get("sandbox") if isinstance(msg.get("sandbox"), dict) else {}
                     net = str(runtime["sandbox"].get("network", ""))[:200]
@@ -308,17 +332,24 @@ def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None
                         echo(f"note: the evaluation worker has network access ({net[len('not isolated: '):]})")
                 elif event == "loaded" and isinstance(msg.get("runtime"), dict):
                     runtime.update(msg["runtime"])
-                elif event == "done" and isinstance(msg.get("stage"), str):
+                elif event == "block" and isinstance(msg.get("stage"), str) and isinstance(msg.get("block"), int):
                     seconds = msg.get("seconds")
-                    if on_done is not None:
-                        on_done(msg["stage"][:40], float(seconds) if isinstance(seconds, (int, float)) else 0.0)
+                    if on_block is not None:
+                        on_block(msg["stage"][:40], msg["block"],
+                                 float(seconds) if isinstance(seconds, (int, float)) else 0.0)
                 elif event == "error":
                     error = str(msg.get("message", "the evaluation worker failed"))[:MAX_ERROR_CHARS]
+                    aborted = msg.get("aborted") is True
                 elif event == "finished":
                     finished = True
+                    if isinstance(msg.get("blocks"), int):
+                        runtime["blocks"] = msg["blocks"]
             now = time.monotonic()
-            limit = STARTUP_TIMEOUT_S if phase == "start" else stage_timeout
-            if now - phase_started > limit:
+            if tick is not None and now >= next_tick:
+                next_tick = now + 0.5
+                tick()
+            limit = limit_of(phase)
+            if spent.get(phase, 0.0) + now - phase_started > limit:
                 killed_for = f"{_phase_label(phase)} exceeded its {limit:g} s wall-clock limit" + (
                     "" if phase == "start" else " (--stage-timeout)")
                 break
@@ -348,7 +379,7 @@ def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None
     if killed_for is not None:
         raise WorkerFailed(killed_for + kept)
     if error is not None:
-        raise WorkerFailed(error)
+        raise WorkerFailed(error, aborted=aborted)
     rc = proc.returncode
     if rc == 0 and finished:
         return runtime

@@ -1,25 +1,29 @@
-"""The evaluation worker: ``python -m harness.worker`` loads the submission's model and runs the
-stages, inside the sandbox the supervisor (:mod:`harness.sandbox`) set up.
+"""The evaluation worker: ``python -m harness.worker`` loads the submission's model and computes
+blocks of the stages (or, for ``harness audit``, the audit's model work), inside the sandbox the
+supervisor (:mod:`harness.sandbox`) set up.
 
 It reads one :class:`WorkerJob` (JSON) on stdin, then, before importing anything large:
 dies with its parent (Linux), moves into a new network namespace, and keeps its stdout for the
 protocol (anything else printed goes to stderr). Then it imports torch and the stages' libraries,
-sets its memory limit (``RLIMIT_AS`` above what the libraries take; not on CUDA), and for each
-phase (``load``, then each stage) announces it, raises its ``RLIMIT_CPU`` by the per-stage CPU
-budget, runs it, and saves a finished stage in the state folder (atomically, as before; finished
-AutoAttack attacks too). Protocol lines, one JSON object each:
+sets its memory limit (``RLIMIT_AS`` above what the libraries take; not on CUDA), loads the model,
+and takes blocks from the shared queue (:func:`harness.schedule.run_blocks`) until none is left:
+for each it announces the phase (the stage), keeps ``RLIMIT_CPU`` within the stage's CPU budget
+(counted over all the stage's blocks this worker computes), computes it and saves it in the state
+folder (atomically; finished AutoAttack attacks within a block too). Protocol lines, one JSON object each:
 
     {"event": "sandbox", "sandbox": {"network": ..., "memory": ..., "cpu_seconds_per_stage": ...}}
-    {"event": "phase", "name": "load" | "<stage>"}
+    {"event": "phase", "name": "load" | "<stage>" | "wait", "block": b}
     {"event": "loaded", "runtime": {"device": ..., "device_name": ..., "torch_threads": ...}}
-    {"event": "done", "stage": "<stage>", "seconds": 1.5}
-    {"event": "error", "message": "<one line>"}          (then exit status 3)
-    {"event": "finished"}                                (then exit status 0)
+    {"event": "block", "stage": "<stage>", "block": b, "seconds": 1.5}
+    {"event": "error", "message": "<one line>", "aborted": false}   (then exit status 3; aborted:
+                                                         another rank failed first)
+    {"event": "finished", "blocks": k}                   (then exit status 0)
 
-A Python traceback never reaches the terminal: it goes to ``<state>/worker.log``, with warnings.
+A Python traceback never reaches the terminal: it goes to ``<state>/worker.log`` (``worker.rank<r>.log``
+for ranks other than 0), with warnings.
 
-The job is explicit so that any launcher can build one: ``torchrun`` will start one supervisor per
-rank, and each supervisor one worker with its own ``device`` (``cuda:<LOCAL_RANK>``).
+The job is explicit so that any launcher can build one: under ``torchrun`` each rank's supervisor
+starts one worker with its own ``device`` (``cuda:<LOCAL_RANK>``) and ``rank``.
 """
 from __future__ import annotations
 
@@ -48,7 +52,12 @@ class WorkerJob:
     isolate_network: bool = True  # False when bubblewrap already did
     parent_pid: int | None = None  # the supervisor: exit at once if it is already gone
     max_model_bytes: int | None = None  # cap on a state_dict architecture's size
-    extra: dict = field(default_factory=dict)  # room for launchers (e.g. the torchrun rank)
+    rank: int = 0  # torchrun: this worker's rank, and how many ranks share the blocks
+    world_size: int = 1
+    plan: dict | None = None  # harness.schedule.Plan (attempt, stages to compute, their inputs)
+    kind: str = "eval"  # "eval", or "audit": the model work of harness audit (harness.audit.recompute)
+    audit: dict | None = None  # the audit's inputs (kind "audit")
+    extra: dict = field(default_factory=dict)  # room for launchers
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -72,7 +81,11 @@ class _Protocol:
         self.stream.flush()
 
 
-def _setup_log(state_dir: str):
+def log_name(rank: int) -> str:
+    return "worker.log" if rank == 0 else f"worker.rank{rank}.log"
+
+
+def _setup_log(state_dir: str, rank: int = 0):
     """Warnings and tracebacks go to <state>/worker.log, not to the terminal."""
     import logging
     import warnings
@@ -81,7 +94,7 @@ def _setup_log(state_dir: str):
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     log = logging.getLogger("harness.worker")
     log.propagate = False
-    handler = logging.FileHandler(Path(state_dir) / "worker.log", encoding="utf-8")
+    handler = logging.FileHandler(Path(state_dir) / log_name(rank), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -114,6 +127,9 @@ def _preload(job: WorkerJob, spec) -> None:
         if name in job.stages:
             wanted += {"autoattack": ["pyautoattack"], "flops": ["fvcore.nn"],
                        "diagnostics": ["harness.diagnostics"]}[name]
+    if job.kind == "audit":
+        wanted += ["pyautoattack", "harness.audit"]
+    wanted.append("harness.schedule")
     if job.progress:
         wanted.append("tqdm.auto")
     for mod in dict.fromkeys(wanted):
@@ -147,6 +163,13 @@ def _set_memory_limit(job: WorkerJob) -> str:
     return f"{format_size(job.memory_limit)} of address space above the libraries' {format_size(base)} (RLIMIT_AS)"
 
 
+def _cpu_now() -> float:
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
 def _cpu_budget(seconds: float | None) -> None:
     """Let this phase use ``seconds`` more CPU time (all threads); the kernel sends SIGXCPU after."""
     import math
@@ -154,8 +177,7 @@ def _cpu_budget(seconds: float | None) -> None:
 
     if seconds is None:
         return
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    soft = int(math.ceil(used.ru_utime + used.ru_stime + seconds))
+    soft = int(math.ceil(_cpu_now() + max(seconds, 1.0)))
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
@@ -167,7 +189,8 @@ def _one_line(e: BaseException, phase: str, job: WorkerJob, log_path: str) -> st
     from .models import error_line, is_out_of_memory
     from .submission import format_size
 
-    where = "loading the model" if phase == "load" else f"stage {phase}"
+    where = {"load": "loading the model", "audit": "the audit", "wait": "waiting for other ranks"}.get(
+        phase, f"stage {phase}")
     if isinstance(e, HarnessError):
         return str(e)
     first = error_line(e)
@@ -180,6 +203,10 @@ def _one_line(e: BaseException, phase: str, job: WorkerJob, log_path: str) -> st
     return f"{where} failed: {type(e).__name__}: {first} (traceback in {log_path})"
 
 
+#: CPU seconds a worker may use while it waits for other ranks' blocks (it only polls files)
+WAIT_CPU_S = 600.0
+
+
 def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> None:
     from pathlib import Path
 
@@ -188,7 +215,8 @@ def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> N
     from .data import NUM_CLASSES, load_test_data
     from .files import atomic_write_text
     from .models import load_model
-    from .pipeline import run_stages, runtime_info
+    from .pipeline import runtime_info
+    from .schedule import Plan, run_blocks
     from .stages import EvalContext, EvalOptions
 
     state_dir = Path(job.state_dir)
@@ -204,17 +232,68 @@ def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> N
     model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=device,
                        trust_code=job.trust_code, max_model_bytes=job.max_model_bytes)
     runtime = {**runtime_info(device), "sandbox": sandbox}
-    atomic_write_text(state_dir / "runtime.json", json.dumps(runtime))
+    if job.rank == 0:
+        atomic_write_text(state_dir / "runtime.json", json.dumps(runtime))
     proto.send(event="loaded", runtime=runtime)
-    ctx = EvalContext(sub, model, data, options, state_dir)
+    ctx = EvalContext(sub, model, data, options, state_dir, rank=job.rank, world_size=job.world_size)
+    plan = Plan.from_dict(job.plan) if job.plan is not None else None
+    if plan is None:
+        raise ValueError("the job has no plan")
 
-    def on_phase(name: str) -> None:
+    cpu_used: dict[str, float] = {}  # CPU seconds each stage has used in this worker
+    current = {"stage": None, "cpu0": 0.0}
+
+    def close_phase() -> None:
+        if current["stage"] is not None:
+            cpu_used[current["stage"]] = cpu_used.get(current["stage"], 0.0) + _cpu_now() - current["cpu0"]
+            current["stage"] = None
+
+    def on_start(name: str, b: int) -> None:
+        close_phase()
         status["phase"] = name
-        proto.send(event="phase", name=name)
-        _cpu_budget(job.cpu_limit)
+        proto.send(event="phase", name=name, block=b)
+        current["stage"], current["cpu0"] = name, _cpu_now()
+        if job.cpu_limit is not None:
+            _cpu_budget(job.cpu_limit - cpu_used.get(name, 0.0))
 
-    run_stages(ctx, job.stages, on_phase=on_phase,
-               on_done=lambda name, seconds: proto.send(event="done", stage=name, seconds=seconds))
+    def on_done(name: str, b: int, seconds: float) -> None:
+        proto.send(event="block", stage=name, block=b, seconds=seconds)
+
+    def on_wait() -> None:
+        close_phase()
+        status["phase"] = "wait"
+        proto.send(event="phase", name="wait")
+        if job.cpu_limit is not None:
+            _cpu_budget(WAIT_CPU_S)
+
+    blocks = run_blocks(ctx, plan, on_start=on_start, on_done=on_done, on_wait=on_wait)
+    close_phase()
+    status["blocks"] = blocks
+
+
+def run_audit(job: WorkerJob, proto: _Protocol, status: dict) -> None:
+    """The audit's model work (:func:`harness.audit.recompute`), its result saved in the state folder
+    for the supervisor to read back as untrusted data."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from .audit import recompute
+    from .files import atomic_savez
+
+    a = job.audit or {}
+    status["phase"] = "audit"
+    proto.send(event="phase", name="audit")
+    out = recompute(job.submission, np.asarray(a["clean_pos"], dtype=np.int64),
+                    np.asarray(a["attack_pos"], dtype=np.int64), eps=float(a["eps"]), norm=str(a["norm"]),
+                    seed=int(a["seed"]), device=job.device, batch_size=job.batch_size, data_dir=job.data_dir,
+                    eot_iter=int(a.get("eot_iter", 1)), progress=job.progress, trust_code=job.trust_code,
+                    max_model_bytes=job.max_model_bytes)
+    atomic_savez(Path(job.state_dir) / "audit.npz", {
+        "labels": np.asarray(out["labels"]), "n_available": np.asarray(out["n_available"]),
+        "clean_pred": np.asarray(out["clean_pred"]), "clean_margin": np.asarray(out["clean_margin"]),
+        "broken_by": np.asarray([str(b) for b in out["broken_by"]], dtype=str),
+    })
 
 
 def main() -> int:
@@ -231,11 +310,11 @@ def main() -> int:
     if job.parent_pid is not None and os.getppid() != job.parent_pid:
         return 3  # the supervisor is already gone
     network = isolate_network() if job.isolate_network else "isolated (bubblewrap)"
-    log_path = os.path.join(job.state_dir, "worker.log")
+    log_path = os.path.join(job.state_dir, log_name(job.rank))
     status = {"phase": "load"}
     log = None
     try:
-        log = _setup_log(job.state_dir)
+        log = _setup_log(job.state_dir, job.rank)
         from .errors import HarnessError
         from .submission import load_submission
 
@@ -250,9 +329,14 @@ def main() -> int:
         proto.send(event="phase", name="load")
         _cpu_budget(job.cpu_limit)
         t0 = time.perf_counter()
-        run(job, sub, proto, sandbox, status)
-        log.info("finished in %.1f s", time.perf_counter() - t0)
-        proto.send(event="finished")
+        if job.kind == "audit":
+            run_audit(job, proto, status)
+        elif job.kind == "eval":
+            run(job, sub, proto, sandbox, status)
+        else:
+            raise ValueError(f"unknown job kind {job.kind!r}")
+        log.info("finished in %.1f s (%s blocks)", time.perf_counter() - t0, status.get("blocks", 0))
+        proto.send(event="finished", blocks=status.get("blocks", 0))
         return 0
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line; the traceback goes to the log
         import traceback
@@ -262,12 +346,14 @@ def main() -> int:
                 log.error("%s failed:\n%s", status["phase"], "".join(traceback.format_exception(e)))
         except Exception:  # noqa: BLE001
             pass
+        from .schedule import Aborted
+
         if isinstance(e, KeyboardInterrupt):
             message = "interrupted"
         else:
             message = _one_line(e, status["phase"], job, log_path)
         try:
-            proto.send(event="error", message=message)
+            proto.send(event="error", message=message, aborted=isinstance(e, Aborted))
         except Exception:  # noqa: BLE001
             pass
         return 3

@@ -143,3 +143,22 @@ def test_the_sample_is_seeded_and_drawn_from_claimed_robust_points():
     # only points available locally are drawn (e.g. the 100 bundled CIFAR-10 images of a 10k record)
     clean, attack = plan_sample(arrays, 30, 50, seed=0)
     assert clean.max() < 30 and len(clean) == 30 and attack.tolist() == [0, 10, 20]
+
+
+def test_the_model_runs_only_in_the_sandboxed_worker(tmp_path, monkeypatch):
+    """The audit's model work (harness.audit.recompute) happens in the worker process: made to fail
+    in this process, the audit still runs, and gives the in-process result."""
+    import harness.audit as audit
+
+    record = copy_entry(tmp_path, "mnist-pgd")
+    local = audit_record(record, sample=2, seed=5, sandbox="none")
+
+    def here(*args, **kwargs):
+        raise AssertionError("the model was loaded in the auditing process")
+
+    monkeypatch.setattr(audit, "recompute", here)
+    res = audit_record(record, sample=2, seed=5)
+    assert res.ok and res.clean_checked == local.clean_checked and res.attack_checked == local.attack_checked
+    assert res.broken == local.broken and res.clean_disagree == local.clean_disagree
+    with pytest.raises(AssertionError, match="loaded in the auditing process"):
+        audit_record(record, sample=2, seed=5, sandbox="none")

@@ -115,18 +115,20 @@ def test_checks_land_in_the_record(make_submission):
 
 
 def test_killed_evaluation_resumes_without_redoing_attacks(repo, tmp_path, monkeypatch):
+    """Attack-level resumption inside a block (one block of 40 points here; the distributed tests
+    cover resuming at the block level)."""
     from pyautoattack import AutoAttack
 
     sub = repo / "submissions" / "mnist-pgd" / "submission.yaml"
     out = tmp_path / "killed" / "rec.json"
-    args = [sys.executable, "-m", "harness.cli", "eval", str(sub), "--n-examples", "40", "--batch-size", "20",
+    args = [sys.executable, "-m", "harness.cli", "eval", str(sub), "--n-examples", "40", "--batch-size", "40",
             "--device", "cpu", "--only", "clean,autoattack", "--no-progress", "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     killed_after = None
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
-            progress = list(out.parent.glob(".state/mnist-pgd/*/autoattack/progress.json"))
+            progress = list(out.parent.glob(".state/mnist-pgd/*/autoattack/blocks/0.progress.json"))
             if progress:
                 done = json.loads(progress[0].read_text())["done"]
                 if done:
@@ -150,12 +152,12 @@ def test_killed_evaluation_resumes_without_redoing_attacks(repo, tmp_path, monke
 
     monkeypatch.setattr(AutoAttack, "run_standard_evaluation", spy)
     # in process (sandbox="none"), so that the spy sees which attacks run
-    resumed = evaluate(sub, EvalOptions(device="cpu", n_examples=40, batch_size=20, progress=False, sandbox="none"),
+    resumed = evaluate(sub, EvalOptions(device="cpu", n_examples=40, batch_size=40, progress=False, sandbox="none"),
                        stages=["clean", "autoattack"], out=out, echo=lambda s: None)
     assert not set(ran) & set(killed_after), f"finished attacks {killed_after} were run again: {ran}"
     assert "clean" in resumed.record.provenance.resumed_stages
 
-    fresh = evaluate(sub, EvalOptions(device="cpu", n_examples=40, batch_size=20, progress=False),
+    fresh = evaluate(sub, EvalOptions(device="cpu", n_examples=40, batch_size=40, progress=False),
                      stages=["clean", "autoattack"], out=tmp_path / "fresh" / "rec.json", echo=lambda s: None)
     a = resumed.record.model_dump(exclude={"provenance"})
     b = fresh.record.model_dump(exclude={"provenance"})
@@ -165,3 +167,30 @@ def test_killed_evaluation_resumes_without_redoing_attacks(repo, tmp_path, monke
     assert a == b
     for key in ("autoattack_robust", "autoattack_broken_by", "clean_correct"):
         assert (resumed.arrays[key] == fresh.arrays[key]).all()
+
+
+def test_one_block_equals_a_plain_autoattack_run(repo, tmp_path):
+    """With N <= batch_size there is one block, seeded with the submission's seed: the harness's
+    per-example flags are exactly those of a plain pyautoattack ``run_standard_evaluation`` (all
+    attacks in one call) on the same points with the same seed."""
+    from pyautoattack import AutoAttack
+    from safetensors.torch import load_file
+
+    from harness.architectures import mnist_small_cnn
+
+    n = 16
+    run = evaluate(repo / "submissions" / "mnist-fgsm" / "submission.yaml",
+                   EvalOptions(device="cpu", n_examples=n, batch_size=n, progress=False, sandbox="none"),
+                   stages=["clean", "autoattack"], out=tmp_path / "rec.json", echo=lambda s: None)
+    net = mnist_small_cnn()
+    net.load_state_dict(load_file(str(repo / "submissions" / "mnist-fgsm" / "model.safetensors")))
+    net.eval()
+    d = np.load(repo / "harness" / "data" / "mnist_test.npz")
+    x = torch.tensor(d["x"][:n], dtype=torch.float32)[:, None] / 255
+    y = torch.tensor(d["y"][:n], dtype=torch.long)
+    aa = AutoAttack(net, norm="Linf", eps=0.3, seed=0, version="standard")
+    _, y_adv = aa.run_standard_evaluation(x, y, batch_size=n)
+    plain = (y_adv == y).numpy()
+    assert 0 < plain.sum() < n  # some points broken, some not: the comparison is not vacuous
+    assert len(set(run.arrays["autoattack_broken_by"][run.arrays["autoattack_broken_by"] >= 0].tolist())) > 1
+    np.testing.assert_array_equal(run.arrays["autoattack_robust"], plain)

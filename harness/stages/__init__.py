@@ -1,14 +1,17 @@
-"""The evaluation stages, in the order they run.
+"""The evaluation stages, and the order they run in.
 
-Order matters only through what a stage reads: ``autoattack`` reads ``clean`` (skips misclassified
-points) and ``certify`` (skips certified points); ``diagnostics`` reads ``autoattack``.
+Order comes from what a stage reads (:class:`Stage`'s ``reads``: per-example arrays of the same
+block, needed by ``map``; ``uses``: reduced results, needed by ``reduce``): ``autoattack`` reads
+``clean`` (skips misclassified points) and ``certify`` (skips certified points); ``diagnostics``
+uses ``clean`` (its ladder counts only correct points) and ``autoattack`` (the attack gap).
+:func:`ordered` sorts stages topologically by those edges, ties broken by :data:`STAGE_ORDER`.
 """
 from __future__ import annotations
 
 import importlib
 
 from ..errors import HarnessError
-from .base import EvalContext, EvalOptions, Stage, StageResult
+from .base import BlockResult, EvalContext, EvalOptions, Stage, StageResult
 
 STAGE_ORDER = ("clean", "flops", "certify", "autoattack", "diagnostics")
 _CLASSES = {
@@ -20,9 +23,33 @@ _CLASSES = {
 }
 
 
-def get_stage(name: str) -> Stage:
+def stage_class(name: str) -> type[Stage]:
     module, cls = _CLASSES[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def get_stage(name: str) -> Stage:
+    return stage_class(name)()
+
+
+def depends_on(name: str) -> tuple[str, ...]:
+    """The stages ``name`` must come after: those it reads (per block) and uses (reduced)."""
+    cls = stage_class(name)
+    return tuple(dict.fromkeys(cls.reads + cls.uses))
+
+
+def ordered(names: list[str] | tuple[str, ...] = STAGE_ORDER) -> list[str]:
+    """``names`` in an order where every stage comes after the stages it reads or uses (Kahn's
+    algorithm; ties in :data:`STAGE_ORDER` order). Raises on a cycle (a programming error)."""
+    todo = [s for s in STAGE_ORDER if s in set(names)]
+    out: list[str] = []
+    while todo:
+        ready = [s for s in todo if not any(d in todo for d in depends_on(s))]
+        if not ready:
+            raise RuntimeError(f"stages {todo} read each other in a cycle")
+        out.append(ready[0])
+        todo.remove(ready[0])
+    return out
 
 
 def _parse(value: str | None, flag: str) -> list[str]:
@@ -40,7 +67,8 @@ def select_stages(only: str | None = None, skip: str | None = None) -> list[str]
     if only_l and skip_l:
         raise HarnessError("--only and --skip cannot be used together")
     chosen = only_l or [s for s in STAGE_ORDER if s not in skip_l]
-    return [s for s in STAGE_ORDER if s in chosen]
+    return ordered(chosen)
 
 
-__all__ = ["EvalContext", "EvalOptions", "Stage", "StageResult", "STAGE_ORDER", "get_stage", "select_stages"]
+__all__ = ["BlockResult", "EvalContext", "EvalOptions", "Stage", "StageResult", "STAGE_ORDER", "depends_on",
+           "get_stage", "ordered", "select_stages", "stage_class"]

@@ -5,22 +5,32 @@ How it runs:
   ``evaluation.certify_first`` (the default), points already certified by an exact bound method are
   skipped too: no attack can succeed there. The record says how many were skipped and estimates the
   attack time that saved.
-- The standard version's attacks run one at a time on the points still robust, through
-  ``AutoAttack.run_standard_evaluation`` with ``attacks_to_run`` set to that one attack (as
-  AutoAttack's own ``run_standard_evaluation_individual`` does). After each attack the robust flags
-  are written atomically to the run's state. An interrupted run resumes after the last finished
-  attack, and since every attack sees the same points in the same batches with the same seed, the
-  result is the one an uninterrupted run gives. (AutoAttack's own ``state_path`` saves in the middle
-  of an attack, non-atomically, without the per-attack accuracies; resuming from it changes the
-  batches, and so the random restarts, of the interrupted attack.)
+- The points are cut into fixed blocks of ``batch_size`` consecutive examples (:mod:`harness.blocks`),
+  and each block goes through all the attacks as a unit, with AutoAttack seeded with
+  ``block_seed(seed, b)``: a block's result does not depend on which rank runs it, and with
+  N <= batch_size (one block, seeded with the submission's seed) it is exactly what a plain
+  ``AutoAttack(...).run_standard_evaluation`` on those points gives.
+- Within a block, the standard version's attacks run one at a time on the points still robust,
+  through ``AutoAttack.run_standard_evaluation`` with ``attacks_to_run`` set to that one attack (as
+  AutoAttack's own ``run_standard_evaluation_individual`` does). After each attack the block's robust
+  flags are written atomically to ``<state>/autoattack/blocks/<b>.progress.*``. An interrupted block
+  resumes after its last finished attack, and since every attack sees the same points in the same
+  batch with the same seed, the result is the one an uninterrupted run gives. (AutoAttack's own
+  ``state_path`` saves in the middle of an attack, non-atomically, without the per-attack
+  accuracies; resuming from it changes the batches, and so the random restarts, of the interrupted
+  attack.)
 - AutoAttack's check messages (randomness, softmax outputs, zero gradients, dynamic forward pass,
   Square beating the white-box attacks, ...) are captured from the ``auto-attack`` logger into the
-  record. ``check_square_sr`` is called once on the accuracies after all attacks, since each single
-  attack call alone cannot see the others.
-- A model whose forward pass is random is switched to the ``rand`` version (APGD with EOT).
+  record, block by block in block order. ``check_square_sr`` is called once in ``reduce``, on the
+  accuracies of all N points after each attack, since each single attack call alone cannot see the
+  others.
+- A model whose forward pass is random is switched to the ``rand`` version (APGD with EOT). The first
+  worker to test the model (on block 0's points) records the version for the whole job
+  (``<state>/autoattack/shared/version.json``), so every block uses the same one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -28,100 +38,122 @@ import time
 import numpy as np
 import torch
 
+from ..blocks import Block
 from ..bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
+from ..errors import HarnessError
 from ..files import atomic_savez, atomic_write_text
 from ..stats import accuracy_with_ci
-from .base import EvalContext, StageResult
+from .base import BlockResult, EvalContext, Stage, StageResult
 
 GALLERY_SIZE = 8
 
 
 class _Capture(logging.Handler):
-    def __init__(self, bar=None):
+    def __init__(self):
         super().__init__(logging.DEBUG)
         self.warnings: list[str] = []
-        self.bar = bar
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            if msg not in self.warnings:
-                self.warnings.append(msg)
-        elif self.bar is not None and " - " in msg and "successfully perturbed" in msg:
-            self.bar.set_postfix_str(msg, refresh=True)
+        if record.levelno >= logging.WARNING and msg not in self.warnings:
+            self.warnings.append(msg)
 
 
-def certified_mask(ctx: EvalContext) -> np.ndarray:
-    n = len(ctx.data)
+@contextlib.contextmanager
+def _captured():
+    """AutoAttack's log messages, captured (warnings kept) instead of printed."""
+    logger = logging.getLogger("auto-attack")
+    old_level, old_prop = logger.level, logger.propagate
+    cap = _Capture()
+    logger.addHandler(cap)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield logger, cap
+    finally:
+        logger.removeHandler(cap)
+        logger.setLevel(old_level)
+        logger.propagate = old_prop
+
+
+def certified_mask(block: Block, n: int) -> np.ndarray:
+    """Points of the block certified by a sound bound method (the certify stage's arrays)."""
     mask = np.zeros(n, dtype=bool)
     for m in EXACT_CERTIFIERS:
-        arr = ctx.array("certify", f"certified_{m}")
+        arr = block.input("certify", f"certified_{m}")
         if arr is not None:
             mask |= arr.astype(bool)
     return mask
 
 
-class AutoAttackStage:
+class AutoAttackStage(Stage):
     name = "autoattack"
-    reads: tuple[str, ...] = ("clean", "certify")
+    reads = ("clean", "certify")
 
-    def run(self, ctx: EvalContext) -> StageResult:
-        from pyautoattack import AutoAttack, checks
-
-        n = len(ctx.data)
-        y_all = ctx.data.y.numpy()
-        correct = ctx.array("clean", "clean_correct")
-        if correct is None:
-            correct = ctx.model.predict(ctx.data.floats(), ctx.batch_size, stage=self.name,
-                                        index=ctx.data.index).numpy() == y_all
-        correct = correct.astype(bool)
-        certified = certified_mask(ctx) & correct if ctx.spec.evaluation.certify_first else np.zeros(n, bool)
-        attacked = correct & ~certified
-
+    def prepare(self, ctx: EvalContext) -> dict:
+        """The AutoAttack version for the whole job: the requested one, or ``rand`` when the forward
+        pass is random (tested once, on block 0's points; the first worker's answer holds)."""
         from ..diagnostics.flags import autoattack_version_for
 
         requested = ctx.spec.evaluation.autoattack_version
-        probe = ctx.data.floats(slice(0, min(n, ctx.batch_size)), ctx.model.device)
-        # AutoAttack calls the model on subsets and perturbations of the data: errors name the row
-        model = ctx.model.checked(self.name)
-        with torch.no_grad():
-            version, _ = autoattack_version_for(model, probe, requested=requested)
-        switched = version != requested
+        store = ctx.store(self.name)
+        decided = store.shared("version")
+        if decided is None:
+            n = len(ctx.data)
+            probe = ctx.data.floats(slice(0, min(n, ctx.batch_size)), ctx.model.device)
+            # AutoAttack calls the model on subsets and perturbations of the data: errors name the row
+            model = ctx.model.checked(self.name)
+            torch.manual_seed(ctx.seed)
+            with torch.no_grad():
+                version, _ = autoattack_version_for(model, probe, requested=requested)
+            decided = store.share("version", {"requested": requested, "version": version})
+        if not (isinstance(decided, dict) and decided.get("version") in ("standard", "rand", "plus")
+                and decided.get("requested") == requested):
+            raise HarnessError(f"{store.shared_path('version')} is malformed; run again with --restart")
+        return decided
 
+    def map(self, ctx: EvalContext, block: Block, prep: dict) -> BlockResult:
+        from pyautoattack import AutoAttack, checks
+
+        k = len(block)
+        y_b = ctx.data.y[block.slice].numpy()
+        correct = block.input("clean", "clean_correct")
+        if correct is None:
+            correct = ctx.model.predict(ctx.data.floats(block.slice), ctx.batch_size, stage=self.name,
+                                        index=ctx.data.index[block.slice]).numpy() == y_b
+        correct = correct.astype(bool)
+        certified = certified_mask(block, k) & correct if ctx.spec.evaluation.certify_first else np.zeros(k, bool)
+        attacked = correct & ~certified
+
+        version = prep["version"]
+        model = ctx.model.checked(self.name)
         device = ctx.model.device
-        aa = AutoAttack(model, device=device, eps=ctx.eps, norm=ctx.norm, seed=ctx.seed, version=version)
+        aa = AutoAttack(model, device=device, eps=ctx.eps, norm=ctx.norm, seed=block.seed, version=version)
         attacks = list(aa.attacks_to_run)
 
-        sdir = ctx.stage_dir(self.name)
-        meta_path, arr_path = sdir / "progress.json", sdir / "progress.npz"
+        store = ctx.store(self.name)
+        meta_path, arr_path = store.block_path(block.index, ".progress.json"), store.block_path(block.index, ".progress.npz")
+        c, h, w = ctx.data.input_shape
         if meta_path.exists() and arr_path.exists():
             meta = json.loads(meta_path.read_text())
             with np.load(arr_path, allow_pickle=False) as z:
                 robust, broken_by = z["robust"].copy(), z["broken_by"].copy()
-                g_idx, g_adv, g_pred = z["g_idx"].tolist(), list(z["g_adv"]), z["g_pred"].tolist()
+                g_idx, g_adv, g_pred, g_att = (z["g_idx"].tolist(), list(z["g_adv"]), z["g_pred"].tolist(),
+                                               z["g_attack"].tolist())
+            if meta.get("attacks") != attacks or robust.shape != (k,):
+                raise HarnessError(f"{meta_path} does not belong to this run; run again with --restart")
         else:
-            meta = {"done": [], "accuracy_after": {"clean": float(correct.mean()) if n else 0.0},
-                    "seconds": {}, "n_input": {}, "checks": [], "resumed_after": None}
+            meta = {"attacks": attacks, "done": [], "seconds": {}, "n_input": {}, "checks": [], "fraction": 0.0}
             robust = correct.copy()  # certified points count as robust: no attack can break them
-            broken_by = np.full(n, -1, dtype=np.int8)
-            g_idx, g_adv, g_pred = [], [], []
-        if meta["done"]:
-            meta["resumed_after"] = meta["done"][-1]
+            broken_by = np.full(k, -1, dtype=np.int8)
+            g_idx, g_adv, g_pred, g_att = [], [], [], []
 
         # pyautoattack's check_dynamic counts calls in a module-level dict that it never resets:
         # after one dynamic model, every later run in the process would be reported as dynamic.
         for key in checks.funcs:
             checks.funcs[key] = 0
 
-        logger = logging.getLogger("auto-attack")
-        old_level, old_prop = logger.level, logger.propagate
-        bar = ctx.progress(total=len(attacks), desc=f"autoattack ({version})", unit="attack")
-        bar.update(len(meta["done"]))
-        cap = _Capture(bar)
-        logger.addHandler(cap)
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-        try:
+        with _captured() as (_, cap):
             for a_i, attack in enumerate(attacks):
                 if attack in meta["done"]:
                     continue
@@ -129,57 +161,92 @@ class AutoAttackStage:
                 t0 = time.perf_counter()
                 if todo.size:
                     aa.attacks_to_run = [attack]
-                    x = ctx.data.floats(todo, device)
-                    y = ctx.data.labels(todo, device)
+                    x = ctx.data.floats(block.start + todo, device)
+                    y = ctx.data.labels(block.start + todo, device)
                     x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=ctx.batch_size)
                     broke = (y_adv != y).cpu().numpy()
                     robust[todo[broke]] = False
                     broken_by[todo[broke]] = a_i
                     for j in np.nonzero(broke)[0]:
                         if len(g_idx) < GALLERY_SIZE:
-                            g_idx.append(int(todo[j]))
+                            g_idx.append(int(block.start + todo[j]))
                             g_adv.append((x_adv[j].detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy())
                             g_pred.append(int(y_adv[j]))
+                            g_att.append(a_i)
                 meta["seconds"][attack] = time.perf_counter() - t0
                 meta["n_input"][attack] = int(todo.size)
-                meta["accuracy_after"][attack] = float(robust.mean()) if n else 0.0
                 meta["done"].append(attack)
+                meta["fraction"] = len(meta["done"]) / len(attacks)
                 meta["checks"] = _merge(meta["checks"], cap.warnings)
-                c, h, w = ctx.data.input_shape
                 atomic_savez(arr_path, {
                     "robust": robust, "broken_by": broken_by, "g_idx": np.array(g_idx, dtype=np.int64),
                     "g_adv": np.array(g_adv, dtype=np.uint8).reshape(-1, c, h, w),
-                    "g_pred": np.array(g_pred, dtype=np.int64),
+                    "g_pred": np.array(g_pred, dtype=np.int64), "g_attack": np.array(g_att, dtype=np.int64),
                 })
                 atomic_write_text(meta_path, json.dumps(meta, indent=1))
-                bar.update(1)
-                bar.set_postfix_str(f"robust {meta['accuracy_after'][attack]:.2%} after {attack}")
-            if len(attacks) > 1:
-                checks.check_square_sr(dict(meta["accuracy_after"]), logger=logger)
-        finally:
-            bar.close()
-            logger.removeHandler(cap)
-            logger.setLevel(old_level)
-            logger.propagate = old_prop
-        check_msgs = _merge(meta["checks"], cap.warnings)
-        if switched:
+        return BlockResult(
+            arrays={
+                "autoattack_robust": robust, "autoattack_attacked": attacked, "autoattack_broken_by": broken_by,
+                "gallery_index": np.array(g_idx, dtype=np.int64),
+                "gallery_adv": np.array(g_adv, dtype=np.uint8).reshape(-1, c, h, w),
+                "gallery_adv_pred": np.array(g_pred, dtype=np.int64),
+                "gallery_attack": np.array(g_att, dtype=np.int64),
+            },
+            extras={"version": version, "requested": prep["requested"], "attacks": attacks,
+                    "seconds": meta["seconds"], "n_input": meta["n_input"],
+                    "checks": _merge(meta["checks"], cap.warnings)},
+        )
+
+    def reduce(self, ctx: EvalContext, arrays, extras) -> StageResult:
+        from pyautoattack import checks
+
+        robust = arrays["autoattack_robust"].astype(bool)
+        attacked = arrays["autoattack_attacked"].astype(bool)
+        broken_by = arrays["autoattack_broken_by"].astype(np.int8)
+        n = robust.size
+        # robust and attacked points were classified correctly; the others were skipped as misclassified
+        correct = robust | attacked
+        certified = correct & ~attacked
+        plans = {(e["version"], e["requested"], tuple(e["attacks"])) for e in extras}
+        if len(plans) != 1:
+            raise HarnessError(f"the blocks of stage autoattack in {ctx.state_dir} ran different attacks; "
+                               "run again with --restart")
+        version, requested, attacks = plans.pop()
+        attacks = list(attacks)
+        accuracy_after = {"clean": float(correct.mean()) if n else 0.0}
+        for a_i, attack in enumerate(attacks):
+            still = correct & ~((broken_by >= 0) & (broken_by <= a_i))
+            accuracy_after[attack] = float(still.mean()) if n else 0.0
+        seconds = {a: sum(float(e["seconds"].get(a, 0.0)) for e in extras) for a in attacks}
+        n_input = {a: sum(int(e["n_input"].get(a, 0)) for e in extras) for a in attacks}
+        check_msgs: list[str] = []
+        for e in extras:
+            check_msgs = _merge(check_msgs, [str(m) for m in e["checks"]])
+        if len(attacks) > 1:
+            with _captured() as (logger, cap):
+                checks.check_square_sr(dict(accuracy_after), logger=logger)
+            check_msgs = _merge(check_msgs, cap.warnings)
+        if version != requested:
             check_msgs.insert(0, "harness: the forward pass is random; switched from the standard to the rand version (EOT)")
 
         # A certified point would survive every attack: it would have cost one pass through each.
-        per_point = sum(meta["seconds"][a] / meta["n_input"][a] for a in attacks if meta["n_input"].get(a))
-        saved = per_point * int(certified.sum()) if any(meta["n_input"].values()) else None
+        per_point = sum(seconds[a] / n_input[a] for a in attacks if n_input.get(a))
+        saved = per_point * int(certified.sum()) if any(n_input.values()) else None
 
         acc, ci = accuracy_with_ci(robust)
-        order = np.argsort(g_idx) if g_idx else np.array([], dtype=int)
-        g_idx_arr = np.array(g_idx, dtype=np.int64)[order] if g_idx else np.zeros(0, np.int64)
-        arrays = {
+        # the gallery: the first GALLERY_SIZE broken points by (attack, index), shown by index
+        g_idx, g_att = arrays["gallery_index"].astype(np.int64), arrays["gallery_attack"].astype(np.int64)
+        first = np.lexsort((g_idx, g_att))[:GALLERY_SIZE]
+        keep = first[np.argsort(g_idx[first])]
+        shape = ctx.data.input_shape
+        arrays_out = {
             "autoattack_robust": robust,
             "autoattack_attacked": attacked,
             "autoattack_broken_by": broken_by,
-            "gallery_index": g_idx_arr,
-            "gallery_clean": ctx.data.x[g_idx_arr].numpy() if g_idx else np.zeros((0, *ctx.data.input_shape), np.uint8),
-            "gallery_adv": np.array(g_adv, dtype=np.uint8)[order] if g_idx else np.zeros((0, *ctx.data.input_shape), np.uint8),
-            "gallery_adv_pred": np.array(g_pred, dtype=np.int64)[order] if g_idx else np.zeros(0, np.int64),
+            "gallery_index": g_idx[keep],
+            "gallery_clean": ctx.data.x[g_idx[keep]].numpy() if keep.size else np.zeros((0, *shape), np.uint8),
+            "gallery_adv": arrays["gallery_adv"].astype(np.uint8)[keep].reshape(-1, *shape),
+            "gallery_adv_pred": arrays["gallery_adv_pred"].astype(np.int64)[keep],
         }
         return StageResult(
             summary={
@@ -189,17 +256,17 @@ class AutoAttackStage:
                     "version": version,
                     "seed": ctx.seed,
                     "attacks": attacks,
-                    "accuracy_after": meta["accuracy_after"],
+                    "accuracy_after": accuracy_after,
                     "checks": check_msgs,
                     "n_attacked": int(attacked.sum()),
                     "n_skipped_misclassified": int((~correct).sum()),
                     "n_skipped_certified": int(certified.sum()),
-                    "seconds_per_attack": meta["seconds"],
+                    "seconds_per_attack": seconds,
                     "seconds_saved_by_certify_first": saved,
                     "batch_size": ctx.batch_size,
                 },
             },
-            arrays=arrays,
+            arrays=arrays_out,
         )
 
 

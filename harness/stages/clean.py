@@ -4,27 +4,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..blocks import Block
 from ..stats import accuracy_with_ci
-from .base import EvalContext, StageResult
+from .base import BlockResult, EvalContext, Stage, StageResult
 
 
-class CleanStage:
+class CleanStage(Stage):
     name = "clean"
-    reads: tuple[str, ...] = ()
 
-    def run(self, ctx: EvalContext) -> StageResult:
-        preds = []
-        bs = ctx.batch_size
-        n = len(ctx.data)
+    def map(self, ctx: EvalContext, block: Block, prepared) -> BlockResult:
         model = ctx.model.checked(self.name)
         with torch.no_grad():
-            for i in ctx.progress(range(0, n, bs), total=(n + bs - 1) // bs, desc="clean", unit="batch"):
-                x = ctx.data.floats(slice(i, i + bs), ctx.model.device)
-                preds.append(model(x, ctx.data.index[i : i + bs]).argmax(1).cpu())
-        pred = torch.cat(preds).numpy()
-        correct = pred == ctx.data.y.numpy()
+            x = ctx.data.floats(block.slice, ctx.model.device)
+            pred = model(x, ctx.data.index[block.slice]).argmax(1).cpu().numpy()
+        correct = pred == ctx.data.y[block.slice].numpy()
+        return BlockResult({"clean_correct": correct, "clean_pred": pred.astype(np.int16)})
+
+    def reduce(self, ctx: EvalContext, arrays, extras) -> StageResult:
+        correct = arrays["clean_correct"].astype(bool)
         acc, ci = accuracy_with_ci(correct)
         return StageResult(
             summary={"clean_accuracy": acc, "clean_accuracy_ci95": list(ci)},
-            arrays={"clean_correct": correct, "clean_pred": pred.astype(np.int16)},
+            arrays={"clean_correct": correct, "clean_pred": arrays["clean_pred"].astype(np.int16)},
         )

@@ -1,16 +1,18 @@
-"""Inference FLOPs and parameters (fvcore) on one input, and training FLOPs."""
+"""Inference FLOPs and parameters (fvcore) on one input, and training FLOPs: one unit of work, not
+per example (done by whichever rank claims it)."""
 from __future__ import annotations
 
+from ..blocks import Block
 from ..flops import count_inference_flops, count_params, training_flops
-from ..record import FLOPS_CONVENTION
-from .base import EvalContext, StageResult
+from ..record import FLOPS_CONVENTION, FlopsPart
+from .base import BlockResult, EvalContext, Stage, StageResult
 
 
-class FlopsStage:
+class FlopsStage(Stage):
     name = "flops"
-    reads: tuple[str, ...] = ()
+    per_example = False
 
-    def run(self, ctx: EvalContext) -> StageResult:
+    def map(self, ctx: EvalContext, block: Block, prepared) -> BlockResult:
         passes = ctx.spec.model.forward_passes
         try:
             # The wrapped model, normalisation included, as every other stage sees it.
@@ -18,14 +20,14 @@ class FlopsStage:
         except Exception as e:  # fvcore's tracer fails on some TorchScript and onnx2torch modules
             reason = f"fvcore cannot analyse this {ctx.model.format} model: {type(e).__name__}: {str(e)[:200]}"
             train = training_flops(ctx.spec.training, ctx.spec.dataset, None, ctx.model.num_classes)
-            return StageResult(summary={
+            return BlockResult(extras={"summary": {
                 "params": count_params(ctx.model.module), "inference_flops": None,
                 "flops_convention": FLOPS_CONVENTION, "flops_error": " ".join(reason.split()),
                 "forward_passes": passes, "training_flops": train.model_dump(),
-            })
+            }})
         inference = fc.total * passes
         train = training_flops(ctx.spec.training, ctx.spec.dataset, fc.total, ctx.model.num_classes)
-        return StageResult(summary={
+        return BlockResult(extras={"summary": {
             "params": fc.params,
             "inference_flops": inference,
             "flops_convention": fc.convention,
@@ -33,4 +35,9 @@ class FlopsStage:
             "flops_by_operator": fc.by_operator,
             "forward_passes": passes,
             "training_flops": train.model_dump(),
-        })
+        }})
+
+    def reduce(self, ctx: EvalContext, arrays, extras) -> StageResult:
+        summary = extras[0]["summary"]
+        FlopsPart.model_validate(summary)  # written by the worker: checked before it is believed
+        return StageResult(summary=summary)
