@@ -29,26 +29,12 @@ import numpy as np
 import torch
 
 from ..bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
+from ..diagnostics.aa_messages import AutoAttackCapture
 from ..files import atomic_savez, atomic_write_text
 from ..stats import accuracy_with_ci
 from .base import EvalContext, StageResult
 
 GALLERY_SIZE = 8
-
-
-class _Capture(logging.Handler):
-    def __init__(self, bar=None):
-        super().__init__(logging.DEBUG)
-        self.warnings: list[str] = []
-        self.bar = bar
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if record.levelno >= logging.WARNING:
-            if msg not in self.warnings:
-                self.warnings.append(msg)
-        elif self.bar is not None and " - " in msg and "successfully perturbed" in msg:
-            self.bar.set_postfix_str(msg, refresh=True)
 
 
 def certified_mask(ctx: EvalContext) -> np.ndarray:
@@ -78,7 +64,7 @@ class AutoAttackStage:
         certified = certified_mask(ctx) & correct if ctx.spec.evaluation.certify_first else np.zeros(n, bool)
         attacked = correct & ~certified
 
-        from ..diagnostics.flags import autoattack_version_for
+        from ..diagnostics.probes import autoattack_version_for
 
         requested = ctx.spec.evaluation.autoattack_version
         probe = ctx.data.floats(slice(0, min(n, ctx.batch_size)), ctx.model.device)
@@ -117,7 +103,7 @@ class AutoAttackStage:
         old_level, old_prop = logger.level, logger.propagate
         bar = ctx.progress(total=len(attacks), desc=f"autoattack ({version})", unit="attack")
         bar.update(len(meta["done"]))
-        cap = _Capture(bar)
+        cap = AutoAttackCapture(bar)
         logger.addHandler(cap)
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
