@@ -11,51 +11,39 @@ from pathlib import Path
 from .errors import HarnessError, one_line
 
 
-def _pct(v: float | None, ci=None) -> str:
-    if v is None:
-        return "-"
-    s = f"{100 * v:.2f}%"
-    return s + (f"  [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
-
-
-def _si(v: float | None) -> str:
-    if v is None:
-        return "-"
-    for unit, f in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= f:
-            return f"{v / f:.3g} {unit}"
-    return f"{v:.3g}"
-
-
 def summary_table(rec) -> str:
+    """The record's figures as a text table, in the leaderboard's number format (leaderboard/fmt.py:
+    accuracies with their 95% interval, compute with SI prefixes)."""
     from tabulate import tabulate
 
-    rows = [["clean accuracy", _pct(rec.clean_accuracy, rec.clean_accuracy_ci95)]]
+    from leaderboard.fmt import pct, pct_ci, si
+
+    rows = [["clean accuracy", pct_ci(rec.clean_accuracy, rec.clean_accuracy_ci95)]]
     if rec.autoattack is not None:
-        rows.append([f"AutoAttack accuracy ({rec.autoattack.version})", _pct(rec.robust_accuracy, rec.robust_accuracy_ci95)])
+        rows.append([f"AutoAttack accuracy ({rec.autoattack.version})", pct_ci(rec.robust_accuracy, rec.robust_accuracy_ci95)])
         for a, v in rec.autoattack.accuracy_after.items():
             if a != "clean":
-                rows.append([f"  after {a}", _pct(v)])
+                rows.append([f"  after {a}", pct(v)])
         for msg in rec.autoattack.checks:
             rows.append(["  AutoAttack check", msg[:90]])
     for m, c in (rec.certified or {}).items():
         tag = " (probabilistic)" if c.probabilistic else ""
-        rows.append([f"certified accuracy, {m}{tag}", _pct(c.certified_accuracy, c.certified_accuracy_ci95)])
+        rows.append([f"certified accuracy, {m}{tag}", pct_ci(c.certified_accuracy, c.certified_accuracy_ci95)])
         rows.append([f"ACR, {m}", f"{c.acr:.4f} ({c.acr_percent:.1f}% of eps_max {c.eps_max:g})"])
     if rec.certify_skipped:
         rows.append(["certification skipped", rec.certify_skipped[:90]])
     if rec.diagnostics:
-        flags = [f.get("name", "?") for f in rec.diagnostics.get("flags", [])]
+        flags = [f"{f.name} ({f.severity})" for f in rec.diagnostic_flags()]
         rows.append(["diagnostic flags", ", ".join(flags) if flags else "none"])
     if rec.params is not None:
-        rows.append(["parameters", _si(rec.params)])
-        rows.append(["inference FLOPs", f"{_si(rec.inference_flops)} (1 per multiply-add, fvcore)"])
+        rows.append(["parameters", si(rec.params)])
+        rows.append(["inference FLOPs", f"{si(rec.inference_flops)} (1 per multiply-add, fvcore)"])
         if rec.flops_skipped_ops:
             rows.append(["  ops fvcore skipped", ", ".join(f"{k} x{v}" for k, v in rec.flops_skipped_ops.items())])
     if rec.flops_error:
         rows.append(["  FLOPs not counted", rec.flops_error[:90]])
     if rec.training_flops is not None:
-        rows.append(["training FLOPs", f"{_si(rec.training_flops.value)} ({rec.training_flops.source})"])
+        rows.append(["training FLOPs", f"{si(rec.training_flops.value)} ({rec.training_flops.source})"])
     for stage, s in rec.provenance.stage_seconds.items():
         resumed = " (resumed)" if stage in rec.provenance.resumed_stages else ""
         rows.append([f"time: {stage}", f"{s:.1f} s{resumed}"])

@@ -18,6 +18,7 @@ the folder digest of :mod:`harness.manifest`). Every refusal is one line naming 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -25,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from .errors import HarnessError
 from .files import atomic_savez, atomic_write_text, read_bytes_confined
@@ -60,6 +62,37 @@ Count = Annotated[int, Field(ge=0, le=10**15)]
 Short = Annotated[str, Field(max_length=2000)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 CI = tuple[Frac, Frac]
+
+
+#: the one severity vocabulary of trust flags, mildest first: ``info`` (context, e.g. an evaluation
+#: on a subset), ``warning`` (read the figure with care), ``error`` (the figure is not valid as run)
+SEVERITIES = ("info", "warning", "error")
+Severity = Literal["info", "warning", "error"]
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
+class Flag:
+    """A trust flag: a structured warning that a figure should not be taken at face value.
+
+    The one flag type of the project: the diagnostics create flags (:mod:`harness.diagnostics.rules`,
+    :mod:`harness.diagnostics.aa_messages`), a record stores them under ``diagnostics.flags`` (and
+    refuses one of an unknown severity), and the leaderboard shows them, with its own flags for
+    reported rows. ``value`` is the measured quantity and ``threshold`` the limit it crossed."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    severity: Severity
+    message: Annotated[str, Field(max_length=20_000)] = ""
+    value: float | None = None
+    threshold: float | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict a record holds."""
+        return {"name": self.name, "severity": self.severity, "message": self.message,
+                "value": self.value, "threshold": self.threshold, "details": dict(self.details)}
+
+
+_FLAG_LIST = TypeAdapter(list[Flag])
 
 
 class ThreatModelRecord(_Rec):
@@ -198,8 +231,11 @@ class CertifyPart(_Rec):
     certify_skipped: str | None = None
 
 
+
 class DiagnosticsPart(_Rec):
     """Written by the ``diagnostics`` stage."""
+
+    #: the diagnostics stage's summary; its ``flags`` are :class:`Flag` dicts (validated)
     diagnostics: dict[str, Any] | None = None
 
 
@@ -227,6 +263,22 @@ _check_parts_disjoint()
 class ResultRecord(DiagnosticsPart, CertifyPart, FlopsPart, AutoAttackPart, CleanPart, RecordHead):
     provenance: Provenance
     examples_file: str | None = None
+
+    @field_validator("diagnostics")
+    @classmethod
+    def _valid_flags(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None or "flags" not in v:
+            return v
+        try:
+            flags = _FLAG_LIST.validate_python(v["flags"])
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise ValueError(f"flags{_loc(tuple(first['loc']))}: {first['msg']}") from None
+        return {**v, "flags": [f.to_dict() for f in flags]}
+
+    def diagnostic_flags(self) -> list[Flag]:
+        """The flags the diagnostics stage recorded."""
+        return [Flag(**f) for f in (self.diagnostics or {}).get("flags") or []]
 
     @field_validator("examples_file")
     @classmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import HarnessError
-from harness.record import ResultRecord, check_against_submission, read_record
+from harness.record import Flag, ResultRecord, check_against_submission, read_record
 from harness.stats import clopper_pearson
 from harness.submission import LoadedSubmission, format_eps, parse_eps, parse_submission
 
@@ -48,16 +48,6 @@ FRONTIERS: list[tuple[str, str, str, str]] = [
     ("certified_vs_inference_flops", "inference_flops", "certified", "Certified accuracy vs inference FLOPs"),
 ]
 
-
-
-@dataclass
-class Flag:
-    name: str
-    message: str = ""
-    severity: str = "warning"
-
-    def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "message": self.message, "severity": self.severity}
 
 
 @dataclass
@@ -266,14 +256,14 @@ def load_reported(path: Path) -> list[Entry]:
             best_known = stronger
             best_note = (f"a stronger attack than AutoAttack reaches {stronger:.2%} "
                          "(RobustBench's external evaluation; see the note)")
-            flags.append(Flag("stronger-attack", best_note))
+            flags.append(Flag("stronger-attack", "warning", best_note))
         if (row["unreliable"] or "").strip().lower() == "true":
-            flags.append(Flag("unreliable", "RobustBench marks this evaluation as potentially unreliable", "error"))
+            flags.append(Flag("unreliable", "error", "RobustBench marks this evaluation as potentially unreliable"))
         board_eps = _board_eps(row["norm"], eps)
         if board_eps is not None:
-            flags.append(Flag(f"eps {row['eps'].strip()}", f"evaluated at ε = {row['eps'].strip()}, listed on the "
-                                                           f"ε = {format_eps(board_eps)} board as RobustBench does",
-                              "info"))
+            flags.append(Flag(f"eps {row['eps'].strip()}", "info",
+                              f"evaluated at ε = {row['eps'].strip()}, listed on the ε = {format_eps(board_eps)} "
+                              "board as RobustBench does"))
         inference = _num(row["inference_flops"], where, "inference_flops")
         compute_note = (row["compute_source"] or "").strip()
         if inference is None and not compute_note:
@@ -342,20 +332,16 @@ def _separation(diagnostics: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _record_flags(rec: ResultRecord) -> list[Flag]:
-    flags: list[Flag] = []
-    diag = rec.diagnostics if isinstance(rec.diagnostics, dict) else {}
-    for f in diag.get("flags") or []:
-        if isinstance(f, dict) and f.get("name"):
-            flags.append(Flag(str(f["name"]), str(f.get("message") or ""), str(f.get("severity") or "warning")))
-        elif isinstance(f, str):
-            flags.append(Flag(f))
+    """The record's diagnostics flags as recorded (the record schema validated them), then the board's
+    own: AutoAttack's check messages verbatim, and an evaluation on a subset of the test set."""
+    flags = rec.diagnostic_flags()
     if rec.autoattack is not None:
         for msg in rec.autoattack.checks:
-            flags.append(Flag("autoattack-check", msg))
+            flags.append(Flag("autoattack-check", "warning", msg))
     full = FULL_TEST_SET.get(rec.dataset)
     if full is not None and rec.n_examples < full:
-        flags.append(Flag("subset", f"evaluated on the first {rec.n_examples} of {full} test points; "
-                                    "the confidence intervals are wide accordingly", "info"))
+        flags.append(Flag("subset", "info", f"evaluated on the first {rec.n_examples} of {full} test points; "
+                                            "the confidence intervals are wide accordingly"))
     return flags
 
 

@@ -103,7 +103,7 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "training_flops_source": e.training_flops_source,
         "forward_passes": e.forward_passes,
         "compute_source": e.compute_note or None,
-        "flags": [f.to_json() for f in e.flags],
+        "flags": [{"name": f.name, "message": f.message, "severity": f.severity} for f in e.flags],
         "separation": e.separation,
     }
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.diagnostics.flags import (
+from harness.diagnostics import (
     Flag, autoattack_version_for, capture_autoattack_messages, catastrophic_overfitting_flag,
     classify_autoattack_messages, detect_randomized, gap_threshold, ladder_flags,
     weak_attack_gap_flags, zero_gradient_flag, zero_gradient_fraction,
@@ -35,7 +35,7 @@ def test_weak_attack_gap():
     assert len(weak_attack_gap_flags(autoattack=0.50, pgd=0.58, n=5000)) == 1
     # dict form, for records
     d = flags[0].to_dict()
-    assert set(d) >= {"name", "severity", "message", "value", "threshold"} and flags[0]["name"] == d["name"]
+    assert set(d) >= {"name", "severity", "message", "value", "threshold"} and flags[0].name == d["name"]
     with pytest.raises(ValueError):
         Flag("x", "fatal", "m")
 
@@ -127,7 +127,7 @@ def test_autoattack_checks_become_named_flags():
                                           "might indicate that the robustness evaluation ..."])
     assert [(f.name, f.severity, f.value) for f in small] == [("aa-square-beats-whitebox", "warning", 0.03)]
     # after the block the logger is as before
-    assert logger.propagate and not [h for h in logger.handlers if type(h).__name__ == "_ListHandler"]
+    assert logger.propagate and not [h for h in logger.handlers if type(h).__name__ == "AutoAttackCapture"]
 
 
 def test_randomized_detector_and_version_choice():

@@ -4,7 +4,7 @@ These attacks are written by hand on purpose. They are a simple, transparent *re
 AutoAttack against, not a replacement for it: when the gradient attacks (FGSM, PGD-20) report a much
 higher robust accuracy than AutoAttack, or FGSM a much higher one than PGD, the gradients of the
 model are not a good guide to its worst case (gradient masking, catastrophic overfitting); see
-:mod:`harness.diagnostics.flags`.
+:mod:`harness.diagnostics.rules`.
 
 Conventions (all functions):
 

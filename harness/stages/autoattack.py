@@ -40,6 +40,7 @@ import torch
 
 from ..blocks import Block
 from ..bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
+from ..diagnostics.aa_messages import AutoAttackCapture
 from ..errors import HarnessError
 from ..files import atomic_savez, atomic_write_text
 from ..stats import accuracy_with_ci
@@ -48,23 +49,12 @@ from .base import BlockResult, EvalContext, Stage, StageResult
 GALLERY_SIZE = 8
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.warnings: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if record.levelno >= logging.WARNING and msg not in self.warnings:
-            self.warnings.append(msg)
-
-
 @contextlib.contextmanager
 def _captured():
     """AutoAttack's log messages, captured (warnings kept) instead of printed."""
     logger = logging.getLogger("auto-attack")
     old_level, old_prop = logger.level, logger.propagate
-    cap = _Capture()
+    cap = AutoAttackCapture()
     logger.addHandler(cap)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -93,7 +83,7 @@ class AutoAttackStage(Stage):
     def prepare(self, ctx: EvalContext) -> dict:
         """The AutoAttack version for the whole job: the requested one, or ``rand`` when the forward
         pass is random (tested once, on block 0's points; the first worker's answer holds)."""
-        from ..diagnostics.flags import autoattack_version_for
+        from ..diagnostics.probes import autoattack_version_for
 
         requested = ctx.spec.evaluation.autoattack_version
         store = ctx.store(self.name)
