@@ -72,6 +72,8 @@ class Entry:
     inference_flops: float | None = None
     training_flops: float | None = None
     training_flops_source: str | None = None
+    #: "lower bound" or "upper bound" when the training FLOPs are a bound (harness.flops.MethodCost)
+    training_flops_bound: str | None = None
     flags: list[Flag] = field(default_factory=list)
     url: str | None = None
     separation: dict[str, Any] | None = None
@@ -306,6 +308,7 @@ def attach_recipes(entries: list[Entry], path: Path) -> None:
                                "by this recipe; keep one")
         if tc.value is not None:
             e.training_flops = tc.value
+            e.training_flops_bound = None if tc.bound == "exact" else tc.bound
             first = tc.source.split(" ; ")[0].strip()
             e.training_flops_source = f"{tc.formula}; recipe source: {first}" + (" (and more)" if " ; " in tc.source else "")
         elif e.training_flops is None:

@@ -38,6 +38,12 @@ def flops(v: float | None) -> str:
     return si(v)
 
 
+def bounded_flops(v: float | None, bound: str | None) -> str:
+    """A compute figure that may be a bound: "≥ 1.2 E" (lower bound), "≤ 3.4 E" (upper bound)."""
+    mark = {"lower bound": "≥ ", "upper bound": "≤ "}.get(bound or "", "") if v is not None else ""
+    return mark + flops(v)
+
+
 def overhead(v: float | None) -> str:
     """Compute overhead: this entry's FLOPs over the least FLOPs of any entry at least as robust."""
     if v is None:

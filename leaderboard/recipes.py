@@ -6,10 +6,13 @@ real:generated ratio, extra data, batch size, a status (``known``, ``partial``, 
 exact source (a URL plus section or table, or a config file) and a note with the assumptions or
 why a number is unknown.
 
-Training FLOPs = forward FLOPs x examples seen x the method's multiplier, with examples seen =
-epochs x examples per epoch and the multiplier from :func:`harness.flops.method_multiplier` (the one
-place it is derived; the harness's own records use it too). A recipe that lacks any of the three
-gives no training FLOPs, and the entry says why; nothing is guessed.
+Training FLOPs = forward FLOPs x examples seen x the method's multiplier (+ the FLOPs of another
+network per example seen, for a method that trains or runs one), with examples seen = epochs x
+examples per epoch and the multiplier from :func:`harness.flops.reported_method_cost` (the one place
+each is derived, from :func:`harness.flops.method_multiplier` for the base methods, which the
+harness's own records use too). A derivation may be a lower or an upper bound, and the formula
+shown on the board says so and why. A recipe that lacks what its method's derivation needs gives no
+training FLOPs, and the entry says why; nothing is guessed.
 
 :func:`load_recipes` reads the committed table strictly (the build refuses a malformed row with
 one line); :func:`merge_recipe_rows` checks contributed rows for plausibility before they are
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.flops import SAME_PASSES_AS, STEP_METHODS, TRAIN_SET_SIZE, describe_method, method_multiplier
+from harness.flops import STEP_METHODS, TRAIN_SET_SIZE, MethodCost, RecipeFacts, describe_method, reported_method_cost
 
 RECIPE_COLUMNS = [
     "robustbench_id", "dataset", "threat_model", "method", "attack_steps", "awp", "epochs",
@@ -69,20 +72,18 @@ class Recipe:
         return self.epochs * self.examples_per_epoch
 
     @property
-    def base_method(self) -> str | None:
-        """The method whose passes this one spends: itself, or for ``other:<name>`` the method it
-        only changes the loss of (:data:`harness.flops.SAME_PASSES_AS`)."""
-        if self.method in BASE_METHODS:
-            return self.method
-        if self.method.startswith("other:"):
-            return SAME_PASSES_AS.get(self.method[len("other:"):].split(" (")[0].strip())
-        return None
+    def facts(self) -> RecipeFacts:
+        return RecipeFacts(self.dataset, self.attack_steps, self.awp, self.epochs, self.examples_per_epoch)
+
+    @property
+    def cost(self) -> MethodCost | str:
+        """The cost per example seen (:func:`harness.flops.reported_method_cost`), or why there is none."""
+        return reported_method_cost(self.method, self.facts)
 
     @property
     def multiplier(self) -> float | None:
-        if self.base_method is None or self.awp is None:
-            return None
-        return method_multiplier(self.base_method, self.attack_steps or 0, 0, self.awp)
+        cost = self.cost
+        return cost.multiplier if isinstance(cost, MethodCost) else None
 
     def method_label(self) -> str:
         if self.method == "unknown":
@@ -98,6 +99,7 @@ class TrainingCompute:
     value: float | None
     formula: str   # how the value was computed, or why there is none
     source: str    # the recipe's source
+    bound: str = "exact"  # or "lower bound" / "upper bound" (harness.flops.MethodCost)
 
 
 def _num(text: str, where: str, column: str, *, integer: bool = False, positive: bool = True) -> float | int | None:
@@ -212,36 +214,30 @@ def load_recipes(path: Path) -> dict[Key, Recipe]:
 
 def training_compute(r: Recipe, forward_flops: float | None) -> TrainingCompute:
     """Training FLOPs of one recipe for a model of ``forward_flops`` per example (fvcore)."""
-    mult, seen = r.multiplier, r.examples_seen
+    cost, seen = r.cost, r.examples_seen
     missing = []
-    if r.method == "unknown":
-        missing.append("the training method is unknown")
-    elif r.base_method is None:
-        missing.append(f"harness.flops derives no multiplier for {r.method_label()}")
-    elif r.awp is None:
-        missing.append("whether AWP was used is unknown")
-    elif (r.base_method or r.method) in STEP_METHODS and r.attack_steps is None:
-        missing.append("the number of attack steps is unknown")
-    elif mult is None:
-        missing.append(f"harness.flops derives no multiplier for {r.method_label()}")
-    if r.epochs is None:
+    if isinstance(cost, str):
+        missing.append(cost)
+    if r.epochs is None and "epochs" not in " ".join(missing):
         missing.append("the epochs are unknown")
     if r.examples_per_epoch is None:
         missing.append("the examples per epoch are unknown")
     if forward_flops is None:
         missing.append("the model's forward FLOPs were not counted")
-    if missing or mult is None or seen is None or forward_flops is None:
+    if missing or not isinstance(cost, MethodCost) or seen is None or forward_flops is None:
         why = "unknown: " + "; ".join(missing)
         if r.note:
             why += f" ({r.note})"
         return TrainingCompute(None, why, r.source)
-    value = forward_flops * seen * mult
-    same = (f", the passes of {describe_method(r.base_method, r.attack_steps or 0, bool(r.awp))}"
-            if r.base_method != r.method else "")
+    value = forward_flops * seen * cost.multiplier + seen * cost.extra_flops
     from .fmt import si
     formula = (f"{si(forward_flops)} forward FLOPs × {si(seen)} examples seen ({r.epochs:g} epochs × "
-               f"{si(r.examples_per_epoch)}) × {mult:g} ({r.method_label()}{same})")
-    return TrainingCompute(value, formula, r.source)
+               f"{si(r.examples_per_epoch)}) × {cost.multiplier:.4g} ({r.method_label()}: {cost.passes})")
+    if cost.extra_flops:
+        formula += f" + {si(seen)} × {si(cost.extra_flops)} FLOPs of {cost.extra_what}"
+    if cost.bound != "exact":
+        formula = f"{cost.bound}: {formula}; {cost.why}"
+    return TrainingCompute(value, formula, r.source, cost.bound)
 
 
 def write_recipes(rows: list[Recipe], path: Path) -> None:

@@ -101,6 +101,7 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "inference_flops": _f(e.inference_flops),
         "training_flops": _f(e.training_flops),
         "training_flops_source": e.training_flops_source,
+        "training_flops_bound": e.training_flops_bound,
         "forward_passes": e.forward_passes,
         "compute_source": e.compute_note or None,
         "flags": [{"name": f.name, "message": f.message, "severity": f.severity} for f in e.flags],

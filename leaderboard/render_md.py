@@ -16,7 +16,7 @@ from tabulate import tabulate
 from harness.record import FLOPS_CONVENTION
 
 from .boards import FRONTIERS, Board, Inputs, coverage, worked_example
-from .fmt import DASH, flops, gap, num, overhead, pct, pct_ci, si
+from .fmt import DASH, bounded_flops, flops, gap, num, overhead, pct, pct_ci, si
 from .render_json import RANKING_DEFINITION
 from .urls import safe_url
 
@@ -69,7 +69,7 @@ def board_table(b: Board) -> str:
             DASH if e.certified is None else f"{pct(e.certified)} ({md_text(e.certified_method)})",
             si(e.params),
             flops(e.inference_flops),
-            flops(e.training_flops),
+            bounded_flops(e.training_flops, e.training_flops_bound),
             DASH if e.layer is None else str(e.layer),
             ", ".join(on) or DASH,
             overhead(e.overhead),

@@ -103,9 +103,9 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: tuple 
     # near the point first; farther out, a thin leader line joins label and point
     offsets = [(6, 5, "left"), (6, -14, "left"), (-6, 5, "right"), (-6, -14, "right"), (8, 16, "left"),
                (-8, 16, "right"), (8, -25, "left"), (-8, -25, "right")]
-    for dy in (28, -37, 40, -49, 52, -61, 64, -73):
+    for dy in (28, -37, 40, -49, 52, -61, 64, -73, 76, -85, 88, -97):
         offsets += [(12, dy, "left"), (-12, dy, "right"), (30, dy, "left"), (-30, dy, "right"),
-                    (-60, dy, "right")]
+                    (-60, dy, "right"), (60, dy, "left"), (-90, dy, "right")]
 
     def clear(b, box):
         return b[2] <= box[0] or box[2] <= b[0] or b[3] <= box[1] or box[3] <= b[1]
@@ -120,7 +120,9 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: tuple 
                               if far else None)
             ann.update_positions(renderer)
             bb = Text.get_window_extent(ann, renderer)  # the text's box alone, not its leader line
-            box = (bb.x0 - 1, bb.y0 - 1, bb.x1 + 1, bb.y1 + 1)
+            # a margin of 1.5 px and 3% of the width: a browser's fonts are a little wider than Agg's
+            pad = 1.5 + 0.03 * bb.width
+            box = (bb.x0 - pad, bb.y0 - 1.5, bb.x1 + pad, bb.y1 + 1.5)
             inside = (box[0] >= ax_box.x0 and box[2] <= ax_box.x1 and box[1] >= ax_box.y0 and box[3] <= ax_box.y1)
             if inside and all(clear(b, box) for b in placed) and all(
                     clear(m, box) for j, m in enumerate(marks) if j != i):
@@ -208,7 +210,8 @@ def frontier_plot(board: Board, key: str, cost_attr: str, value_attr: str, title
         xmax = max(xs_all)
         ax.step(xs + [xmax * 1.5], ys + [ys[-1]], where="post", color=FRONTIER_COLOR, lw=1.4,
                 label="frontier", zorder=1)
-        _place_labels(fig, ax, [(e.name, x, y) for e, x, y in list(zip(front, xs, ys))[-MAX_LABELS:]])
+        # the strongest points first: they get the free space near them
+        _place_labels(fig, ax, [(e.name, x, y) for e, x, y in list(zip(front, xs, ys))[-MAX_LABELS:]][::-1])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{ylabel} accuracy (%)")
     ax.set_title(f"{board.title}: {title}", fontsize=FONT + 0.5)
@@ -317,7 +320,7 @@ def scaling_plot(board: Board, path: Path) -> bool:
     _logx(ax, list(xlims))
     front = sorted((e for e in pts if e.on_frontier.get("robust_vs_training_flops")),
                    key=lambda e: (e.training_flops, e.robust))
-    _place_labels(fig, ax, [(e.name, float(e.training_flops), 100 * e.robust) for e in front][-MAX_LABELS:],
+    _place_labels(fig, ax, [(e.name, float(e.training_flops), 100 * e.robust) for e in front][-MAX_LABELS:][::-1],
                   avoid=tuple(avoid))
     ax.set_xlabel("training FLOPs (fvcore convention)")
     ax.set_ylabel("AutoAttack accuracy (%)")

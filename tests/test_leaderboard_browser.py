@@ -15,6 +15,7 @@ Set ``LEADERBOARD_SCREENSHOT_DIR`` to keep a copy of the screenshots.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -492,8 +493,9 @@ def _hostile_site(root: Path, out: Path) -> Path:
         e.architecture = e.extra_data = e.venue = e.paper_title = e.training_method = h
         e.compute_note = e.training_flops_source = e.best_known_note = h
         e.url = BAD_URL
-        for f in e.flags:
-            f.name, f.message = f"flag {h}", h
+        # harness.record.Flag is frozen and validated (a name of at most 200 characters): each
+        # becomes a copy named with the three markup injections, its message holding all of them
+        e.flags = [dataclasses.replace(f, name="flag " + " ".join(HOSTILE[:3]), message=h) for f in e.flags]
         if e.reported:
             for k in ("name", "architecture", "venue", "paper", "authors", "note", "compute_source",
                       "additional_data", "eps"):
@@ -508,7 +510,6 @@ def _hostile_site(root: Path, out: Path) -> Path:
             spec = e.submission.spec
             paper = spec.paper.model_copy(update={"url": BAD_URL, "title": h, "venue": h}) if spec.paper else None
             training = spec.training.model_copy(update={"command": h})
-            import dataclasses
             e.submission = dataclasses.replace(e.submission, spec=spec.model_copy(update={
                 "paper": paper, "authors": [h], "notes": h, "name": h, "training": training}))
     boards = make_boards(inputs.entries)

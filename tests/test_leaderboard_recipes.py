@@ -51,7 +51,7 @@ def test_training_compute_is_forward_times_examples_times_multiplier():
 @pytest.mark.parametrize("over, why", [
     ({"method": "unknown", "status": "partial", "note": "method not stated"}, "training method is unknown"),
     ({"epochs": "unknown", "status": "partial", "note": "epochs not stated"}, "epochs are unknown"),
-    ({"method": "other:lbgat", "status": "partial", "note": "a natural model is trained too"}, "no multiplier for lbgat"),
+    ({"method": "other:las-at", "status": "partial", "note": "variant not identified"}, "no multiplier for las-at"),
     ({"awp": "unknown", "status": "partial", "note": "AWP not stated"}, "whether AWP was used is unknown"),
 ])
 def test_unknowns_stay_unknown_with_the_reason(over, why):
@@ -117,3 +117,33 @@ def test_build_refuses_a_recipe_for_a_row_that_does_not_exist(tmp_path):
     with pytest.raises(HarnessError, match="Nobody2099, which is not a row of reported.csv"):
         build_leaderboard(root, tmp_path / "site")
     assert not (tmp_path / "site").exists()
+
+
+def test_bounds_and_extra_networks_are_shown():
+    from harness.flops import lbgat_teacher_flops
+    from leaderboard.fmt import bounded_flops
+
+    hat = parse_recipe(row(method="other:hat (helper-based TRADES)", epochs="400", examples_per_epoch="50176"), "x:2")
+    tc = training_compute(hat, 1e9)
+    assert tc.value == pytest.approx(1e9 * 400 * 50_176 * 30)  # TRADES-10 (27) + the helper example (3)
+    assert tc.bound == "lower bound" and tc.formula.startswith("lower bound:") and "helper model" in tc.formula
+    lbgat = parse_recipe(row(method="other:lbgat", epochs="100"), "x:3")
+    tc = training_compute(lbgat, 1e9)  # 3K + 6 robust-model forwards + the teacher's forward/backward
+    assert tc.value == pytest.approx(100 * 50_000 * (36 * 1e9 + 3 * lbgat_teacher_flops(10)))
+    assert tc.bound == "exact" and "teacher" in tc.formula
+    assert bounded_flops(2.5e18, "lower bound") == "≥ 2.5 E" and bounded_flops(2.5e18, "upper bound") == "≤ 2.5 E"
+    assert bounded_flops(2.5e18, None) == "2.5 E" and bounded_flops(None, "lower bound") == "–"
+
+
+def test_the_board_marks_bounded_training_flops():
+    entries = [e for e in load_entries(REPO).entries if e.training_recipe is not None]
+    bounded = [e for e in entries if e.training_flops_bound]
+    assert {e.training_flops_bound for e in bounded} == {"lower bound", "upper bound"}
+    for e in entries:  # the table's "≥"/"≤" and the hover text agree
+        src = e.training_flops_source or ""
+        if e.training_flops is None:
+            assert e.training_flops_bound is None
+        elif e.training_flops_bound:
+            assert src.startswith(e.training_flops_bound + ":")
+        else:
+            assert not src.startswith(("lower bound", "upper bound"))
