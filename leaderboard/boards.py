@@ -108,6 +108,19 @@ class Entry:
     training_gap: float | None = None
 
     @property
+    def training_flops_frontier(self) -> float | None:
+        """The training FLOPs the training-compute frontier and overheads compare: a lower bound
+        (the true cost may be higher) proves nothing about dominance and takes no part; an upper
+        bound does (the true cost can only make the entry cheaper, so what it dominates it still
+        dominates, and a frontier badge it earns stays earned)."""
+        return None if self.training_flops_bound == "lower bound" else self.training_flops
+
+    @property
+    def training_flops_exact(self) -> float | None:
+        """The training FLOPs when they are a point estimate (what the scaling-law fit may use)."""
+        return self.training_flops if self.training_flops_bound is None else None
+
+    @property
     def has_extra_data(self) -> bool:
         return bool(self.extra_data)
 
@@ -503,6 +516,8 @@ def rank_board(entries: list[Entry]) -> list[Entry]:
     cert_vals = [e.certified if measurably_above_zero(e.certified, e.certified_ci) else None for e in entries]
     for key, cost_attr, value_attr, _ in FRONTIERS:
         values = cert_vals if value_attr == "certified" else robust_vals
+        if cost_attr == "training_flops":  # bounded figures: see Entry.training_flops_frontier
+            cost_attr = "training_flops_frontier"
         on = fr.pareto_frontier([compute_key(getattr(e, cost_attr)) for e in entries], values)
         for e, f, v in zip(entries, on, values):
             # an accuracy that is not measurably above zero: False (no badge), not None (no figure)
@@ -514,7 +529,7 @@ def rank_board(entries: list[Entry]) -> list[Entry]:
     all_vals = [e.robust for e in entries]
     overhead = fr.compute_overhead(costs, all_vals)
     gap = fr.robustness_gap(costs, all_vals)
-    tcosts = [compute_key(e.training_flops) for e in entries]
+    tcosts = [compute_key(e.training_flops_frontier) for e in entries]
     t_overhead = fr.compute_overhead(tcosts, all_vals)
     t_gap = fr.robustness_gap(tcosts, all_vals)
     for i, e in enumerate(entries):
@@ -544,7 +559,8 @@ def make_boards(entries: list[Entry]) -> list[Board]:
                                             kv[0][2])):
         ordered = rank_board(group)
         board = Board(dataset, norm, next((e.board_eps for e in group if e.board_eps is not None), group[0].eps), ordered)
-        board.scaling = fit_saturating_power_law([e.training_flops for e in ordered], [e.robust for e in ordered])
+        board.scaling = fit_saturating_power_law([e.training_flops_exact for e in ordered],
+                                                 [e.robust for e in ordered])
         seps = [e for e in ordered if e.separation is not None]
         if seps:  # the estimate from the most test points
             best = max(seps, key=lambda e: (e.separation.get("n_test") or e.n_examples or 0, e.id))

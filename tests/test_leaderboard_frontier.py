@@ -191,7 +191,8 @@ def _random_board(rng, n):
                   n_examples=nn, robust=robust, robust_ci=ci, certified=cert, certified_ci=cert_ci,
                   inference_flops=None if rng.random() < 0.1 else float(rng.choice([1e8, 2e8, 5e8, 1e9, 3e9, 1e10])),
                   training_flops=None if rng.random() < 0.5 else float(rng.choice([1e17, 1e18, 1e19])),
-                  params=None if rng.random() < 0.1 else rng.choice([10 ** 6, 10 ** 7, 10 ** 8]))
+                  params=None if rng.random() < 0.1 else rng.choice([10 ** 6, 10 ** 7, 10 ** 8]),
+                  training_flops_bound=rng.choice([None, None, "lower bound", "upper bound"]))
         entries.append(e)
     return entries
 
@@ -212,13 +213,17 @@ def test_rank_board_matches_brute_force_on_random_boards():
             def val(x):
                 v, c = getattr(x, value_attr), (x.certified_ci if value_attr == "certified" else x.robust_ci)
                 return v if v is not None and c is not None and c[0] > 0 else None
+            def cost(x):  # a lower bound on the training FLOPs proves nothing about dominance
+                if cost_attr == "training_flops" and x.training_flops_bound == "lower bound":
+                    return None
+                return getattr(x, cost_attr)
             for e in entries:
-                ce, ve = getattr(e, cost_attr), val(e)
+                ce, ve = cost(e), val(e)
                 if ce is None or ve is None:
                     assert not e.on_frontier[key]
                     continue
-                dominated = any(fr.dominates(getattr(o, cost_attr), val(o), ce, ve) for o in entries
-                                if o is not e and getattr(o, cost_attr) is not None and val(o) is not None)
+                dominated = any(fr.dominates(cost(o), val(o), ce, ve) for o in entries
+                                if o is not e and cost(o) is not None and val(o) is not None)
                 assert e.on_frontier[key] == (not dominated), (key, e.id)
         # overhead and gap over every entry with both figures
         costs = [e.inference_flops for e in entries]
@@ -242,3 +247,27 @@ def test_rank_board_matches_brute_force_on_random_boards():
         # ranks are standard competition ranks along the order
         for k, e in enumerate(ordered, start=1):
             assert e.rank <= k and (e.rank == k or e.tied)
+
+
+def test_bounded_training_flops_on_the_frontier_and_in_the_fit():
+    """A lower bound on the training FLOPs (the true cost may be higher) neither takes the training
+    frontier nor pushes another entry off it; an upper bound may do both (the true cost is lower
+    still); the scaling-law fit sees point estimates only."""
+    from harness.stats import clopper_pearson
+    from leaderboard.boards import Entry, make_boards
+
+    def entry(i, robust, tflops, bound=None):
+        return Entry(id=f"e{i}", name=f"e{i}", kind="reported", dataset="cifar10", norm="Linf", eps=8 / 255,
+                     n_examples=10_000, robust=robust, robust_ci=clopper_pearson(round(robust * 10_000), 10_000),
+                     training_flops=tflops, training_flops_bound=bound)
+
+    cheap_lower = entry(0, 0.60, 1e17, "lower bound")   # cheapest and most robust, but only ">= 1e17"
+    exact = entry(1, 0.50, 1e18)
+    cheap_upper = entry(2, 0.55, 5e17, "upper bound")  # "<= 5e17" and more robust than e1: dominates it
+    exact2 = entry(3, 0.40, 1e16)
+    (board,) = make_boards([cheap_lower, exact, cheap_upper, exact2])
+    on = {e.id: e.on_frontier["robust_vs_training_flops"] for e in board.entries}
+    assert on == {"e0": None, "e1": False, "e2": True, "e3": True}
+    assert cheap_lower.training_overhead is None and exact.training_overhead == pytest.approx(2.0)
+    fit_points = [e.training_flops_exact for e in board.entries if e.training_flops_exact is not None]
+    assert sorted(fit_points) == [1e16, 1e18]
