@@ -46,7 +46,12 @@ import torch.nn as nn
 
 from .record import FLOPS_CONVENTION, TrainingFlopsRecord
 
-TRAIN_SET_SIZE = {"mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
+def train_set_size(dataset: str) -> int | None:
+    """One epoch of the dataset's training set (the registry's, harness.datasets); None: unknown."""
+    from .datasets import find
+
+    d = find(dataset)
+    return None if d is None else d.train_size
 
 
 @dataclass
@@ -189,8 +194,8 @@ def training_flops(training, dataset: str, forward_flops: float | None, num_clas
     awp = bool(getattr(training, "awp", False))
     mult = method_multiplier(training.method, training.attack_steps, num_classes, awp)
     per_epoch = training.examples_per_epoch
-    if per_epoch is None and dataset in TRAIN_SET_SIZE:
-        per_epoch = TRAIN_SET_SIZE[dataset] + training.extra_data
+    if per_epoch is None and train_set_size(dataset) is not None:
+        per_epoch = train_set_size(dataset) + training.extra_data
     if mult is None or training.epochs is None or per_epoch is None or forward_flops is None:
         missing = [n for n, v in (("a known method multiplier", mult), ("training.epochs", training.epochs),
                                   ("training.examples_per_epoch", per_epoch), ("inference FLOPs", forward_flops))
