@@ -326,6 +326,13 @@ def _need_dir(req: LoadRequest, spec: DatasetSpec, layout: str) -> Path:
     return root
 
 
+def _take(ids: list[str], req: LoadRequest, spec: DatasetSpec) -> list[str]:
+    if req.n is not None and req.n > len(ids):
+        raise HarnessError(f"n_examples={req.n} but {spec.name}'s standard subset ({spec.subset}) "
+                           f"has only {len(ids)} test points")
+    return ids if req.n is None else ids[:req.n]
+
+
 def _files(folder: Path, ids: list[str], spec: DatasetSpec, root: Path) -> list[Path]:
     paths = [folder / i for i in ids]
     missing = [i for i, p in zip(ids, paths) if not p.is_file()]
@@ -356,7 +363,7 @@ def load_imagenet_folder(spec: DatasetSpec, req: LoadRequest) -> Loaded:
         w, _, f = i.partition("/")
         if w not in wnid_index or not _FILE_ID.fullmatch(f):
             raise HarnessError(f"{spec.name}: malformed image id {i[:80]!r} in the standard subset")
-    take = ids if req.n is None else ids[:req.n]
+    take = _take(ids, req, spec)
     paths = _files(val, take, spec, root)
     labels = np.array([wnid_index[i.split("/", 1)[0]] for i in take], dtype=np.int64)
     images = FileImages(paths, req.preprocessing, shape=spec.shape_for(req.preprocessing))
@@ -399,7 +406,7 @@ def load_tinyimagenet_folder(spec: DatasetSpec, req: LoadRequest) -> Loaded:
                                "(expected file, a wnid of wnids.txt, box)")
         label_of[parts[0]] = index[parts[1]]
     ids = spec.ids() or []
-    take = ids if req.n is None else ids[:req.n]
+    take = _take(ids, req, spec)
     unlabelled = [i for i in take if i not in label_of]
     if unlabelled:
         raise HarnessError(f"{top / 'val' / 'val_annotations.txt'}: no label for {unlabelled[0]}")

@@ -1,0 +1,235 @@
+"""The dataset registry (harness.datasets) and the image-folder datasets: ImageNet (RobustBench's
+5,000-image subset) and TinyImageNet, read lazily from real JPEG files written here with PIL."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness import datasets
+from harness.data import load_test_data
+from harness.errors import HarnessError
+
+
+def _picture(h: int, w: int, seed: int) -> Image.Image:
+    """A smooth RGB picture (gradients and a few blobs), so that JPEG and resizing do real work."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([(xx / w) * 255, (yy / h) * 255, ((xx + yy) / (h + w)) * 255], -1)
+    for _ in range(4):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(5, max(6, min(h, w) // 3))
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 256, 3)
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+def make_imagenet(root, n: int, sizes=((300, 340), (360, 290), (256, 256))) -> list[str]:
+    """``root/val/<wnid>/<file>.JPEG`` for the first ``n`` standard ids, one decoy image that is not
+    in the subset, and all 1,000 class folders (so that RobustBench's own loader numbers the classes
+    as on the full folder)."""
+    ids = list(datasets.imagenet_ids()[:n])
+    val = root / "val"
+    for w in datasets.imagenet_wnids():
+        (val / w).mkdir(parents=True, exist_ok=True)
+    for k, i in enumerate(ids):
+        h, w = sizes[k % len(sizes)]
+        _picture(h, w, k).save(val / i, format="JPEG", quality=90)
+    _picture(300, 300, 99).save(val / ids[0].split("/")[0] / "ILSVRC2012_val_99999999.JPEG", format="JPEG")
+    return ids
+
+
+def test_the_registry_is_torch_free_and_feeds_the_schemas():
+    code = ("import sys, harness.datasets, harness.submission, harness.record; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from harness.submission import json_schema; "
+            "print(json_schema()['properties']['dataset']['enum'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert eval(out.stdout) == datasets.names()
+    assert {"mnist", "cifar10", "cifar100", "imagenet", "tinyimagenet", "custom"} <= set(datasets.names())
+    im = datasets.get("imagenet")
+    assert im.n_test == 5000 and len(datasets.imagenet_ids()) == 5000 and im.num_classes == 1000
+    assert len(set(datasets.imagenet_ids())) == 5000
+    assert im.default_threat_model == ("Linf", 4 / 255) and im.default_preprocessing == "Res256Crop224"
+    assert len(im.names()) == 1000 and im.names()[0] == "tench"  # torchvision's class names
+    with pytest.raises(HarnessError, match="unknown dataset 'svhn'; known: mnist"):
+        datasets.get("svhn")
+
+
+def test_preprocessing_vocabulary_is_robustbenchs():
+    """Our names are RobustBench's (None is "none"), and our uint8 transforms reproduce its own
+    transforms (ToTensor included) exactly on a real JPEG."""
+    from harness import compat  # noqa: F401
+    from robustbench.data import PREPROCESSINGS as RB
+
+    from harness.data import transform_for
+
+    assert {("none" if k is None else k) for k in RB} == set(datasets.PREPROCESSINGS)
+    img = _picture(300, 341, 3)
+    for name in datasets.PREPROCESSINGS:
+        ours = np.asarray(transform_for(name)(img), dtype=np.float32).transpose(2, 0, 1) / 255.0
+        theirs = RB[None if name == "none" else name](img).numpy()
+        assert ours.shape == theirs.shape and np.array_equal(ours, theirs), name
+        size = datasets.PREPROCESSING_SIZE[name]
+        assert size is None or ours.shape[1:] == size
+
+
+@pytest.mark.parametrize("prep", ["Res256Crop224", "BicubicRes256Crop224", "Crop288", "Res224"])
+def test_imagenet_subset_in_robustbench_order(tmp_path, prep):
+    """The first points come out in RobustBench's order with its labels and, for every
+    preprocessing, exactly what RobustBench's own ImageNet loader produces from the same folder."""
+    from harness import compat  # noqa: F401
+    from robustbench.data import PREPROCESSINGS as RB
+    from robustbench.loaders import CustomImageFolder
+
+    ids = make_imagenet(tmp_path, 3)
+    d = load_test_data("imagenet", 3, data_dir=tmp_path, preprocessing=prep)
+    size = datasets.PREPROCESSING_SIZE[prep]
+    assert len(d) == 3 and d.input_shape == (3, *size)
+    assert d.source == f"imagenet-folder:robustbench imagenet 5000 ids, first 3; preprocessing {prep}"
+    theirs = CustomImageFolder(str(tmp_path / "val"), RB[prep])
+    for k in range(3):
+        x, y, path = theirs[k]
+        assert path.endswith(ids[k])
+        assert int(d.y[k]) == y
+        assert np.array_equal(d.floats(slice(k, k + 1))[0].numpy(), x.numpy())
+    # the same points when DIR is the val folder itself
+    d2 = load_test_data("imagenet", 3, data_dir=tmp_path / "val", preprocessing=prep)
+    assert np.array_equal(d2.uint8().numpy(), d.uint8().numpy())
+
+
+def test_imagenet_errors_are_one_line(tmp_path):
+    make_imagenet(tmp_path, 2)
+    with pytest.raises(HarnessError, match=r"1 of the first 3 imagenet test images are missing") as e:
+        load_test_data("imagenet", 3, data_dir=tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(HarnessError, match="no ImageNet validation folder"):
+        load_test_data("imagenet", 2, data_dir=tmp_path / "val" / datasets.imagenet_wnids()[5])
+    with pytest.raises(HarnessError, match="pass --data-dir"):
+        load_test_data("imagenet", 2)
+    with pytest.raises(HarnessError, match="has only 5000 test points"):
+        load_test_data("imagenet", 5001, data_dir=tmp_path)
+    # images of different sizes cannot be stacked without a resize/crop
+    d = load_test_data("imagenet", 2, data_dir=tmp_path, preprocessing="none")
+    with pytest.raises(HarnessError, match="declare a resize/crop preprocessing"):
+        d.floats(slice(0, 2))
+    with pytest.raises(HarnessError, match="not available for cifar10"):
+        load_test_data("cifar10", 2, preprocessing="Res224")
+
+
+def test_lazy_images_decode_one_block_at_a_time(tmp_path):
+    make_imagenet(tmp_path, 6)
+    d = load_test_data("imagenet", 6, data_dir=tmp_path, preprocessing="Res224")
+    assert d.images.decoded == 0  # nothing decoded until asked
+    a = d.floats(slice(0, 3))
+    d.labels(slice(0, 3)), d.floats(np.array([2, 0])), d.uint8(np.array([1]))
+    assert d.images.decoded == 3  # the same block is served from the cache
+    d.floats(slice(3, 6))
+    assert d.images.decoded == 6
+    assert np.array_equal(d.floats(slice(0, 3)).numpy(), a.numpy()) and d.images.decoded == 9
+
+
+def make_tinyimagenet(root, n: int) -> tuple[list[str], list[str]]:
+    """The official TinyImageNet layout: wnids.txt (200 classes, unsorted), val/val_annotations.txt,
+    val/images/val_N.JPEG (64x64) for the first ``n`` files, and a decoy not in the annotations."""
+    rng = np.random.default_rng(0)
+    wnids = [f"n{int(v):08d}" for v in rng.choice(10**8, 200, replace=False)]
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    lines, labels = [], []
+    for i in range(10_000):
+        w = wnids[(i * 37) % 200]
+        lines.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+        labels.append(w)
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    for i in range(n):
+        _picture(64, 64, i).save(root / "val" / "images" / f"val_{i}.JPEG", format="JPEG")
+    _picture(64, 64, 7).save(root / "val" / "images" / "decoy.JPEG", format="JPEG")
+    return labels[:n], wnids
+
+
+def test_tinyimagenet_in_file_id_order(tmp_path):
+    labels, wnids = make_tinyimagenet(tmp_path, 12)
+    d = load_test_data("tinyimagenet", 12, data_dir=tmp_path)
+    assert d.input_shape == (3, 64, 64) and len(d) == 12
+    assert d.source == "tinyimagenet-folder:tinyimagenet val images in file-id order (val_0 .. val_9999), " \
+                       "first 12; preprocessing none"
+    order = sorted(wnids)
+    assert d.y.tolist() == [order.index(w) for w in labels]
+    for k in (0, 2, 9, 10, 11):  # val_10 comes after val_9 (numeric order, not the directory's)
+        with Image.open(tmp_path / "val" / "images" / f"val_{k}.JPEG") as im:
+            ref = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
+        assert np.array_equal(d.uint8(np.array([k]))[0].numpy(), ref)
+    # DIR may be the val folder; a missing file is one clear line
+    assert load_test_data("tinyimagenet", 2, data_dir=tmp_path / "val").y.tolist() == d.y[:2].tolist()
+    with pytest.raises(HarnessError, match="val_12.JPEG"):
+        load_test_data("tinyimagenet", 13, data_dir=tmp_path)
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import resource, sys
+    import torch
+    from harness.data import load_test_data
+    n, root = int(sys.argv[1]), sys.argv[2]
+    d = load_test_data("imagenet", n, data_dir=root, preprocessing="Res224")
+    total = 0.0
+    for a in range(0, n, 16):
+        total += float(d.floats(slice(a, min(n, a + 16))).mean())
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, total > 0)
+""")
+
+
+def test_memory_does_not_grow_with_n(tmp_path):
+    """Reading 4N images instead of N at 224x224 raises the peak RSS by far less than the 3N
+    images' float32 size: the loader streams blocks, it never holds the whole subset."""
+    n = 32
+    ids = list(datasets.imagenet_ids()[:4 * n])
+    for k, i in enumerate(ids):
+        (tmp_path / "val" / i).parent.mkdir(parents=True, exist_ok=True)
+        _picture(232, 232, k).save(tmp_path / "val" / i, format="JPEG")
+    script = tmp_path / "mem.py"
+    script.write_text(MEMORY_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    peak = {}
+    for m in (n, 4 * n):
+        out = subprocess.run([sys.executable, str(script), str(m), str(tmp_path)], capture_output=True, text=True,
+                             timeout=120, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        rss, ok = out.stdout.split()
+        assert ok == "True"
+        peak[m] = int(rss)
+    growth = peak[4 * n] - peak[n]
+    held = 3 * n * 224 * 224 * 3 * 4  # what holding the extra images as floats would take
+    print(f"peak RSS {peak}, growth {growth / 2**20:.1f} MiB, 3N float images {held / 2**20:.1f} MiB")
+    assert growth < held / 4, (growth, held, peak)
+
+
+def test_imagenet_schema(tmp_path):
+    from harness.submission import Submission, validation_problems
+    from pydantic import ValidationError
+
+    base = {"id": "x", "name": "x", "authors": ["a"], "license": "MIT", "dataset": "imagenet",
+            "model": {"format": "state_dict", "architecture": "robustbench.zoo:imagenet/Linf/Salman2020Do_R18",
+                      "checkpoint": {"path": "m.pt", "sha256": "0" * 64}},
+            "training": {"method": "pgd", "attack_steps": 3}}
+    s = Submission.model_validate(base)
+    assert (s.threat_model.norm, s.threat_model.eps) == ("Linf", 4 / 255) and s.resize_crop == "Res256Crop224"
+    s = Submission.model_validate({**base, "model": {**base["model"], "preprocessing": {"resize_crop": "Crop288"}}})
+    assert s.resize_crop == "Crop288"
+    for bad, field, msg in [
+        ({"model": {**base["model"], "preprocessing": {"resize_crop": "Res999"}}}, "model.preprocessing.resize_crop",
+         "unknown preprocessing 'Res999'"),
+        ({"dataset": "cifar10", "model": {**base["model"], "preprocessing": {"resize_crop": "Res224"}},
+          "threat_model": {"norm": "Linf", "eps": "8/255"}}, "model.preprocessing.resize_crop", "not available"),
+        ({"dataset": "svhn"}, "dataset", "must be one of mnist"),
+        ({"dataset": "cifar10"}, "threat_model", "Field required"),
+    ]:
+        with pytest.raises(ValidationError) as e:
+            Submission.model_validate({**base, **bad})
+        p = validation_problems(e.value)[0]
+        assert p.field == field and msg in p.message and "\n" not in str(p), str(p)
