@@ -230,3 +230,67 @@ def test_imagenet_schema(tmp_path):
             Submission.model_validate({**base, **bad})
         p = validation_problems(e.value)[0]
         assert p.field == field and msg in p.message and "\n" not in str(p), str(p)
+
+
+def _zoo_resnet18_checkpoint(path, labels):
+    """Salman2020Do_R18's architecture (torchvision's ResNet-18 behind RobustBench's normaliser)
+    with random weights, its last layer set so that it predicts a class none of ``labels`` is (so
+    the test stays fast on a CPU: AutoAttack has nothing to attack), saved as a plain state_dict."""
+    import torch
+
+    from harness.architectures import build_architecture
+
+    torch.manual_seed(0)
+    net = build_architecture("robustbench.zoo:imagenet/Linf/Salman2020Do_R18")
+    other = next(c for c in range(1000) if c not in labels)
+    with torch.no_grad():
+        net.model.fc.weight.mul_(1e-3)
+        net.model.fc.bias.zero_()
+        net.model.fc.bias[other] = 10.0
+    torch.save(net.state_dict(), path)
+
+
+def test_imagenet_zoo_model_runs_every_stage(tmp_path, make_submission):
+    """A RobustBench ImageNet zoo architecture with a local checkpoint, on the standard subset's
+    first points at 224x224, through every stage in the sandboxed worker; the threat model is the
+    dataset's default (Linf 4/255) and the preprocessing RobustBench's Res256Crop224 by default."""
+    from harness.flops import count_inference_flops
+    from harness.pipeline import evaluate
+    from harness.record import read_record
+    from harness.stages import EvalOptions
+
+    ids = make_imagenet(tmp_path / "imagenet", 2)
+    labels = {datasets.imagenet_wnids().index(i.split("/")[0]) for i in ids}
+    spec = {"dataset": "imagenet",
+            "model": {"format": "state_dict", "architecture": "robustbench.zoo:imagenet/Linf/Salman2020Do_R18",
+                      "checkpoint": {"path": "model.pt", "sha256": "0" * 64}},
+            "training": {"method": "pgd", "attack_steps": 3, "epochs": 90},
+            "evaluation": {"n_examples": 2, "batch_size": 2, "seed": 0}}
+    path = make_submission("imagenet-r18", write=lambda p: _zoo_resnet18_checkpoint(p, labels), **spec)
+    # make_submission fills the checkpoint hash only where the spec does not override `model`
+    import yaml
+
+    from harness.files import sha256_file
+
+    doc = yaml.safe_load(path.read_text())
+    doc.pop("threat_model")
+    doc["model"]["checkpoint"]["sha256"] = sha256_file(path.parent / "model.pt")
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    out = evaluate(path, EvalOptions(device="cpu", data_dir=tmp_path / "imagenet", progress=False),
+                   out=tmp_path / "rec.json", echo=lambda line: None)
+    rec = out.record
+    assert rec.dataset == "imagenet" and rec.n_examples == 2
+    assert (rec.threat_model.norm, rec.threat_model.eps) == ("Linf", 4 / 255)
+    assert set(rec.stages) == {"clean", "flops", "certify", "autoattack", "diagnostics"}
+    assert "robustbench imagenet 5000 ids, first 2; preprocessing Res256Crop224" in rec.provenance.data_source
+    assert rec.clean_accuracy == 0.0 and rec.robust_accuracy == 0.0
+    assert out.arrays["label"].tolist() == [datasets.imagenet_wnids().index(i.split("/")[0]) for i in ids]
+    # FLOPs at 224x224: fvcore's count of torchvision's ResNet-18 (1.82 G multiply-adds, the
+    # published figure) plus the normaliser's few elementwise operations
+    import torchvision
+
+    ref = count_inference_flops(torchvision.models.resnet18(), (3, 224, 224), "cpu").total
+    assert abs(ref - 1.82e9) / 1.82e9 < 0.01
+    assert ref <= rec.inference_flops < ref * 1.001
+    assert read_record(out.json_path).submission_id == "imagenet-r18"
