@@ -250,47 +250,75 @@ def _zoo_resnet18_checkpoint(path, labels):
     torch.save(net.state_dict(), path)
 
 
-def test_imagenet_zoo_model_runs_every_stage(tmp_path, make_submission):
-    """A RobustBench ImageNet zoo architecture with a local checkpoint, on the standard subset's
-    first points at 224x224, through every stage in the sandboxed worker; the threat model is the
-    dataset's default (Linf 4/255) and the preprocessing RobustBench's Res256Crop224 by default."""
-    from harness.flops import count_inference_flops
-    from harness.pipeline import evaluate
-    from harness.record import read_record
-    from harness.stages import EvalOptions
-
-    ids = make_imagenet(tmp_path / "imagenet", 2)
-    labels = {datasets.imagenet_wnids().index(i.split("/")[0]) for i in ids}
-    spec = {"dataset": "imagenet",
-            "model": {"format": "state_dict", "architecture": "robustbench.zoo:imagenet/Linf/Salman2020Do_R18",
-                      "checkpoint": {"path": "model.pt", "sha256": "0" * 64}},
-            "training": {"method": "pgd", "attack_steps": 3, "epochs": 90},
-            "evaluation": {"n_examples": 2, "batch_size": 2, "seed": 0}}
-    path = make_submission("imagenet-r18", write=lambda p: _zoo_resnet18_checkpoint(p, labels), **spec)
-    # make_submission fills the checkpoint hash only where the spec does not override `model`
+def _zoo_submission(tmp_path, make_submission, resize_crop: str | None, sizes) -> tuple:
     import yaml
 
     from harness.files import sha256_file
 
+    ids = make_imagenet(tmp_path / "imagenet", 2, sizes=sizes)
+    labels = [datasets.imagenet_wnids().index(i.split("/")[0]) for i in ids]
+    model = {"format": "state_dict", "architecture": "robustbench.zoo:imagenet/Linf/Salman2020Do_R18",
+             "checkpoint": {"path": "model.pt", "sha256": "0" * 64}}
+    if resize_crop is not None:
+        model["preprocessing"] = {"resize_crop": resize_crop}
+    path = make_submission("imagenet-r18", write=lambda p: _zoo_resnet18_checkpoint(p, set(labels)),
+                           dataset="imagenet", model=model,
+                           training={"method": "pgd", "attack_steps": 3, "epochs": 90},
+                           evaluation={"n_examples": 2, "batch_size": 2, "seed": 0})
     doc = yaml.safe_load(path.read_text())
-    doc.pop("threat_model")
+    doc.pop("threat_model")  # the dataset's default: Linf 4/255
     doc["model"]["checkpoint"]["sha256"] = sha256_file(path.parent / "model.pt")
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path, labels
 
+
+def _resnet18_flops(size: int) -> float:
+    import torchvision
+
+    from harness.flops import count_inference_flops
+
+    return count_inference_flops(torchvision.models.resnet18(), (3, size, size), "cpu").total
+
+
+def test_imagenet_zoo_model_at_224(tmp_path, make_submission):
+    """A RobustBench ImageNet zoo architecture (Salman2020Do_R18) with a local checkpoint, on the
+    standard subset's first points with the default preprocessing (Res256Crop224) and the default
+    threat model (Linf 4/255): clean accuracy, FLOPs at 224x224 and AutoAttack in the sandboxed
+    worker. (Every stage at 224 takes minutes on a CPU; the next test runs all of them at 64x64.)"""
+    from harness.pipeline import evaluate
+    from harness.stages import EvalOptions
+
+    path, labels = _zoo_submission(tmp_path, make_submission, None, ((300, 340), (360, 290)))
     out = evaluate(path, EvalOptions(device="cpu", data_dir=tmp_path / "imagenet", progress=False),
-                   out=tmp_path / "rec.json", echo=lambda line: None)
+                   stages=["clean", "flops", "autoattack"], out=tmp_path / "rec.json", echo=lambda line: None)
     rec = out.record
     assert rec.dataset == "imagenet" and rec.n_examples == 2
     assert (rec.threat_model.norm, rec.threat_model.eps) == ("Linf", 4 / 255)
-    assert set(rec.stages) == {"clean", "flops", "certify", "autoattack", "diagnostics"}
-    assert "robustbench imagenet 5000 ids, first 2; preprocessing Res256Crop224" in rec.provenance.data_source
-    assert rec.clean_accuracy == 0.0 and rec.robust_accuracy == 0.0
-    assert out.arrays["label"].tolist() == [datasets.imagenet_wnids().index(i.split("/")[0]) for i in ids]
-    # FLOPs at 224x224: fvcore's count of torchvision's ResNet-18 (1.82 G multiply-adds, the
-    # published figure) plus the normaliser's few elementwise operations
-    import torchvision
-
-    ref = count_inference_flops(torchvision.models.resnet18(), (3, 224, 224), "cpu").total
+    assert rec.provenance.data_source.endswith("robustbench imagenet 5000 ids, first 2; preprocessing Res256Crop224")
+    assert out.arrays["label"].tolist() == labels
+    assert rec.clean_accuracy == 0.0 and rec.robust_accuracy == 0.0  # the planted last layer
+    # fvcore's count of torchvision's ResNet-18 at 224x224 is the published 1.82 G multiply-adds;
+    # the zoo model adds its normaliser's few elementwise operations
+    ref = _resnet18_flops(224)
     assert abs(ref - 1.82e9) / 1.82e9 < 0.01
     assert ref <= rec.inference_flops < ref * 1.001
+
+
+def test_imagenet_zoo_model_runs_every_stage(tmp_path, make_submission):
+    """The same zoo model through every stage (clean, FLOPs, certify, AutoAttack, diagnostics) in
+    the sandboxed worker, on 64x64 JPEGs read with the declared preprocessing "none"."""
+    from harness.pipeline import evaluate
+    from harness.record import read_record
+    from harness.stages import EvalOptions
+
+    path, labels = _zoo_submission(tmp_path, make_submission, "none", ((64, 64),))
+    out = evaluate(path, EvalOptions(device="cpu", data_dir=tmp_path / "imagenet", progress=False),
+                   out=tmp_path / "rec.json", echo=lambda line: None)
+    rec = out.record
+    assert set(rec.stages) == {"clean", "flops", "certify", "autoattack", "diagnostics"}
+    assert rec.provenance.data_source.endswith("first 2; preprocessing none")
+    assert out.arrays["label"].tolist() == labels
+    ref = _resnet18_flops(64)
+    assert ref <= rec.inference_flops < ref * 1.001
+    assert rec.diagnostics is not None
     assert read_record(out.json_path).submission_id == "imagenet-r18"
