@@ -322,3 +322,63 @@ def test_imagenet_zoo_model_runs_every_stage(tmp_path, make_submission):
     assert ref <= rec.inference_flops < ref * 1.001
     assert rec.diagnostics is not None
     assert read_record(out.json_path).submission_id == "imagenet-r18"
+
+
+def test_a_new_dataset_is_one_registration(tmp_path, make_submission):
+    """A toy dataset added by one register() call is accepted by the submission schema, loaded,
+    evaluated through every stage (in this process: a sandboxed worker is a fresh process that
+    knows only the built-in registry), recorded and titled on the leaderboard."""
+    import torch
+
+    from harness.data import ArrayImages, Loaded
+    from harness.pipeline import evaluate
+    from harness.record import read_record
+    from harness.stages import EvalOptions
+    from harness.submission import json_schema
+    from leaderboard.boards import Board
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(12, 1, 28, 28), dtype=np.uint8)
+    y = np.arange(12) % 3
+
+    datasets.register(datasets.DatasetSpec(
+        name="toy", title="Toy shapes", num_classes=3, input_shape=(1, 28, 28), n_test=12, train_size=600,
+        loader=lambda spec, req: Loaded(ArrayImages(torch.from_numpy(x)), y, "toy:generated", len(y)),
+        class_names=("zero", "one", "two"),
+    ))
+    try:
+        assert "toy" in json_schema()["properties"]["dataset"]["enum"]
+        from harness.architectures import mnist_mlp
+
+        torch.manual_seed(0)
+        path = make_submission("toy-mlp", module=mnist_mlp(num_classes=3), dataset="toy",
+                               threat_model={"norm": "Linf", "eps": 0.01},
+                               model={"format": "state_dict", "architecture": "mnist_mlp",
+                                      "architecture_kwargs": {"num_classes": 3},
+                                      "checkpoint": {"path": "model.pt", "sha256": "0" * 64}},
+                               evaluation={"n_examples": 6, "batch_size": 3, "seed": 0})
+        import yaml
+
+        from harness.files import sha256_file
+
+        doc = yaml.safe_load(path.read_text())
+        doc["model"]["checkpoint"]["sha256"] = sha256_file(path.parent / "model.pt")
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        out = evaluate(path, EvalOptions(device="cpu", sandbox="none", progress=False),
+                       out=tmp_path / "rec.json", echo=lambda line: None)
+        rec = read_record(out.json_path)
+        assert rec.dataset == "toy" and rec.n_examples == 6 and rec.provenance.data_source == "toy:generated"
+        assert set(rec.stages) == {"clean", "flops", "certify", "autoattack", "diagnostics"}
+        assert out.arrays["label"].tolist() == y[:6].tolist()
+        # clean accuracy against an independent forward pass of the same weights
+        net = mnist_mlp(num_classes=3)
+        net.load_state_dict(torch.load(path.parent / "model.pt", weights_only=True))
+        pred = net(torch.from_numpy(x[:6]).float() / 255).argmax(1).numpy()
+        assert rec.clean_accuracy == pytest.approx(float((pred == y[:6]).mean()))
+        # training FLOPs use the registry's training-set size (600 images x 1 epoch, standard training)
+        assert rec.training_flops.value == pytest.approx(3 * rec.inference_flops * 600)
+        assert Board("toy", "Linf", 0.01, []).title.startswith("Toy shapes")
+    finally:
+        datasets.unregister("toy")
+    with pytest.raises(HarnessError, match="unknown dataset 'toy'"):
+        load_test_data("toy", 2)
