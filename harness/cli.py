@@ -14,6 +14,7 @@ from .errors import HarnessError, one_line
 DATA_DIR_HELP = ("a local copy of the dataset: MNIST/CIFAR in torchvision's folder layout, ImageNet as "
                  "DIR/val/<wnid>/<file>.JPEG, TinyImageNet's official folder (DIR/wnids.txt, DIR/val/...)")
 
+
 def summary_table(rec) -> str:
     """The record's figures as a text table, in the leaderboard's number format (leaderboard/fmt.py:
     accuracies with their 95% interval, compute with SI prefixes)."""
