@@ -176,7 +176,9 @@ def order(name: str) -> int:
 # --------------------------------------------------------------------------------------------
 # Files that installed packages ship, found from their distribution metadata without importing them
 # (importing robustbench pulls in torch, timm and pyautoattack).
-def package_file(dist_name: str, relpath: str) -> Path:
+def package_file(dist_name: str, relpath: str, sha256: str | None = None) -> Path:
+    """A file of an installed distribution; with ``sha256``, refused unless its hash matches (the
+    standard subset must be the one the leaderboard compares against)."""
     from importlib import metadata
 
     try:
@@ -185,26 +187,35 @@ def package_file(dist_name: str, relpath: str) -> Path:
         raise HarnessError(f"package {dist_name!r} is not installed (it ships {relpath})")
     if not path.is_file():
         raise HarnessError(f"package {dist_name!r} has no file {relpath}")
+    if sha256 is not None:
+        from .files import sha256_file
+
+        if sha256_file(path) != sha256:
+            raise HarnessError(f"{path}: SHA-256 mismatch; the installed {dist_name} is not the pinned version's")
     return path
 
 
 #: RobustBench's standard ImageNet evaluation subset: 5,000 validation images, as ``<wnid>/<file>``
 #: in a fixed order (robustbench.loaders reads the same file), and its class index map (the 1,000
 #: wnids sorted, as torchvision's ImageFolder numbers the full validation folder)
+#: (robustbench==1.1.1, pinned in pyproject.toml; the files are read in place and their hashes checked)
 ROBUSTBENCH_IMAGENET_IDS = "robustbench/helper_files/imagenet_test_image_ids.txt"
+ROBUSTBENCH_IMAGENET_IDS_SHA256 = "d4121626d07722a0126c35b1563042e46a546f1a05ce705f2cdc635896d58574"
 ROBUSTBENCH_IMAGENET_CLASSES = "robustbench/helper_files/imagenet_class_to_id_map.json"
+ROBUSTBENCH_IMAGENET_CLASSES_SHA256 = "b1c9c3a901b0910ac844cabe252e7fe4b29b2660a4fbc448cb82f4e7e122b2d5"
 
 
 @lru_cache(maxsize=1)
 def imagenet_ids() -> tuple[str, ...]:
-    text = package_file("robustbench", ROBUSTBENCH_IMAGENET_IDS).read_text()
+    text = package_file("robustbench", ROBUSTBENCH_IMAGENET_IDS, ROBUSTBENCH_IMAGENET_IDS_SHA256).read_text()
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 @lru_cache(maxsize=1)
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1,000 ImageNet class wnids in class-index order (RobustBench's map)."""
-    mapping = json.loads(package_file("robustbench", ROBUSTBENCH_IMAGENET_CLASSES).read_text())
+    mapping = json.loads(package_file("robustbench", ROBUSTBENCH_IMAGENET_CLASSES,
+                                        ROBUSTBENCH_IMAGENET_CLASSES_SHA256).read_text())
     wnids = sorted(mapping, key=lambda w: mapping[w])
     if [mapping[w] for w in wnids] != list(range(1000)):
         raise HarnessError(f"{ROBUSTBENCH_IMAGENET_CLASSES}: not a map of 1000 classes to 0..999")
