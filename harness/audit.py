@@ -157,14 +157,15 @@ def recompute(submission_path: str | Path, clean_pos: np.ndarray, attack_pos: np
     import torch
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-    from .data import NUM_CLASSES, load_test_data
+    from .data import load_test_data, num_classes_of
     from .models import load_model, resolve_device
     from .submission import load_submission
 
     sub = load_submission(submission_path)
     spec = sub.spec
-    data = load_test_data(spec.dataset, None, data_dir=data_dir, custom_path=sub.dataset_path())
-    num_classes = NUM_CLASSES.get(spec.dataset) or int(data.y.max()) + 1
+    data = load_test_data(spec.dataset, None, data_dir=data_dir, custom_path=sub.dataset_path(),
+                          preprocessing=spec.resize_crop)
+    num_classes = num_classes_of(data)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=dev,

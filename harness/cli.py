@@ -11,6 +11,10 @@ from pathlib import Path
 from .errors import HarnessError, one_line
 
 
+DATA_DIR_HELP = ("a local copy of the dataset: MNIST/CIFAR in torchvision's folder layout, ImageNet as "
+                 "DIR/val/<wnid>/<file>.JPEG, TinyImageNet's official folder (DIR/wnids.txt, DIR/val/...)")
+
+
 def summary_table(rec) -> str:
     """The record's figures as a text table, in the leaderboard's number format (leaderboard/fmt.py:
     accuracies with their 95% interval, compute with SI prefixes)."""
@@ -244,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-examples", type=_count(10**8), help="first N test points (default: the submission's)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     e.add_argument("--batch-size", type=_count(100_000), help="default: the submission's evaluation.batch_size")
-    e.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
+    e.add_argument("--data-dir", help=DATA_DIR_HELP)
     e.add_argument("--train-data", help="an .npz of training images (uint8 x, y) for the train/test "
                    "local-Lipschitz gap (default: the training split of --data-dir, if given)")
     e.add_argument("--out", help="record path (default leaderboard/results/<id>.json)")
@@ -294,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="points re-classified and claimed-robust points re-attacked when auditing a record")
     pc.add_argument("--seed", type=int, help="audit seed (default: a fresh random one, printed)")
     pc.add_argument("--device", default="cpu", help="device of the smoke evaluation and audit (default cpu)")
-    pc.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
+    pc.add_argument("--data-dir", help=DATA_DIR_HELP)
     pc.add_argument("--cache-dir", help="checkpoint cache folder (default $ROBUST_FRONTIER_CACHE)")
     pc.add_argument("--keep", help="also write the report and the smoke record into this folder")
     pc.add_argument("--root", default=".", help="repository (default: the current folder)")
@@ -312,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "can be broken (default 0.02)")
     a.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     a.add_argument("--batch-size", type=int, help="default: the submission's, at most 256")
-    a.add_argument("--data-dir", help="local CIFAR/MNIST in torchvision's folder layout")
+    a.add_argument("--data-dir", help=DATA_DIR_HELP)
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(func=cmd_audit)
 

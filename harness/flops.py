@@ -54,7 +54,12 @@ import torch.nn as nn
 
 from .record import FLOPS_CONVENTION, TrainingFlopsRecord
 
-TRAIN_SET_SIZE = {"mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
+def train_set_size(dataset: str) -> int | None:
+    """One epoch of the dataset's training set (the registry's, harness.datasets); None: unknown."""
+    from .datasets import find
+
+    d = find(dataset)
+    return None if d is None else d.train_size
 
 
 @dataclass
@@ -215,8 +220,9 @@ class RecipeFacts:
 
     @property
     def num_classes(self) -> int | None:
-        from .data import NUM_CLASSES
-        return NUM_CLASSES.get(self.dataset)
+        from .datasets import find
+        d = find(self.dataset)
+        return None if d is None else d.num_classes
 
     @property
     def examples_seen(self) -> float | None:
@@ -266,7 +272,7 @@ def _needs(f: RecipeFacts, *, steps: bool = False, awp_allowed: bool = False, ep
     if seen and f.examples_seen is None:
         return "the examples seen are unknown"
     if classes and f.num_classes is None:
-        return f"the number of classes of {f.dataset} is not known to harness.data"
+        return f"the number of classes of {f.dataset} is not known to harness.datasets"
     return None
 
 
@@ -399,13 +405,13 @@ def _meansparse(f: RecipeFacts) -> MethodCost | str:
     # training set for its statistics and a threshold search evaluated with APGD-CE.
     if (why := _needs(f, steps=True, seen=True, awp_allowed=True, name="MeanSparse")) is not None:
         return why
-    if f.dataset not in TRAIN_SET_SIZE:
+    if (n_train := train_set_size(f.dataset)) is None:
         return f"the training-set size of {f.dataset} is not known"
     k = f.attack_steps
     base = method_multiplier("trades", k, 0, bool(f.awp))
-    stats = TRAIN_SET_SIZE[f.dataset] / f.examples_seen
+    stats = n_train / f.examples_seen
     return MethodCost(base + stats, f"the base model's {describe_method('trades', k, bool(f.awp))} training "
-                                    f"+ one forward pass over the {TRAIN_SET_SIZE[f.dataset]:,} training images",
+                                    f"+ one forward pass over the {n_train:,} training images",
                       "lower bound", "excludes MeanSparse's threshold search (APGD-CE on a few batches)")
 
 
@@ -561,7 +567,7 @@ def reported_method_cost(method: str, facts: RecipeFacts) -> MethodCost | str:
         if base in STEP_METHODS and (facts.attack_steps is None or facts.attack_steps < 1):
             return "the number of attack steps is unknown"
         if base == "crown-ibp" and facts.num_classes is None:
-            return f"the number of classes of {facts.dataset} is not known to harness.data"
+            return f"the number of classes of {facts.dataset} is not known to harness.datasets"
         mult = method_multiplier(base, facts.attack_steps or 0, facts.num_classes or 0, bool(facts.awp))
         if mult is None:
             return f"harness.flops derives no multiplier for {name}" + (" + AWP" if facts.awp else "")
@@ -584,8 +590,8 @@ def training_flops(training, dataset: str, forward_flops: float | None, num_clas
     awp = bool(getattr(training, "awp", False))
     mult = method_multiplier(training.method, training.attack_steps, num_classes, awp)
     per_epoch = training.examples_per_epoch
-    if per_epoch is None and dataset in TRAIN_SET_SIZE:
-        per_epoch = TRAIN_SET_SIZE[dataset] + training.extra_data
+    if per_epoch is None and train_set_size(dataset) is not None:
+        per_epoch = train_set_size(dataset) + training.extra_data
     if mult is None or training.epochs is None or per_epoch is None or forward_flops is None:
         missing = [n for n, v in (("a known method multiplier", mult), ("training.epochs", training.epochs),
                                   ("training.examples_per_epoch", per_epoch), ("inference FLOPs", forward_flops))

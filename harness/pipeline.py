@@ -41,7 +41,7 @@ import torch
 from . import __version__
 from .blocks import StageStore, first_error, new_generation, write_error
 from .bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
-from .data import NUM_CLASSES, load_test_data
+from .data import load_test_data, num_classes_of
 from .distributed import Distributed
 from .errors import HarnessError, SandwichViolation
 from .files import atomic_savez, atomic_write_text
@@ -325,8 +325,9 @@ def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stage
     selected = ordered(stages) if stages is not None else list(STAGE_ORDER)
 
     n = options.n_examples or spec.evaluation.n_examples
-    data = load_test_data(spec.dataset, n, data_dir=options.data_dir, custom_path=sub.dataset_path())
-    num_classes = NUM_CLASSES.get(spec.dataset) or int(data.y.max()) + 1
+    data = load_test_data(spec.dataset, n, data_dir=options.data_dir, custom_path=sub.dataset_path(),
+                          preprocessing=spec.resize_crop)
+    num_classes = num_classes_of(data)
     device = dist.device(resolve_device(options.device))
     dist.init(device)
     batch_size = options.batch_size or spec.evaluation.batch_size

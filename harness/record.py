@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from . import datasets
 from .errors import HarnessError
 from .files import atomic_savez, atomic_write_text, read_bytes_confined
 
@@ -47,8 +48,19 @@ MAX_JSON_DEPTH = 32
 MAX_EXAMPLES_BYTES = 64 << 20  # an .examples.npz of the full 10,000-point test set is well under 1 MB
 MAX_EXAMPLES_ARRAY_BYTES = 256 << 20
 MAX_GALLERY = 64
-#: the image shape (C, H, W) of each data set's gallery; custom data sets: 1 or 3 channels, <= 512 px
-IMAGE_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+#: the image shape (C, H, W) of a data set's gallery: the registry's (harness.datasets); when it
+#: depends on the data or the preprocessing (custom, imagenet): 1 or 3 channels, <= 512 px
+
+
+def image_shape(dataset: str) -> tuple[int, int, int] | None:
+    d = datasets.find(dataset)
+    return None if d is None else d.shape_for("none")
+
+
+def _dataset_name(v: str) -> str:
+    if datasets.find(v) is None:
+        raise ValueError(f"must be one of {', '.join(datasets.names())}, got {str(v)[:60]!r}")
+    return v
 
 
 class _Rec(BaseModel):
@@ -193,7 +205,7 @@ class RecordHead(_Rec):
     schema_version: Literal[1] = SCHEMA_VERSION
     submission_id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     name: Annotated[str, Field(max_length=300)]
-    dataset: Literal["mnist", "cifar10", "cifar100", "custom"]
+    dataset: Annotated[str, Field(max_length=64), AfterValidator(_dataset_name)]
     threat_model: ThreatModelRecord
     n_examples: int = Field(ge=1, le=10**9)
     stages: list[Literal["clean", "flops", "certify", "autoattack", "diagnostics"]] = Field(max_length=5)
@@ -515,7 +527,7 @@ def record_problems(rec: ResultRecord) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 def _examples_check(rec: ResultRecord):
     n = rec.n_examples
-    image = IMAGE_SHAPES.get(rec.dataset)
+    image = image_shape(rec.dataset)
     sizes: dict[str, int] = {}
 
     def check(name: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
@@ -535,7 +547,7 @@ def _examples_check(rec: ResultRecord):
         if image is not None and shape[1:] != image:
             return f"images of shape {shape[1:]}, but {rec.dataset} images have shape {image}"
         if image is None and not (shape[1] in (1, 3) and 1 <= shape[2] <= 512 and 1 <= shape[3] <= 512):
-            return f"images of shape {shape[1:]}; custom images have 1 or 3 channels and at most 512x512 pixels"
+            return f"images of shape {shape[1:]}; {rec.dataset} gallery images have 1 or 3 channels and at most 512x512 pixels"
         return None
 
     return check

@@ -21,11 +21,14 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import datasets
 from .errors import HarnessError, one_line
 from .files import confine, sha256_file
 from .yamlsafe import read_yaml
 
-DATASETS = ("mnist", "cifar10", "cifar100", "custom")
+#: the dataset names a submission may give (the registry, harness.datasets, at import time; the
+#: schema itself checks against the registry when it validates, so a registered dataset is accepted)
+DATASETS = tuple(datasets.names())
 CertifyMethod = Literal["ibp", "crown", "crown-ibp"]
 
 
@@ -188,10 +191,33 @@ class Checkpoint(_Strict):
         return self
 
 
+def _dataset_name(v: str) -> str:
+    if datasets.find(v) is None or datasets.get(v).loader is None:
+        raise ValueError(f"must be one of {', '.join(datasets.names())}, got {str(v)[:60]!r}")
+    return v
+
+
+DatasetName = Annotated[str, Field(max_length=64, json_schema_extra=lambda s: s.update(enum=datasets.names())),
+                        AfterValidator(_dataset_name)]
+
+
 class Preprocessing(_Strict):
+    resize_crop: str | None = Field(
+        default=None, max_length=64, json_schema_extra=lambda s: s.update(enum=[*datasets.PREPROCESSINGS, None]),
+        description="the resize/crop applied once to the uint8 test images while loading, by RobustBench's name: "
+                    + "; ".join(f"{k}: {v}" for k, v in datasets.PREPROCESSINGS.items())
+                    + ". Only for datasets of images of varying size (imagenet, default Res256Crop224); "
+                    "attacks and bounds work in [0, 1] pixels at the resulting resolution")
     mean: list[Annotated[float, Field(ge=-1000, le=1000)]] = Field(default_factory=lambda: [0.0], min_length=1,
                                                                    max_length=16)
     std: list[Annotated[float, Field(le=1000)]] = Field(default_factory=lambda: [1.0], min_length=1, max_length=16)
+
+    @field_validator("resize_crop")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None and v not in datasets.PREPROCESSINGS:
+            raise ValueError(f"unknown preprocessing {v[:40]!r}; one of {', '.join(datasets.PREPROCESSINGS)}")
+        return v
 
     @model_validator(mode="after")
     def _shapes(self) -> "Preprocessing":
@@ -366,12 +392,12 @@ class Submission(_Strict):
     authors: list[Line] = Field(min_length=1, max_length=200)
     paper: Paper | None = None
     license: Line
-    dataset: Literal["mnist", "cifar10", "cifar100", "custom"]
+    dataset: DatasetName = Field(description="a dataset of the registry (harness.datasets)")
     dataset_path: RelPath | None = Field(
         default=None, description="for dataset 'custom': an .npz with uint8 x and labels y, in the folder "
                                   "(list it under `files` with its SHA-256)"
     )
-    threat_model: ThreatModel
+    threat_model: ThreatModel = Field(description="required unless the dataset has a default (imagenet: Linf 4/255)")
     model: ModelSpec
     training: Training
     evaluation: Evaluation = Field(default_factory=Evaluation)
@@ -382,13 +408,35 @@ class Submission(_Strict):
         description="SHA-256 of every file of the folder other than submission.yaml and the checkpoint "
                     "(ONNX external data, a custom data set, ...): `relative/path: sha256`")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_threat(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "threat_model" not in data and isinstance(data.get("dataset"), str):
+            d = datasets.find(data["dataset"])
+            if d is not None and d.default_threat_model is not None:
+                norm, eps = d.default_threat_model
+                data = {**data, "threat_model": {"norm": norm, "eps": eps}}
+        return data
+
     @model_validator(mode="after")
     def _custom(self) -> "Submission":
-        if self.dataset == "custom" and not self.dataset_path:
-            raise ValueError("dataset_path is required when dataset is custom")
-        if self.dataset != "custom" and self.dataset_path:
+        custom = datasets.get(self.dataset).custom
+        if custom and not self.dataset_path:
+            raise ValueError(f"dataset_path is required when dataset is {self.dataset}")
+        if not custom and self.dataset_path:
             raise ValueError("dataset_path is only for dataset custom")
+        allowed = datasets.get(self.dataset).preprocessings
+        prep = self.model.preprocessing.resize_crop
+        if prep is not None and prep not in allowed:
+            raise ValueError(f"resize_crop {prep!r} is not available for dataset {self.dataset} "
+                             f"(its images are {'all of one size' if allowed == ('none',) else 'resized'}); "
+                             f"choose {' or '.join(allowed)}")
         return self
+
+    @property
+    def resize_crop(self) -> str:
+        """The declared resize/crop, or the dataset's default."""
+        return self.model.preprocessing.resize_crop or datasets.get(self.dataset).default_preprocessing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +483,10 @@ def _field_names() -> set[str]:
     return {name for cls in models for name in cls.model_fields}
 
 
+#: fields that a Submission-level check blames, by their full path
+NESTED_FIELDS = {"resize_crop": ("model", "preprocessing", "resize_crop")}
+
+
 def validation_problems(err: ValidationError) -> list[Problem]:
     problems = []
     for e in err.errors():
@@ -445,7 +497,7 @@ def validation_problems(err: ValidationError) -> list[Problem]:
         elif e["type"] == "value_error" and (m := re.match(r"([a-z_0-9]+) ", msg)) \
                 and m.group(1) in _field_names() and loc[-1:] != (m.group(1),):
             # cross-field checks (model validators) start their message with the field they blame
-            loc = loc + (m.group(1),)
+            loc = loc + NESTED_FIELDS.get(m.group(1), (m.group(1),))
         problems.append(Problem(_loc(loc), msg))
     return problems
 

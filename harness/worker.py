@@ -212,7 +212,7 @@ def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> N
 
     import torch
 
-    from .data import NUM_CLASSES, load_test_data
+    from .data import load_test_data, num_classes_of
     from .files import atomic_write_text
     from .models import load_model
     from .pipeline import runtime_info
@@ -225,8 +225,9 @@ def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> N
                           data_dir=Path(job.data_dir) if job.data_dir else None,
                           train_data=Path(job.train_data) if job.train_data else None,
                           progress=job.progress, sandbox="none", trust_code=job.trust_code)
-    data = load_test_data(spec.dataset, job.n_examples, data_dir=options.data_dir, custom_path=sub.dataset_path())
-    num_classes = NUM_CLASSES.get(spec.dataset) or int(data.y.max()) + 1
+    data = load_test_data(spec.dataset, job.n_examples, data_dir=options.data_dir, custom_path=sub.dataset_path(),
+                          preprocessing=spec.resize_crop)
+    num_classes = num_classes_of(data)
     device = torch.device(job.device)
     torch.manual_seed(spec.evaluation.seed)
     model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=device,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from harness import datasets
 from harness.errors import HarnessError
 from harness.record import Flag, ResultRecord, check_against_submission, read_record
 from harness.stats import clopper_pearson
@@ -29,11 +30,7 @@ from .robustbench_import import COLUMNS as REPORTED_COLUMNS
 from .scaling import PAPER, ScalingFit, fit_saturating_power_law
 
 CI = tuple[float, float]
-#: test-set sizes: an evaluation on fewer points is flagged as a subset
-FULL_TEST_SET = {"mnist": 10_000, "cifar10": 10_000, "cifar100": 10_000}
-DATASET_ORDER = {"mnist": 0, "cifar10": 1, "cifar100": 2, "imagenet": 3}
 NORM_ORDER = {"Linf": 0, "L2": 1}
-DATASET_TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
 #: radii that RobustBench lists on the board of a nearby standard radius, marked (ε = 0.031 rows
 #: sit on the 8/255 ≈ 0.03137 board, as on robustbench.github.io)
 EPS_ALIASES = {("Linf", 0.031): 8 / 255}
@@ -161,7 +158,7 @@ class Board:
 
     @property
     def title(self) -> str:
-        ds = DATASET_TITLES.get(self.dataset, self.dataset)
+        ds = datasets.title(self.dataset)
         return f"{ds}, {self.norm}, ε = {self.eps_label}"
 
     @property
@@ -354,7 +351,9 @@ def _record_flags(rec: ResultRecord) -> list[Flag]:
     if rec.autoattack is not None:
         for msg in rec.autoattack.checks:
             flags.append(Flag("autoattack-check", "warning", msg))
-    full = FULL_TEST_SET.get(rec.dataset)
+    # the size of the dataset's standard evaluation subset: an evaluation on fewer points is flagged
+    spec = datasets.find(rec.dataset)
+    full = None if spec is None or spec.custom else spec.n_test
     if full is not None and rec.n_examples < full:
         flags.append(Flag("subset", "info", f"evaluated on the first {rec.n_examples} of {full} test points; "
                                             "the confidence intervals are wide accordingly"))
@@ -555,7 +554,7 @@ def make_boards(entries: list[Entry]) -> list[Board]:
         groups.setdefault(_board_key(e), []).append(e)
     boards = []
     for (dataset, norm, eps), group in sorted(
-            groups.items(), key=lambda kv: (DATASET_ORDER.get(kv[0][0], 9), kv[0][0], NORM_ORDER.get(kv[0][1], 9),
+            groups.items(), key=lambda kv: (datasets.order(kv[0][0]), kv[0][0], NORM_ORDER.get(kv[0][1], 9),
                                             kv[0][2])):
         ordered = rank_board(group)
         board = Board(dataset, norm, next((e.board_eps for e in group if e.board_eps is not None), group[0].eps), ordered)

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.flops import STEP_METHODS, TRAIN_SET_SIZE, MethodCost, RecipeFacts, describe_method, reported_method_cost
+from harness.flops import (
+    STEP_METHODS, MethodCost, RecipeFacts, describe_method, reported_method_cost, train_set_size,
+)
 
 RECIPE_COLUMNS = [
     "robustbench_id", "dataset", "threat_model", "method", "attack_steps", "awp", "epochs",
@@ -38,7 +40,7 @@ BASE_METHODS = ("standard", "pgd", "trades", "mart", "fgsm", "free")
 STATUSES = ("known", "partial", "unknown")
 #: the data sets a recipe may name; an epoch shorter than half the training set is doubted
 #: unless the note says a subset was used
-MIN_EPOCH = {d: TRAIN_SET_SIZE[d] for d in ("cifar10", "cifar100", "imagenet")}
+MIN_EPOCH = {d: train_set_size(d) for d in ("cifar10", "cifar100", "imagenet")}
 
 Key = tuple[str, str, str]  # (dataset, threat model, robustbench id)
 

@@ -15,6 +15,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup, escape
 
+from harness import datasets
 from harness.record import FLOPS_CONVENTION
 
 from . import fmt
@@ -28,10 +29,6 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 
-CLASS_NAMES = {
-    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-    "mnist": [str(i) for i in range(10)],
-}
 FRONTIER_SHORT = {
     "robust_vs_inference_flops": ("inf", "on the AutoAttack-accuracy vs inference-FLOPs frontier"),
     "robust_vs_training_flops": ("train", "on the AutoAttack-accuracy vs training-FLOPs frontier"),
@@ -81,7 +78,8 @@ def _gallery(e: Entry, out: Path) -> list[dict]:
     except (OSError, ValueError):
         return []
     items = write_gallery(arrays, out / "gallery", e.slug)
-    names = CLASS_NAMES.get(rec.dataset)
+    spec = datasets.find(rec.dataset)
+    names = spec.names() if spec is not None else None
     for it in items:
         for k in ("label", "adv_pred"):
             v = it[k]

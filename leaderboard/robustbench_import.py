@@ -36,13 +36,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from harness import datasets as registry
 from harness.errors import HarnessError
 
 ROBUSTBENCH_COMMIT = "78fcc9e"
 THREAT_MODELS = ("Linf", "L2")
 DATASETS = ("cifar10", "cifar100", "imagenet")
 #: test points RobustBench evaluates on: the full CIFAR test sets, 5,000 ImageNet validation images
-N_TEST = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 5_000}
+N_TEST = {d: registry.get(d).n_test for d in DATASETS}
 CONVENTION = "fvcore: 1 FLOP = 1 multiply-add"
 
 #: the columns of reported.csv, in order (leaderboard.boards reads them)
@@ -421,7 +422,7 @@ def architecture_builder(dataset: str, norm: str, rb_id: str, architecture: str)
         return entry["model"], f"robustbench.zoo:{dataset}/{norm}/{rb_id}"
     except (KeyError, ValueError):
         pass
-    classes = {"cifar10": 10, "cifar100": 100}.get(dataset)
+    classes = registry.get(dataset).num_classes if dataset in ("cifar10", "cifar100") else None
     arch = architecture.strip()
     if classes is None:
         raise ValueError(f"no model-zoo entry, and no rule to build {arch!r} for {dataset}")
@@ -545,8 +546,7 @@ def make_rows(info_rows: Iterable[InfoRow], existing: dict[str, dict[str, str]],
         else:
             row["compute_source"] = "not counted: import run with --no-count"
         rows.append(row)
-    order = {"cifar10": 0, "cifar100": 1, "imagenet": 2}
-    rows.sort(key=lambda x: (order.get(x["dataset"], 9), x["dataset"], THREAT_MODELS.index(x["norm"]),
+    rows.sort(key=lambda x: (registry.order(x["dataset"]), x["dataset"], THREAT_MODELS.index(x["norm"]),
                              -float(x["autoattack_acc_percent"]), x["robustbench_id"]))
     return rows
 

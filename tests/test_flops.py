@@ -471,7 +471,7 @@ def test_reported_method_costs_by_hand():
     ("other:gair-rst", {"epochs": None}, "epochs are unknown"),
     ("other:meansparse", {"per_epoch": None}, "examples seen are unknown"),
     ("other:gradalign", {"awp": None}, "whether AWP was used is unknown"),
-    ("other:lbgat", {"dataset": "imagenet"}, "not known to harness.data"),
+    ("other:lbgat", {"dataset": "svhn"}, "not known to harness.datasets"),
     ("other:somethingnew", {}, "no multiplier for somethingnew"),
     ("unknown", {}, "training method is unknown"),
 ])

@@ -234,7 +234,7 @@ class AutoAttackStage(Stage):
             "autoattack_attacked": attacked,
             "autoattack_broken_by": broken_by,
             "gallery_index": g_idx[keep],
-            "gallery_clean": ctx.data.x[g_idx[keep]].numpy() if keep.size else np.zeros((0, *shape), np.uint8),
+            "gallery_clean": ctx.data.uint8(g_idx[keep]).numpy() if keep.size else np.zeros((0, *shape), np.uint8),
             "gallery_adv": arrays["gallery_adv"].astype(np.uint8)[keep].reshape(-1, *shape),
             "gallery_adv_pred": arrays["gallery_adv_pred"].astype(np.int64)[keep],
         }

@@ -62,9 +62,11 @@ def _json(v: Any) -> Any:
 def separation_distances(ctx: EvalContext, rows: slice | np.ndarray) -> tuple[np.ndarray | None, str | None]:
     """(per-point distances to the training set, or None with the reason) for the evaluated points
     ``rows`` (positions in ``ctx.data``), from the precomputed exact MNIST table."""
+    from ..datasets import find
     from ..diagnostics.separation import mnist_table
 
-    if ctx.data.dataset != "mnist":
+    spec = find(ctx.data.dataset)
+    if spec is None or not spec.separation_table:
         return None, f"computed for MNIST only (dataset {ctx.data.dataset})"
     if not (ctx.data.source.startswith("bundled:") or ctx.data.source.startswith("torchvision-folder:")):
         return None, f"data source {ctx.data.source} is not the official MNIST test set"
