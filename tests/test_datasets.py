@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
@@ -197,7 +198,8 @@ def test_memory_does_not_grow_with_n(tmp_path):
     script = tmp_path / "mem.py"
     script.write_text(MEMORY_SCRIPT)
     out = subprocess.run([sys.executable, str(script), str(n), str(tmp_path)], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1",
+                              "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.returncode == 0, out.stderr[-2000:]
     _, first, second = (int(v) for v in out.stdout.split())
     growth = second - first
