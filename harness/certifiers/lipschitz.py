@@ -132,7 +132,7 @@ def window_multiplicity(n_in: int, n_out: int, k: int, s: int, p: int, d: int) -
 def linear_norm(W: torch.Tensor) -> tuple[float, str]:
     W = W.detach().to(torch.float64)
     if W.dim() != 2:
-        raise Skip(f"lipschitz: linear weight of shape {tuple(W.shape)}")
+        raise Skip(f"linear weight of shape {tuple(W.shape)}")
     if min(W.shape) > GRAM_MAX_SIDE:
         return float(torch.linalg.matrix_norm(W, "fro")), "frobenius"
     return float(spectral_norms(W)), "exact"
@@ -195,7 +195,7 @@ def dense_norm(op: "O.AffineOp", dtype, device) -> float:
     n_in = math.prod(op.in_shapes[0])
     n_out = math.prod(op.out_shape)
     if not dense_affordable(op):
-        raise Skip(f"lipschitz: no L2 Lipschitz rule for {op.kind} at node {op.name} and it is too "
+        raise Skip(f"no L2 Lipschitz rule for {op.kind} at node {op.name} and it is too "
                    f"large ({n_in} inputs) for its dense matrix")
     eye = torch.eye(n_in, dtype=dtype, device=device).reshape(n_in, *op.in_shapes[0])
     cols = op.apply(eye, bias=False).reshape(n_in, n_out).to(torch.float64)
@@ -257,7 +257,7 @@ def op_constants(op: "O.Op", dtype, device, fft_max_flops: float) -> tuple[list[
         return [float(torch.as_tensor(s).abs().max()) * SAFETY], "diagonal"
     if isinstance(op, O.AffineOp):
         return [dense_norm(op, dtype, device) * SAFETY], "dense"
-    raise Skip(f"lipschitz: no L2 Lipschitz rule for operator {op.kind} at node {op.name}")
+    raise Skip(f"no L2 Lipschitz rule for operator {op.kind} at node {op.name}")
 
 
 def pairwise_norms(W: torch.Tensor, max_floats: int = 1 << 24) -> torch.Tensor:
@@ -283,7 +283,7 @@ def graph_constants(g: BoundGraph, dtype, device, *, fft_max_flops: float = FFT_
         consts, rule = op_constants(node.op, dtype, device, fft_max_flops)
         L[i] = sum(c * L[j] for c, j in zip(consts, node.inputs, strict=True))
         if not math.isfinite(L[i]):
-            raise Skip(f"lipschitz: the bound is not finite at node {node.op.name}")
+            raise Skip(f"the bound is not finite at node {node.op.name}")
         if consts == [1.0] or rule == "sum":
             continue
         line = {"node": node.op.name, "kind": node.op.kind, "bound": consts[0], "rule": rule}
@@ -329,7 +329,7 @@ class Lipschitz(Certifier):
             out = g.nodes[g.output]
             K = int(out.shape[0]) if len(out.shape) == 1 else 0
             if K < 2:
-                raise Skip(f"lipschitz: the model's output of shape {out.shape} is not a vector of >= 2 logits")
+                raise Skip(f"the model's output of shape {out.shape} is not a vector of >= 2 logits")
             info: dict = {"lipschitz_constant": L[g.output], "safety_factor": SAFETY, "layers": layers}
             if bool(opts.get("pairwise", True)) and isinstance(out.op, O.LinearOp) and len(out.inputs) == 1:
                 h = out.inputs[0]
