@@ -20,6 +20,7 @@ from harness.certifiers import Certifier, CertResult, Prepared, Skip
 from harness.certifiers.results import check_result, concat, summarize
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.models import NormalizedModel
 from harness.record import CertifiedRecord, read_record, record_problems
 from harness.stats import clopper_pearson
 from harness.submission import json_schema, parse_submission
@@ -116,18 +117,26 @@ def test_lazy_entry_refuses_an_implementation_that_disagrees():
 # ---- a toy certifier, registered by one line, end to end --------------------------------------------
 
 class ExactLinear(Certifier):
-    """Exact certificate of an affine classifier ``Flatten -> Linear``: the distance to the
+    """Exact certificate of an affine classifier ``Flatten -> Linear`` (optionally behind the
+    harness's normalisation ``(x - mean) / std``, as the pipeline loads it): the distance to the
     nearest decision hyperplane, ``min_j (f_c - f_j)(x) / ||w_c - w_j||_*`` (dual norm: L2 for
-    L2, L1 for Linf). Sound (it ignores the [0, 1] clipping, which only shrinks the set)."""
+    L2, L1 for Linf), ``w`` the rows of the map's matrix in input space. Sound (it ignores the
+    [0, 1] clipping, which only shrinks the set)."""
 
     name, sound, norms = "toy-exact-linear", True, ("Linf", "L2")
 
     def prepare(self, model, input_shape, device, *, norm, options=None):
         self.check_norm(norm)
-        layers = list(model.children()) if isinstance(model, nn.Sequential) else []
+        inner, scale = model, None
+        if isinstance(model, NormalizedModel):  # x -> (x - mean) / std: W acts on x as W diag(1 / std)
+            inner = model.model
+            scale = (1.0 / model.std.double()).expand(1, *input_shape).reshape(-1)
+        layers = list(inner.children()) if isinstance(inner, nn.Sequential) else []
         if len(layers) != 2 or not isinstance(layers[0], nn.Flatten) or not isinstance(layers[1], nn.Linear):
             raise Skip("only Flatten -> Linear models")
         W = layers[1].weight.detach().double()
+        if scale is not None:
+            W = W * scale.to(W.device)
         diff = W[:, None, :] - W[None, :, :]
         dual = diff.norm(p=2 if norm == "L2" else 1, dim=2)
         return Prepared(norm=norm, state=(model, dual), info={"classes": int(W.shape[0])}, tolerance=0.0)
