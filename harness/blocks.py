@@ -8,8 +8,8 @@ whichever rank computes it:
 - every random draw inside block b comes from :func:`block_seed` ``(seed, b)``, and
   ``block_seed(seed, 0) == seed``: with N <= batch_size the one block is exactly a plain run with
   the submission's seed (AutoAttack's ``run_standard_evaluation`` with ``seed=seed``);
-- draws made per example (randomized smoothing's noise) come from :func:`example_seed`
-  ``(seed, index)``.
+- draws made per example (randomized smoothing's noise) come from
+  :func:`harness.certifiers.base.example_seed` ``(seed, index)``.
 
 State folder layout (shared by all ranks; on several nodes it must be on a shared filesystem)::
 
@@ -52,11 +52,6 @@ def block_seed(seed: int, b: int) -> int:
     if b == 0:
         return int(seed)
     return int.from_bytes(hashlib.sha256(f"{int(seed)}/{int(b)}".encode()).digest()[:8], "big") >> 1
-
-
-def example_seed(seed: int, index: int) -> int:
-    """The seed of one example's own random draws: 63 bits of SHA-256("seed/example/index")."""
-    return int.from_bytes(hashlib.sha256(f"{int(seed)}/example/{int(index)}".encode()).digest()[:8], "big") >> 1
 
 
 @dataclass

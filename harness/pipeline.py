@@ -38,9 +38,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, certifiers
 from .blocks import StageStore, first_error, new_generation, write_error
-from .bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
 from .data import load_test_data, num_classes_of
 from .distributed import Distributed
 from .errors import HarnessError, SandwichViolation
@@ -71,10 +70,16 @@ def default_record_path(sub: LoadedSubmission) -> Path:
     return root / "leaderboard" / "results" / f"{sub.spec.id}.json"
 
 
+#: bumped when a stage's stored blocks change meaning under the same harness version, so that a
+#: state folder of the older format is not resumed: 2 = the certify stage runs the certifier
+#: registry (smoothing noise seeded by certifiers.base.example_seed, per-method block arrays)
+STATE_FORMAT = 2
+
+
 def run_key(sub: LoadedSubmission, n: int, batch_size: int, device: torch.device, data_source: str,
             train_source: str | None = None) -> str:
     key = {
-        "harness": __version__, "submission": sub.yaml_sha256, "checkpoint": sub.spec.model.checkpoint.sha256,
+        "harness": __version__, "state_format": STATE_FORMAT, "submission": sub.yaml_sha256, "checkpoint": sub.spec.model.checkpoint.sha256,
         "n": n, "batch_size": batch_size, "device": device.type, "seed": sub.spec.evaluation.seed,
         "data": data_source, "train": train_source,
     }
@@ -149,7 +154,8 @@ def check_sandwich(ctx: EvalContext) -> None:
     problems = []
     for stage, res in ctx.results.items():
         for key, arr in res.arrays.items():
-            if key.startswith("certified_") and key.removeprefix("certified_") in EXACT_CERTIFIERS:
+            # sound certifiers only (the registry's): smoothing certifies the smoothed classifier
+            if key.startswith("certified_") and certifiers.is_sound(key.removeprefix("certified_")):
                 cert = arr.astype(bool)
                 if correct is not None and (bad := np.nonzero(cert & ~correct)[0]).size:
                     problems.append(f"{key} certifies misclassified examples {bad[:5].tolist()}")

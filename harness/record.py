@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from . import datasets
+from . import certifiers, datasets
 from .errors import HarnessError
 from .files import atomic_savez, atomic_write_text, read_bytes_confined
 
@@ -38,10 +38,8 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 FLOPS_CONVENTION = "fvcore: 1 FLOP = 1 multiply-add (papers such as Bartoldson et al. 2024 count 2)"
-#: the sound bound methods (harness.bounds.METHODS; not imported here, to keep torch out of the
-#: leaderboard build; a test checks they agree) and the probabilistic one
-EXACT_METHODS = ("ibp", "crown-ibp", "crown")
-CERTIFY_METHODS = (*EXACT_METHODS, "smoothing")
+# certification methods are those of the registry (harness.certifiers, importable without torch):
+# sound ones take part in the sandwich, the others must be marked probabilistic
 
 MAX_RECORD_BYTES = 16 << 20
 MAX_JSON_DEPTH = 32
@@ -506,10 +504,11 @@ def record_problems(rec: ResultRecord) -> list[tuple[str, str]]:
         f = f"certified.{key}"
         if c.method != key:
             out.append((f"{f}.method", f"{c.method[:40]!r} differs from its key"))
-        if c.method not in CERTIFY_METHODS:
-            out.append((f"{f}.method", f"unknown method; one of {', '.join(CERTIFY_METHODS)}"))
-        if c.probabilistic != (c.method == "smoothing"):
-            out.append((f"{f}.probabilistic", "only randomized smoothing is probabilistic"))
+        if c.method not in certifiers.names():
+            out.append((f"{f}.method", f"unknown method; one of {', '.join(certifiers.names())}"))
+        elif c.probabilistic != (not certifiers.is_sound(c.method)):
+            out.append((f"{f}.probabilistic", f"must be {str(not c.probabilistic).lower()} for {c.method} "
+                                              "(only probabilistic certifiers, e.g. smoothing, are)"))
         if abs(c.eps - rec.threat_model.eps) > 1e-9 * max(1.0, rec.threat_model.eps):
             out.append((f"{f}.eps", f"{c.eps} differs from threat_model.eps {rec.threat_model.eps}"))
         out += _accuracy_problems(f"{f}.certified_accuracy", c.certified_accuracy, c.certified_accuracy_ci95, n,
@@ -607,7 +606,7 @@ def read_examples(rec: ResultRecord, json_path: Path) -> dict[str, np.ndarray]:
         for k, v in robust.items():
             if (idx := np.nonzero(v & ~correct)[0]).size:
                 raise bad("examples_file", f"{k} marks misclassified examples {idx[:5].tolist()} robust")
-    for m in EXACT_METHODS:
+    for m in certifiers.sound_names():
         cert = flags.get(f"certified_{m}")
         if cert is None:
             continue

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import datasets
+from . import certifiers, datasets
 from .errors import HarnessError, one_line
 from .files import confine, sha256_file
 from .yamlsafe import read_yaml
@@ -29,7 +29,21 @@ from .yamlsafe import read_yaml
 #: the dataset names a submission may give (the registry, harness.datasets, at import time; the
 #: schema itself checks against the registry when it validates, so a registered dataset is accepted)
 DATASETS = tuple(datasets.names())
-CertifyMethod = Literal["ibp", "crown", "crown-ibp"]
+
+
+def _known_certifier(v: str) -> str:
+    # the registry is read at validation time (a plug-in may register a certifier after import)
+    if v not in certifiers.names():
+        raise ValueError(certifiers.unknown_message(v))
+    return v
+
+
+def _certifier_enum(schema: dict[str, Any]) -> None:
+    schema["enum"] = list(certifiers.names())
+
+
+#: a registered certifier's name (:mod:`harness.certifiers`; the JSON schema lists them as an enum)
+CertifyMethod = Annotated[str, AfterValidator(_known_certifier), Field(json_schema_extra=_certifier_enum)]
 
 
 #: packages whose installed files may hold a checkpoint (``model.checkpoint.package``), each with the
@@ -371,7 +385,8 @@ class Evaluation(_Strict):
     seed: Seed = 0
     batch_size: int = Field(default=500, ge=1, le=100_000)
     certify: list[CertifyMethod] | None = Field(
-        default=None, max_length=3, description="certification methods; default [ibp, crown] within the size budget"
+        default=None, max_length=16, description="certification methods (the registry of harness.certifiers); "
+                                                 "default [ibp, crown] within the size budget"
     )
     eps_max: float | None = Field(default=None, gt=0, le=1000, description="upper end of the radius search")
     radius_tol: float | None = Field(default=None, gt=0, le=1000, description="radius search tolerance")
@@ -431,6 +446,8 @@ class Submission(_Strict):
             raise ValueError(f"resize_crop {prep!r} is not available for dataset {self.dataset} "
                              f"(its images are {'all of one size' if allowed == ('none',) else 'resized'}); "
                              f"choose {' or '.join(allowed)}")
+        if self.smoothing is None and "smoothing" in (self.evaluation.certify or ()):
+            raise ValueError("smoothing is required when evaluation.certify lists smoothing (give sigma)")
         return self
 
     @property

@@ -36,8 +36,9 @@ import numpy as np
 import yaml
 from hypothesis import strategies as st
 
+from harness.certifiers import sound_names
 from harness.errors import HarnessError
-from harness.record import EXACT_METHODS, ResultRecord, read_record
+from harness.record import ResultRecord, read_record
 from harness.submission import check_files, parse_submission
 
 OUTCOMES = ("accepted", "refused", "traceback", "false-accept")
@@ -358,7 +359,7 @@ def independent_invariants(rec: ResultRecord, arrays: dict[str, np.ndarray]) -> 
             return f"{k} {v} outside its CI {cis[k]}"
     if accs["clean"] is not None and accs["robust"] is not None and accs["robust"] > accs["clean"]:
         return "robust > clean"
-    for m in EXACT_METHODS:
+    for m in sound_names():
         c = accs.get(f"certified_{m}")
         if c is not None and accs["robust"] is not None and c > accs["robust"]:
             return f"certified_{m} > robust"

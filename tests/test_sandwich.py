@@ -44,3 +44,30 @@ def test_probabilistic_smoothing_is_not_part_of_the_sandwich():
     # randomized smoothing certifies the smoothed classifier, not the base model that was attacked
     check_sandwich(_ctx(clean={"clean_correct": [1]}, certify={"certified_smoothing": [1]},
                         autoattack={"autoattack_robust": [0]}))
+
+
+def test_lipschitz_certificates_are_part_of_the_sandwich():
+    # lipschitz is a sound certifier in the registry: an example it certifies that an attack broke
+    # means a bug in the bound or the attack
+    with pytest.raises(SandwichViolation, match=r"certified_lipschitz certifies examples \[1\] that "
+                                                r"autoattack/autoattack_robust broke"):
+        check_sandwich(_ctx(clean={"clean_correct": [1, 1, 1]},
+                            certify={"certified_lipschitz": [0, 1, 0], "radius_lipschitz": [0, 0.7, 0]},
+                            autoattack={"autoattack_robust": [1, 0, 0]}))
+
+
+def test_a_registered_plug_in_certifier_is_part_of_the_sandwich():
+    from harness import certifiers
+    from harness.certifiers import Certifier
+
+    class Plugin(Certifier):
+        name, sound, norms = "test-plugin", True, ("L2",)
+
+    certifiers.register(Plugin())
+    try:
+        with pytest.raises(SandwichViolation, match="certified_test-plugin certifies misclassified examples"):
+            check_sandwich(_ctx(clean={"clean_correct": [1, 0]}, certify={"certified_test-plugin": [0, 1]}))
+    finally:
+        certifiers.unregister("test-plugin")
+    # unregistered, the same array is no certificate the harness knows: not checked
+    check_sandwich(_ctx(clean={"clean_correct": [1, 0]}, certify={"certified_test-plugin": [0, 1]}))

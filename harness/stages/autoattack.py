@@ -38,8 +38,8 @@ import time
 import numpy as np
 import torch
 
+from .. import certifiers
 from ..blocks import Block
-from ..bounds import METHODS as EXACT_CERTIFIERS  # bound methods: sound, not probabilistic
 from ..diagnostics.aa_messages import AutoAttackCapture
 from ..errors import HarnessError
 from ..files import atomic_savez, atomic_write_text
@@ -67,9 +67,10 @@ def _captured():
 
 
 def certified_mask(block: Block, n: int) -> np.ndarray:
-    """Points of the block certified by a sound bound method (the certify stage's arrays)."""
+    """Points of the block certified by a sound certifier (the registry's ``sound_names``; never
+    smoothing, which certifies the smoothed classifier), from the certify stage's arrays."""
     mask = np.zeros(n, dtype=bool)
-    for m in EXACT_CERTIFIERS:
+    for m in certifiers.sound_names():
         arr = block.input("certify", f"certified_{m}")
         if arr is not None:
             mask |= arr.astype(bool)
