@@ -273,8 +273,11 @@ class _Reducer:
             self.bar.set_postfix_str(", ".join(busy[:2]), refresh=False)
             self.bar.refresh()
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
+        """Close the bar; after a failure it is erased, so that the error stays the one line printed."""
         if self.bar is not None:
+            if failed:
+                self.bar.leave = False
             self.bar.close()
             self.bar = None
 
@@ -400,7 +403,7 @@ def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stage
                 e.failed_at = time.time()
                 write_error(state_dir, plan.generation, dist.rank, str(e))  # the other ranks stop too
         if reducer is not None:
-            reducer.close()
+            reducer.close(failed=True)
         raise
 
     # every rank's device and share of the work, in rank order (also the final barrier)
