@@ -130,7 +130,7 @@ def bench_model(name: str, n_ibp: int, n_crown: int, n_radius: int) -> None:
     for method, n in (("ibp", n_ibp), ("crown-ibp", n_ibp), ("crown", n_crown)):
         x, y = x_all[:n], y_all[:n]
         bm.certify(x[:2], y[:2], eps, "Linf", method)  # warm-up
-        t, cert = _timed(lambda: bm.certify(x, y, eps, "Linf", method),
+        t, cert = _timed(lambda x=x, y=y, method=method: bm.certify(x, y, eps, "Linf", method),
                          repeat=1 if method == "crown" else 5)
         rate = n / t
         print(f"{method:<12}{n:>9}{t:>10.4f}{rate:>12.1f}{fwd_rate / rate:>12.1f}"
@@ -150,7 +150,7 @@ def bench_model(name: str, n_ibp: int, n_crown: int, n_radius: int) -> None:
     bm.margin_lower_bounds = counted
     for method in ("ibp", "crown-ibp", "crown"):
         count["examples"] = 0
-        t, (r, calls) = _timed(lambda: certified_radius(bm, x, y, eps_max, "Linf", method, tol))
+        t, (r, calls) = _timed(lambda method=method: certified_radius(bm, x, y, eps_max, "Linf", method, tol))
         evals = count["examples"] / n_radius
         print(f"  {method:<10} {calls:>3} calls, {evals:5.2f} evals/ex, {t:8.3f}s, "
               f"{n_radius / t:9.2f} ex/s, {fwd_rate * t / n_radius:9.0f}x forward, "

@@ -44,8 +44,9 @@ def cifar_small_cnn(num_classes: int = 10) -> nn.Module:
 
 
 def _robustbench_class(name: str) -> Callable[..., nn.Module]:
-    from . import compat  # noqa: F401  (alias autoattack before robustbench imports it)
     from robustbench.model_zoo.architectures import resnet, wide_resnet
+
+    from . import compat  # noqa: F401  (alias autoattack before robustbench imports it)
 
     classes = {
         "ResNet18": resnet.ResNet18,
@@ -142,9 +143,10 @@ def _meta_size(builder: Callable[..., nn.Module], name: str, kwargs: dict[str, A
 
 
 def _build_zoo(spec: str, kwargs: dict[str, Any]) -> nn.Module:
-    from . import compat  # noqa: F401
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    from . import compat  # noqa: F401
 
     parts = spec.split("/")
     if len(parts) != 3:

@@ -132,7 +132,8 @@ def load_examples(rec, record_path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def plan_sample(arrays: dict[str, np.ndarray], n_available: int, sample: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def plan_sample(arrays: dict[str, np.ndarray], n_available: int, sample: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions to re-classify and positions (claimed robust) to re-attack, drawn with ``seed``."""
     rng = np.random.default_rng(seed)
     pool = np.arange(min(n_available, len(arrays["index"])))
@@ -302,7 +303,8 @@ def _find_submission(record_path: Path, submission_id: str) -> Path:
     results = record_path.resolve().parent
     if results.name == "results" and results.parent.name == "leaderboard":
         return results.parent.parent / "submissions" / submission_id / "submission.yaml"
-    raise HarnessError(f"{record_path}: not under leaderboard/results/; pass --submission submissions/<id>/submission.yaml")
+    raise HarnessError(f"{record_path}: not under leaderboard/results/; pass --submission "
+                       "submissions/<id>/submission.yaml")
 
 
 def available_points(dataset: str, data_dir=None, custom_path=None) -> int:
@@ -333,12 +335,15 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
     yaml_path = Path(submission) if submission is not None else _find_submission(record_path, rec.submission_id)
     sub, problems = parse_submission(yaml_path)
     if sub is None or problems:
-        raise HarnessError(f"{yaml_path}: {problems[0] if problems else 'invalid'} (run `harness validate {yaml_path}`)")
+        raise HarnessError(f"{yaml_path}: {problems[0] if problems else 'invalid'} (run `harness validate "
+                           f"{yaml_path}`)")
     if sub.spec.id != rec.submission_id:
-        res.problems.append(f"submission_id: the record is for {rec.submission_id!r}, the submission is {sub.spec.id!r}")
+        res.problems.append(f"submission_id: the record is for {rec.submission_id!r}, the submission is "
+                            f"{sub.spec.id!r}")
     if (rec.dataset, rec.threat_model.norm) != (sub.spec.dataset, sub.spec.threat_model.norm) or \
             not math.isclose(rec.threat_model.eps, sub.spec.threat_model.eps, rel_tol=1e-9):
-        res.problems.append(f"threat_model: the record is {rec.dataset} {rec.threat_model.norm} eps={rec.threat_model.eps:g}, "
+        res.problems.append(f"threat_model: the record is {rec.dataset} {rec.threat_model.norm} "
+                            f"eps={rec.threat_model.eps:g}, "
                             f"the submission is {sub.spec.dataset} {sub.spec.threat_model.label}")
     res.problems += check_provenance_hashes(rec, sub)
     if not res.problems:
@@ -371,18 +376,19 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
     res.clean_checked = [int(index[p]) for p in clean_pos]
     res.attack_checked = [int(index[p]) for p in attack_pos]
     recorded = arrays["clean_correct"].astype(bool)
-    for p, pred, margin in zip(clean_pos, out["clean_pred"], out["clean_margin"]):
+    for p, pred, margin in zip(clean_pos, out["clean_pred"], out["clean_margin"], strict=False):
         if bool(pred == out["labels"][p]) != bool(recorded[p]):
             (res.clean_ambiguous if margin <= CLEAN_MARGIN_RTOL else res.clean_disagree).append(int(index[p]))
     if res.clean_disagree:
         res.problems.append(f"clean_correct: the model's predictions disagree with the record at indices "
                             f"{_short(res.clean_disagree)} (re-classified {len(clean_pos)} sampled points)")
-    res.broken = {int(index[p]): str(b) for p, b in zip(attack_pos, out["broken_by"]) if b}
+    res.broken = {int(index[p]): str(b) for p, b in zip(attack_pos, out["broken_by"], strict=False) if b}
     res.max_broken_fraction = max_broken_fraction
     res.broken_lower_bound, fails = reattack_verdict(len(res.broken), int(attack_pos.size), max_broken_fraction)
     if fails:
         res.problems.append(
-            f"autoattack_robust: {len(res.broken)} of {attack_pos.size} sampled points the record claims robust were broken "
+            f"autoattack_robust: {len(res.broken)} of {attack_pos.size} sampled points the record claims robust "
+            "were broken "
             f"at indices {_short(sorted(res.broken))} (by {', '.join(sorted(set(res.broken.values())))}; seed {seed}); "
             f"at 95% confidence more than {100 * max_broken_fraction:g}% of its robust points are not robust "
             f"(lower bound {100 * res.broken_lower_bound:.1f}%)")

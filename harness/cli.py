@@ -1,4 +1,5 @@
-"""The ``harness`` command line: eval, validate, schema, fetch, pr-check, audit, leaderboard build / import-robustbench."""
+"""The ``harness`` command line: eval, validate, schema, fetch, pr-check, audit, leaderboard build /
+import-robustbench."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,6 @@ import sys
 from pathlib import Path
 
 from .errors import HarnessError, one_line
-
 
 DATA_DIR_HELP = ("a local copy of the dataset: MNIST/CIFAR in torchvision's folder layout, ImageNet as "
                  "DIR/val/<wnid>/<file>.JPEG, TinyImageNet's official folder (DIR/wnids.txt, DIR/val/...)")
@@ -24,7 +24,8 @@ def summary_table(rec) -> str:
 
     rows = [["clean accuracy", pct_ci(rec.clean_accuracy, rec.clean_accuracy_ci95)]]
     if rec.autoattack is not None:
-        rows.append([f"AutoAttack accuracy ({rec.autoattack.version})", pct_ci(rec.robust_accuracy, rec.robust_accuracy_ci95)])
+        rows.append([f"AutoAttack accuracy ({rec.autoattack.version})", pct_ci(rec.robust_accuracy,
+                                                                               rec.robust_accuracy_ci95)])
         for a, v in rec.autoattack.accuracy_after.items():
             if a != "clean":
                 rows.append([f"  after {a}", pct(v)])
@@ -57,7 +58,6 @@ def summary_table(rec) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .pipeline import evaluate
     from .stages import EvalOptions, select_stages
-
     from .submission import parse_size
 
     stages = select_stages(args.only, args.skip)

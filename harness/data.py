@@ -274,7 +274,8 @@ def _from_torchvision(spec: DatasetSpec, root: Path, train: bool) -> tuple[np.nd
 
 def _check_labels(y: np.ndarray, spec: DatasetSpec, source: str) -> None:
     if spec.num_classes is not None and y.size and (int(y.min()) < 0 or int(y.max()) >= spec.num_classes):
-        raise HarnessError(f"{source}: labels must lie in [0, {spec.num_classes}), got [{int(y.min())}, {int(y.max())}]")
+        raise HarnessError(f"{source}: labels must lie in [0, {spec.num_classes}), got [{int(y.min())}, "
+                           f"{int(y.max())}]")
 
 
 def _arrays(x: np.ndarray, y: np.ndarray, source: str) -> Loaded:
@@ -335,7 +336,7 @@ def _take(ids: list[str], req: LoadRequest, spec: DatasetSpec) -> list[str]:
 
 def _files(folder: Path, ids: list[str], spec: DatasetSpec, root: Path) -> list[Path]:
     paths = [folder / i for i in ids]
-    missing = [i for i, p in zip(ids, paths) if not p.is_file()]
+    missing = [i for i, p in zip(ids, paths, strict=False) if not p.is_file()]
     if missing:
         raise HarnessError(f"--data-dir {root}: {len(missing)} of the first {len(ids)} {spec.name} test images are "
                            f"missing, the first {missing[0]} (expected {folder / missing[0]})")

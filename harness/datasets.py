@@ -256,7 +256,8 @@ register(DatasetSpec(
 register(DatasetSpec(
     name="cifar10", title="CIFAR-10", num_classes=10, input_shape=(3, 32, 32), n_test=10_000,
     loader="harness.data:load_array_dataset", class_names=CIFAR10_CLASSES,
-    bundled=Bundled("cifar10_test_first100.npz", "5af1fab9906bd8f1cf6dc8b900edac6d5ec1ddeada0b214046cef87405ee2eb0", 100),
+    bundled=Bundled("cifar10_test_first100.npz", "5af1fab9906bd8f1cf6dc8b900edac6d5ec1ddeada0b214046cef87405ee2eb0",
+                    100),
     train_size=50_000, torchvision="CIFAR10", order=1,
 ))
 register(DatasetSpec(

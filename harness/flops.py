@@ -54,6 +54,7 @@ import torch.nn as nn
 
 from .record import FLOPS_CONVENTION, TrainingFlopsRecord
 
+
 def train_set_size(dataset: str) -> int | None:
     """One epoch of the dataset's training set (the registry's, harness.datasets); None: unknown."""
     from .datasets import find
@@ -76,7 +77,8 @@ def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def count_inference_flops(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu") -> FlopCount:
+def count_inference_flops(model: nn.Module, input_shape: tuple[int, ...],
+                          device: str | torch.device = "cpu") -> FlopCount:
     """fvcore's count for one input of shape ``input_shape`` (no batch dimension)."""
     from fvcore.nn import FlopCountAnalysis
 

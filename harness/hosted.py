@@ -145,13 +145,16 @@ def _download_https(ref: HostedRef, staging: Path, progress: bool) -> Path:
 
 
 def _download_hf(ref: HostedRef, staging: Path, progress: bool) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
-
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         raise HarnessError(f"cannot download {ref.url}: huggingface_hub is in offline mode (HF_HUB_OFFLINE is set)",

@@ -183,7 +183,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HarnessError(
             "checkpoint refused: it is a pickle that needs arbitrary Python objects or code "
-            f"(loaded with weights_only=True; nothing in it ran). Save a plain state_dict or safetensors. [{first[:160]}]",
+            "(loaded with weights_only=True; nothing in it ran). Save a plain state_dict or safetensors. "
+            f"[{first[:160]}]",
             field="model.checkpoint",
         )
     except (RuntimeError, EOFError, OSError, ValueError) as e:

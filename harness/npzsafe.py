@@ -83,7 +83,8 @@ def read_npz(
                         shape, fortran, dtype = _header(f, name)
                     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None \
                             or dtype.kind not in "biuf":
-                        raise HarnessError(f"{where}: array {name} has dtype {str(dtype)[:60]}; only an array of numbers "
+                        raise HarnessError(f"{where}: array {name} has dtype {str(dtype)[:60]}; only an array of "
+                                           "numbers "
                                            "and booleans (a plain .npz) is read: no object arrays, no pickles")
                     if len(shape) > 8 or any(d < 0 for d in shape):
                         raise HarnessError(f"{where}: array {name} has an invalid shape {shape}")

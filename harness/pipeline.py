@@ -48,7 +48,15 @@ from .models import load_model, resolve_device
 from .provenance import device_name, now, package_versions, python_version
 from .record import STAGE_PARTS, Provenance, ResultRecord, write_record
 from .schedule import (
-    POLL_S, Aborted, Plan, gather, other_rank_failed, reduced_paths, run_blocks, snapshot, stage_finished,
+    POLL_S,
+    Aborted,
+    Plan,
+    gather,
+    other_rank_failed,
+    reduced_paths,
+    run_blocks,
+    snapshot,
+    stage_finished,
 )
 from .stages import STAGE_ORDER, EvalContext, EvalOptions, StageResult, get_stage, ordered, stage_class
 from .stages.base import concat_blocks
@@ -79,7 +87,8 @@ STATE_FORMAT = 2
 def run_key(sub: LoadedSubmission, n: int, batch_size: int, device: torch.device, data_source: str,
             train_source: str | None = None) -> str:
     key = {
-        "harness": __version__, "state_format": STATE_FORMAT, "submission": sub.yaml_sha256, "checkpoint": sub.spec.model.checkpoint.sha256,
+        "harness": __version__, "state_format": STATE_FORMAT, "submission": sub.yaml_sha256,
+        "checkpoint": sub.spec.model.checkpoint.sha256,
         "n": n, "batch_size": batch_size, "device": device.type, "seed": sub.spec.evaluation.seed,
         "data": data_source, "train": train_source,
     }
@@ -152,7 +161,7 @@ def check_sandwich(ctx: EvalContext) -> None:
     robust_arrays = {f"{stage}/{k}": v for stage, r in ctx.results.items()
                      for k, v in r.arrays.items() if k.endswith("_robust")}
     problems = []
-    for stage, res in ctx.results.items():
+    for _stage, res in ctx.results.items():
         for key, arr in res.arrays.items():
             # sound certifiers only (the registry's): smoothing certifies the smoothed classifier
             if key.startswith("certified_") and certifiers.is_sound(key.removeprefix("certified_")):

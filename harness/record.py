@@ -488,7 +488,7 @@ def record_problems(rec: ResultRecord) -> list[tuple[str, str]]:
             for name, v in after:
                 if _k_of(v, n) is None:
                     out.append((f"autoattack.accuracy_after.{name}", f"{v} is not a count out of n_examples = {n}"))
-            if any(b[1] > a[1] for a, b in zip(after, after[1:])):
+            if any(b[1] > a[1] for a, b in zip(after, after[1:], strict=False)):
                 out.append(("autoattack.accuracy_after", "rises from one attack to the next (each attack can only "
                                                         "lower robust accuracy)"))
             if abs(after[-1][1] - robust) > 1e-9:
@@ -546,7 +546,8 @@ def _examples_check(rec: ResultRecord):
         if image is not None and shape[1:] != image:
             return f"images of shape {shape[1:]}, but {rec.dataset} images have shape {image}"
         if image is None and not (shape[1] in (1, 3) and 1 <= shape[2] <= 512 and 1 <= shape[3] <= 512):
-            return f"images of shape {shape[1:]}; {rec.dataset} gallery images have 1 or 3 channels and at most 512x512 pixels"
+            return (f"images of shape {shape[1:]}; {rec.dataset} gallery images have 1 or 3 channels and at most "
+                    "512x512 pixels")
         return None
 
     return check
@@ -583,7 +584,8 @@ def read_examples(rec: ResultRecord, json_path: Path) -> dict[str, np.ndarray]:
             raise bad("examples_file", f"has no array {key!r}")
         if arrays[key].dtype.kind not in "iu":
             raise bad("examples_file", f"array {key!r} must hold integers")
-    flags = {k: v for k, v in arrays.items() if k == "clean_correct" or k.endswith("_robust") or k.startswith("certified_")}
+    flags = {k: v for k,
+             v in arrays.items() if k == "clean_correct" or k.endswith("_robust") or k.startswith("certified_")}
     for k, v in flags.items():
         if v.dtype != np.bool_:
             raise bad("examples_file", f"array {k!r} must be boolean, got {v.dtype}")
@@ -627,7 +629,8 @@ def check_against_submission(rec: ResultRecord, path: Path, sub: "LoadedSubmissi
     where = f"{path}: invalid result record"
     spec = sub.spec
     if rec.submission_id != spec.id:
-        raise HarnessError(f"{where}: submission_id: {rec.submission_id!r} differs from the submission's id {spec.id!r}")
+        raise HarnessError(f"{where}: submission_id: {rec.submission_id!r} differs from the submission's id "
+                           f"{spec.id!r}")
     if rec.dataset != spec.dataset:
         raise HarnessError(f"{where}: dataset: {rec.dataset!r} differs from the submission's {spec.dataset!r}")
     if rec.threat_model.norm != spec.threat_model.norm:

@@ -135,7 +135,8 @@ def bwrap_problem() -> str | None:
             p = subprocess.run([exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
                                 "--die-with-parent", "true"], capture_output=True, timeout=30)
             err = p.stderr.decode(errors="replace").strip().splitlines()
-            why = None if p.returncode == 0 else f"bwrap cannot build a jail here: {err[0][:200] if err else p.returncode}"
+            detail = err[0][:200] if err else p.returncode
+            why = None if p.returncode == 0 else f"bwrap cannot build a jail here: {detail}"
         except (OSError, subprocess.SubprocessError) as e:
             why = f"bwrap cannot run: {e}"
     _bwrap_checked["r"] = why

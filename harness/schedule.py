@@ -174,7 +174,8 @@ def run_blocks(ctx, plan: Plan, *, on_start: Callable[[str, int], None] | None =
 
 
 # -------------------------------------------------------------------------------- the supervisor
-def gather(state_dir: Path, stage: str, plan: Plan) -> tuple[list[dict[str, np.ndarray]], list[dict[str, Any]], list[dict[str, Any]]]:
+def gather(state_dir: Path, stage: str, plan: Plan) -> tuple[list[dict[str, np.ndarray]], list[dict[str, Any]],
+                                                             list[dict[str, Any]]]:
     """Every block of ``stage``, read back as untrusted data: (arrays per block, extras per block,
     meta per block). Raises a one-line error if a block is missing or malformed."""
     store = StageStore(state_dir, stage)

@@ -320,7 +320,8 @@ def attach_recipes(entries: list[Entry], path: Path) -> None:
             e.training_flops = tc.value
             e.training_flops_bound = None if tc.bound == "exact" else tc.bound
             first = tc.source.split(" ; ")[0].strip()
-            e.training_flops_source = f"{tc.formula}; recipe source: {first}" + (" (and more)" if " ; " in tc.source else "")
+            more = " (and more)" if " ; " in tc.source else ""
+            e.training_flops_source = f"{tc.formula}; recipe source: {first}{more}"
         elif e.training_flops is None:
             e.training_flops_source = tc.formula
 
@@ -518,7 +519,7 @@ def rank_board(entries: list[Entry]) -> list[Entry]:
         if cost_attr == "training_flops":  # bounded figures: see Entry.training_flops_frontier
             cost_attr = "training_flops_frontier"
         on = fr.pareto_frontier([compute_key(getattr(e, cost_attr)) for e in entries], values)
-        for e, f, v in zip(entries, on, values):
+        for e, f, v in zip(entries, on, values, strict=False):
             # an accuracy that is not measurably above zero: False (no badge), not None (no figure)
             e.on_frontier[key] = False if (f is None and v is None and getattr(e, value_attr) is not None
                                            and compute_key(getattr(e, cost_attr)) is not None) else f
@@ -537,9 +538,9 @@ def rank_board(entries: list[Entry]) -> list[Entry]:
         e.training_overhead, e.training_gap = t_overhead[i], t_gap[i]
     tiers = [tier(e) for e in entries]
     order = fr.default_order(layers, all_vals, costs, [e.name for e in entries], tiers)
-    ranks, tied = fr.ranks_with_ties(order, [(t, layer) for t, layer in zip(tiers, layers)],
+    ranks, tied = fr.ranks_with_ties(order, [(t, layer) for t, layer in zip(tiers, layers, strict=False)],
                                      [e.robust_ci for e in entries])
-    for e, r, t in zip(entries, ranks, tied):
+    for e, r, t in zip(entries, ranks, tied, strict=False):
         e.rank, e.tied = r, t
     return [entries[i] for i in order]
 
@@ -553,11 +554,12 @@ def make_boards(entries: list[Entry]) -> list[Board]:
     for e in entries:
         groups.setdefault(_board_key(e), []).append(e)
     boards = []
-    for (dataset, norm, eps), group in sorted(
+    for (dataset, norm, _eps), group in sorted(
             groups.items(), key=lambda kv: (datasets.order(kv[0][0]), kv[0][0], NORM_ORDER.get(kv[0][1], 9),
                                             kv[0][2])):
         ordered = rank_board(group)
-        board = Board(dataset, norm, next((e.board_eps for e in group if e.board_eps is not None), group[0].eps), ordered)
+        board = Board(dataset, norm, next((e.board_eps for e in group if e.board_eps is not None), group[0].eps),
+                      ordered)
         board.scaling = fit_saturating_power_law([e.training_flops_exact for e in ordered],
                                                  [e.robust for e in ordered])
         seps = [e for e in ordered if e.separation is not None]

@@ -30,11 +30,11 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
+from . import render_plots as rp
 from .boards import FRONTIERS, Board, Inputs, load_entries, make_boards
 from .render_html import render_site
 from .render_json import dumps, site_json
 from .render_md import render_markdown
-from . import render_plots as rp
 
 MARKER = ".leaderboard-site"
 XLABELS = {

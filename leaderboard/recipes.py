@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.flops import (
-    STEP_METHODS, MethodCost, RecipeFacts, describe_method, reported_method_cost, train_set_size,
-)
+from harness.flops import STEP_METHODS, MethodCost, RecipeFacts, describe_method, reported_method_cost, train_set_size
 
 RECIPE_COLUMNS = [
     "robustbench_id", "dataset", "threat_model", "method", "attack_steps", "awp", "epochs",
@@ -161,7 +159,8 @@ def parse_recipe(row: dict[str, str], where: str) -> Recipe:
     if r.status == "known":
         need = [("method", r.method != "unknown"), ("awp", r.awp is not None), ("epochs", r.epochs is not None),
                 ("examples_per_epoch", r.examples_per_epoch is not None),
-                ("attack_steps", r.method not in STEP_METHODS or r.attack_steps is not None), ("source", bool(r.source))]
+                ("attack_steps", r.method not in STEP_METHODS or r.attack_steps is not None), ("source",
+                                                                                               bool(r.source))]
         lacking = [n for n, ok in need if not ok]
         if lacking:
             raise HarnessError(f"{where}: status known, but {', '.join(lacking)} "

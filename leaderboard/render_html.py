@@ -46,7 +46,8 @@ def wbr(text: object) -> Markup:
 def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=fmt.pct, flops=fmt.flops, bounded_flops=fmt.bounded_flops, ci=fmt.ci, si=fmt.si, saving=fmt.saving, saving_title=fmt.saving_title,
+    env.filters.update(pct=fmt.pct, flops=fmt.flops, bounded_flops=fmt.bounded_flops, ci=fmt.ci, si=fmt.si,
+                       saving=fmt.saving, saving_title=fmt.saving_title,
                        overhead=fmt.overhead, overhead_title=fmt.overhead_title, gap=fmt.gap, gap_title=fmt.gap_title,
                        num=fmt.num, sortv=fmt.sort_value, safe_url=safe_url, wbr=wbr,
                        tojson_pretty=lambda v: json.dumps(v, indent=2, default=str))

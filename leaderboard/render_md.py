@@ -16,7 +16,7 @@ from tabulate import tabulate
 from harness.record import FLOPS_CONVENTION
 
 from .boards import FRONTIERS, Board, Inputs, coverage, worked_example
-from .fmt import DASH, bounded_flops, flops, gap, num, overhead, pct, pct_ci, si
+from .fmt import DASH, bounded_flops, flops, gap, overhead, pct, pct_ci, si
 from .render_json import RANKING_DEFINITION
 from .urls import safe_url
 
@@ -110,7 +110,8 @@ def render_markdown(boards: list[Board], inputs: Inputs) -> str:
             out.append(md_text("Example: " + sentence))
             out.append("")
         if b.separation:
-            out.append(md_text(f"Data-separation radius: {b.separation['radius']:.4g} (from {b.separation['source']})."))
+            out.append(md_text(f"Data-separation radius: {b.separation['radius']:.4g} (from "
+                               f"{b.separation['source']})."))
             out.append("")
         out.append(board_table(b))
         out.append("")

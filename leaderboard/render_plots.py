@@ -197,10 +197,12 @@ def frontier_plot(board: Board, key: str, cost_attr: str, value_attr: str, title
     ax = fig.add_subplot()
     tips: list[str] = []
     ylabel = "certified" if value_attr == "certified" else "AutoAttack"
-    xname = {"inference_flops": "inference FLOPs", "training_flops": "training FLOPs", "params": "parameters"}[cost_attr]
+    xname = {"inference_flops": "inference FLOPs", "training_flops": "training FLOPs",
+             "params": "parameters"}[cost_attr]
     _draw_points(ax, [(e, float(getattr(e, cost_attr)), 100 * getattr(e, value_attr)) for e in pts],
                  xname, f"{ylabel} accuracy", tips)
-    front = sorted((e for e in pts if e.on_frontier.get(key)), key=lambda e: (getattr(e, cost_attr), getattr(e, value_attr)))
+    front = sorted((e for e in pts if e.on_frontier.get(key)), key=lambda e: (getattr(e, cost_attr),
+                                                                              getattr(e, value_attr)))
     xs_all = [float(getattr(e, cost_attr)) for e in pts]
     _ylim(ax, [100 * getattr(e, value_attr) for e in pts], headroom=0.12)
     _logx(ax, xs_all)
@@ -211,7 +213,8 @@ def frontier_plot(board: Board, key: str, cost_attr: str, value_attr: str, title
         ax.step(xs + [xmax * 1.5], ys + [ys[-1]], where="post", color=FRONTIER_COLOR, lw=1.4,
                 label="frontier", zorder=1)
         # the strongest points first: they get the free space near them
-        _place_labels(fig, ax, [(e.name, x, y) for e, x, y in list(zip(front, xs, ys))[-MAX_LABELS:]][::-1])
+        _place_labels(fig, ax, [(e.name, x, y) for e, x, y in list(zip(front, xs, ys,
+                                                                       strict=False))[-MAX_LABELS:]][::-1])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{ylabel} accuracy (%)")
     ax.set_title(f"{board.title}: {title}", fontsize=FONT + 0.5)
@@ -235,7 +238,7 @@ def sandwich_plot(board: Board, path: Path) -> bool:
     rob = [100 * e.robust if e.robust is not None else np.nan for e in sel]
     clean = [100 * e.clean if e.clean is not None else np.nan for e in sel]
     lo = [c for c in cert]
-    hi = [c if not np.isnan(c) else r for c, r in zip(clean, rob)]
+    hi = [c if not np.isnan(c) else r for c, r in zip(clean, rob, strict=False)]
     ax.vlines(x, lo, hi, color="#bbbbbb", lw=1.2, zorder=1)
     ax.scatter(x, clean, marker="^", color="#2e8b57", s=22, label="clean", zorder=3)
     ax.scatter(x, rob, marker="o", color="#1f5fa8", s=22, label="AutoAttack (empirical)", zorder=3)

@@ -410,9 +410,10 @@ def architecture_builder(dataset: str, norm: str, rb_id: str, architecture: str)
     """How to build an entry's architecture: its model-zoo constructor, or (for leaderboard
     entries without zoo weights) the standard architecture its ``architecture`` string names.
     Raises ValueError with the reason when neither is possible."""
-    from harness import compat  # noqa: F401  (robustbench imports autoattack)
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    from harness import compat  # noqa: F401  (robustbench imports autoattack)
 
     key = (dataset, norm, rb_id)
     if key in ZOO_OVERRIDES:
@@ -451,10 +452,11 @@ def input_size(dataset: str, norm: str, rb_id: str) -> tuple[int, int, int]:
     preprocessing for this model (224, or 288 for Wong2020Fast), read from its transform."""
     if dataset in ("cifar10", "cifar100"):
         return (3, 32, 32)
-    from harness import compat  # noqa: F401
     from robustbench.data import get_preprocessing
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     from torchvision import transforms
+
+    from harness import compat  # noqa: F401
 
     try:
         t = get_preprocessing(BenchmarkDataset(dataset), ThreatModel(norm), rb_id, None)
@@ -553,9 +555,9 @@ def make_rows(info_rows: Iterable[InfoRow], existing: dict[str, dict[str, str]],
 
 def write_rows(rows: list[dict[str, str]], out: Path) -> None:
     """Write reported.csv atomically (a temporary file renamed into place)."""
-    from harness.files import atomic_write_text
-
     import io
+
+    from harness.files import atomic_write_text
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()

@@ -88,7 +88,7 @@ def fit_saturating_power_law(compute: Sequence[float], accuracy: Sequence[float]
     non-positive value are dropped first."""
     from scipy.optimize import curve_fit
 
-    pts = [(float(c), float(a)) for c, a in zip(compute, accuracy)
+    pts = [(float(c), float(a)) for c, a in zip(compute, accuracy, strict=False)
            if c is not None and a is not None and math.isfinite(float(c)) and float(c) > 0
            and math.isfinite(float(a))]
     n = len(pts)
@@ -117,8 +117,8 @@ def fit_saturating_power_law(compute: Sequence[float], accuracy: Sequence[float]
     resid = a - _model(x, A, B, alpha)
     rmse = float(np.sqrt(np.mean(resid ** 2)))
     stderr = float(np.sqrt(pcov[0, 0])) if np.all(np.isfinite(pcov)) and pcov[0, 0] >= 0 else math.inf
-    at_bound = [k for k, v, l, h in zip(("A", "B", "alpha"), (A, B, alpha), lo, hi)
-                if abs(v - l) <= 1e-3 * max(1.0, abs(l)) or abs(v - h) <= 1e-3 * max(1.0, abs(h))]
+    at_bound = [k for k, v, lo_k, hi_k in zip(("A", "B", "alpha"), (A, B, alpha), lo, hi, strict=True)
+                if abs(v - lo_k) <= 1e-3 * max(1.0, abs(lo_k)) or abs(v - hi_k) <= 1e-3 * max(1.0, abs(hi_k))]
     fit = ScalingFit(n, True, "", A=A, B=B, alpha=alpha, C0=C0, A_stderr=stderr, rmse=rmse, at_bound=at_bound)
     if at_bound:
         fit.ok = False

@@ -45,7 +45,8 @@ def synthetic_record(sub_id: str, rng: random.Random, *, board: tuple, submissio
     robust = k / n_examples
     clean = int(round(clean * n_examples)) / n_examples
     tf = flops * rng.uniform(1e6, 1e9) * 27 if training_flops else None
-    aa_checks = ["it seems that the model is not robust to small perturbations (synthetic check message)"] if flags else []
+    aa_checks = (["it seems that the model is not robust to small perturbations (synthetic check message)"]
+                 if flags else [])
     cert = None
     if certified:
         c_acc = round(robust * rng.uniform(0.3, 0.95) * n_examples) / n_examples
@@ -66,11 +67,13 @@ def synthetic_record(sub_id: str, rng: random.Random, *, board: tuple, submissio
     return ResultRecord(
         submission_id=sub_id, name=f"Synthetic model {sub_id}", dataset=dataset,
         threat_model={"norm": norm, "eps": eps}, n_examples=n_examples,
-        stages=["clean", "flops"] + (["certify"] if certified else []) + ["autoattack"] + (["diagnostics"] if diagnostics else []),
+        stages=(["clean", "flops"] + (["certify"] if certified else []) + ["autoattack"]
+                + (["diagnostics"] if diagnostics else [])),
         clean_accuracy=clean, clean_accuracy_ci95=_ci(clean, n_examples),
         robust_accuracy=robust, robust_accuracy_ci95=_ci(robust, n_examples),
         autoattack={"version": "standard", "seed": 0, "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
-                    "accuracy_after": {"clean": clean, "apgd-ce": min(clean, (k + round(0.02 * n_examples)) / n_examples),
+                    "accuracy_after": {"clean": clean, "apgd-ce": min(clean,
+                                                                      (k + round(0.02 * n_examples)) / n_examples),
                                        "apgd-t": robust,
                                        "fab-t": robust, "square": robust},
                     "checks": aa_checks, "n_attacked": round(clean * n_examples),
@@ -89,12 +92,14 @@ def synthetic_record(sub_id: str, rng: random.Random, *, board: tuple, submissio
     )
 
 
-def write_submission(root: Path, sub_id: str, board: tuple, checkpoint_sha: str, *, paper_url: str | None = None) -> Path:
+def write_submission(root: Path, sub_id: str, board: tuple, checkpoint_sha: str, *,
+                     paper_url: str | None = None) -> Path:
     dataset, norm, _, eps_text, _, _ = board
     spec: dict[str, Any] = {
         "id": sub_id, "name": f"Synthetic model {sub_id}", "authors": ["synthetic"], "license": "MIT",
         "dataset": dataset, "threat_model": {"norm": norm, "eps": eps_text},
-        "model": {"format": "state_dict", "architecture": "cifar_small_cnn" if dataset != "mnist" else "mnist_small_cnn",
+        "model": {"format": "state_dict",
+                  "architecture": "cifar_small_cnn" if dataset != "mnist" else "mnist_small_cnn",
                   "checkpoint": {"path": "model.safetensors", "sha256": checkpoint_sha}},
         "training": {"method": "pgd", "attack_steps": 10, "epochs": 10},
         "evaluation": {"n_examples": 1000, "seed": 0},
@@ -161,7 +166,8 @@ def write_synthetic_repo(root: Path, n: int, *, seed: int = 0, gallery: int = 0,
         ck_file.parent.mkdir(parents=True, exist_ok=True)
         ck_file.write_text(f"synthetic stand-in checkpoint {rng.getrandbits(256):064x}\n", encoding="utf-8")
         ck = sha256_file(ck_file)
-        yaml_path = write_submission(root, sub_id, board, ck, paper_url="https://example.org/paper" if i % 7 == 0 else None)
+        yaml_path = write_submission(root, sub_id, board, ck,
+                                     paper_url="https://example.org/paper" if i % 7 == 0 else None)
         sub, _ = parse_submission(yaml_path)
         rec = synthetic_record(
             sub_id, rng, board=board, submission_sha=sha256_file(yaml_path), checkpoint_sha=ck,

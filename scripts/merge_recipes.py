@@ -25,7 +25,8 @@ sys.path.insert(0, str(REPO))
 #: the stage alone would understate the training compute, so no total is computed from them
 STAGE_ONLY = {
     ("cifar10", "Linf", "Chen2020Adversarial"): "one ensemble member's fine-tuning stage; the self-supervised "
-                                                 "adversarial pre-training and the other two members are not in the numbers",
+                                                 "adversarial pre-training and the other two members are not in the "
+                                                 "numbers",
     ("cifar10", "Linf", "Hendrycks2019Using"): "the CIFAR-10 fine-tuning stage only; the adversarial pre-training "
                                                 "on ImageNet32 is not in the numbers",
     ("cifar100", "Linf", "Hendrycks2019Using"): "the CIFAR-100 fine-tuning stage only; the adversarial pre-training "
@@ -44,8 +45,14 @@ def _completeness(r) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.errors import HarnessError
-    from leaderboard.recipes import (RECIPE_COLUMNS, Recipe, load_recipes, parse_recipe, plausibility_problems,
-                                     write_recipes)
+    from leaderboard.recipes import (
+        RECIPE_COLUMNS,
+        Recipe,
+        load_recipes,
+        parse_recipe,
+        plausibility_problems,
+        write_recipes,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="*", type=Path)

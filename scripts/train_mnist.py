@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                     x, y = x[:args.limit], y[:args.limit]
             monitor = None
             if args.check and method != "standard":
-                def monitor(m, _t=Path(args.test_data)):
+                def monitor(m, _t=Path(args.test_data), method=method):
                     r = check(m, _t, args.eps, args.seed, n=500, bs=500, certify=method == "ibp")
                     return "probe, first 500 test images at eps %g: " % args.eps + "  ".join(
                         f"{k} {v:.3f}" for k, v in r.items())

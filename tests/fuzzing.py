@@ -68,7 +68,8 @@ def hostile_scalars() -> st.SearchStrategy:
     return st.one_of(
         st.integers(), st.integers(min_value=-(10**40), max_value=10**40),
         st.sampled_from([0, -1, 1, 2**31, 2**32, 2**63, 2**64, 10**29, -(10**29), 10**400]),
-        st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([float("nan"), float("inf"), -0.0, 1e300, 5e-324]),
+        st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([float("nan"), float("inf"), -0.0, 1e300,
+                                                                         5e-324]),
         st.booleans(), st.none(),
         st.text(max_size=40),
         st.sampled_from(["javascript:alert(1)", "8/255", "1/0", "../../etc/passwd", "/etc/passwd", "a\x00b",

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
-             b"<body>Google Drive can't scan this file for viruses. <a href='?confirm=t'>Download anyway</a></body></html>")
+             b"<body>Google Drive can't scan this file for viruses. <a href='?confirm=t'>Download "
+             b"anyway</a></body></html>")
 
 
 @dataclass

@@ -56,7 +56,8 @@ def test_an_honest_robust_record_passes(capsys):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "clean re-run on 4 points, 0 disagree" in out
-    assert "on 4 points claimed robust, 0 broken (95% lower bound of the broken fraction 0.0%, tolerance 2%); passed" in out
+    assert ("on 4 points claimed robust, 0 broken (95% lower bound of the broken fraction 0.0%, tolerance 2%); "
+            "passed") in out
 
 
 def test_flipped_clean_flags_are_named(tmp_path, capsys):
@@ -135,8 +136,8 @@ def test_the_sample_is_seeded_and_drawn_from_claimed_robust_points():
     a = plan_sample(arrays, n, 5, seed=7)
     b = plan_sample(arrays, n, 5, seed=7)
     c = plan_sample(arrays, n, 5, seed=8)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=False))
     clean, attack = a
     assert len(clean) == 5 and len(set(clean)) == 5 and len(attack) == 5
     assert arrays["autoattack_robust"][attack].all()

@@ -102,8 +102,9 @@ def test_checks_land_in_the_record(make_submission):
     # the architecture lacks the softmax: save a TorchScript archive instead
     ts = path.parent / "model.ts"
     torch.jit.script(net.eval()).save(str(ts))
-    from harness.files import sha256_file
     import yaml
+
+    from harness.files import sha256_file
     spec = yaml.safe_load(path.read_text())
     spec["model"] = {"format": "torchscript", "checkpoint": {"path": "model.ts", "sha256": sha256_file(ts)}}
     spec["evaluation"] = {"n_examples": 10, "batch_size": 10}

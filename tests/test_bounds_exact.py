@@ -5,15 +5,21 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.bounds import BoundedModel, margin_spec, other_classes
 from harness.architectures import mnist_small_cnn
+from harness.bounds import BoundedModel, margin_spec, other_classes
 
 try:
-    from test_bounds_soundness import (DT, METHODS, Normalized, leaky_pool_cnn, overlap_pool_cnn,
-                                       resnet_tiny, tiny_cnn)
+    from test_bounds_soundness import DT, METHODS, Normalized, leaky_pool_cnn, overlap_pool_cnn, resnet_tiny, tiny_cnn
 except ImportError:  # tests/ imported as a package
-    from tests.test_bounds_soundness import (DT, METHODS, Normalized, leaky_pool_cnn,
-                                             overlap_pool_cnn, resnet_tiny, tiny_cnn)
+    from tests.test_bounds_soundness import (
+        DT,
+        METHODS,
+        Normalized,
+        leaky_pool_cnn,
+        overlap_pool_cnn,
+        resnet_tiny,
+        tiny_cnn,
+    )
 
 
 def _linear_model(seed: int, normalized: bool) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -162,7 +168,7 @@ def test_bounds_shrink_to_the_point_value(norm):
             if 0 < eps <= 1e-3:
                 assert float((f - lo).abs().max()) < 1e4 * eps
         assert widths[-1] == pytest.approx(0.0, abs=1e-12)
-        assert all(w1 >= w2 - 1e-12 for w1, w2 in zip(widths, widths[1:]))
+        assert all(w1 >= w2 - 1e-12 for w1, w2 in zip(widths, widths[1:], strict=False))
         assert widths[-2] < 1e-3 * max(widths[0], 1e-12) or widths[-2] < 1e-8
 
 

@@ -14,17 +14,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.bounds import BoundedModel, certified_radius, check_affordable, estimate_cost
-from harness.bounds.ops import (AffineOp, ElementwiseRelaxedOp, LeakyReLUOp, MaxPool2dOp, Op,
-                                ReLUOp, dot, op_for_function, op_for_method, op_for_module,
-                                register_op, registered_ops, unregister_op)
+from harness.bounds.ops import (
+    AffineOp,
+    ElementwiseRelaxedOp,
+    LeakyReLUOp,
+    MaxPool2dOp,
+    Op,
+    ReLUOp,
+    dot,
+    op_for_function,
+    op_for_method,
+    op_for_module,
+    register_op,
+    registered_ops,
+    unregister_op,
+)
 from harness.errors import HarnessError
 
 try:
-    from test_bounds_soundness import (DT, METHODS, _check_contains, _points_l2, _points_linf,
-                                       leaky_pool_cnn, overlap_pool_cnn)
+    from test_bounds_soundness import (
+        DT,
+        METHODS,
+        _check_contains,
+        _points_l2,
+        _points_linf,
+        leaky_pool_cnn,
+        overlap_pool_cnn,
+    )
 except ImportError:  # tests/ imported as a package
-    from tests.test_bounds_soundness import (DT, METHODS, _check_contains, _points_l2,
-                                             _points_linf, leaky_pool_cnn, overlap_pool_cnn)
+    from tests.test_bounds_soundness import (
+        DT,
+        METHODS,
+        _check_contains,
+        _points_l2,
+        _points_linf,
+        leaky_pool_cnn,
+        overlap_pool_cnn,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -251,7 +251,7 @@ def test_bounds_contain_brute_force(net, norm):
         pts = (_points_linf if norm == "Linf" else _points_l2)(x[b], eps, 3000, gen)
         with torch.no_grad():
             f = model(pts)
-        for method, (lb, ub, mlb, mub) in found.items():
+        for _method, (lb, ub, mlb, mub) in found.items():
             _check_contains(f, lb[b], ub[b])
             _check_contains(f @ C[b].T, mlb[b], mub[b])
     assert all(torch.isfinite(t).all() for v in found.values() for t in v)

@@ -96,7 +96,8 @@ def test_toy_certifier_registered_by_one_line_runs_through_the_pipeline(toy, lin
     make, W, b = linear_submission
     out = tmp_path / "rec.json"
     res = evaluate(make("toy-pipe", ["toy-exact-linear"]),
-                   EvalOptions(device="cpu", progress=False, sandbox="none"), stages=["clean", "certify"], out=out, echo=lambda s: None)
+                   EvalOptions(device="cpu", progress=False, sandbox="none"), stages=["clean", "certify"], out=out,
+                   echo=lambda s: None)
     rec, arrays = res.record, res.arrays
     assert set(rec.certified) == {"toy-exact-linear"} and rec.certify_skipped is None
     read_record(out)  # the strict reader accepts the record and its arrays (the toy is registered)
@@ -132,7 +133,8 @@ def test_toy_certifier_registered_by_one_line_runs_through_the_pipeline(toy, lin
 def test_lipschitz_and_crown_through_the_pipeline_on_an_l2_linear_model(linear_submission, tmp_path):
     make, W, b = linear_submission
     res = evaluate(make("lip-pipe", ["lipschitz", "crown"]),
-                   EvalOptions(device="cpu", progress=False, sandbox="none"), stages=["clean", "certify", "autoattack"], out=tmp_path / "rec.json", echo=lambda s: None)
+                   EvalOptions(device="cpu", progress=False, sandbox="none"), stages=["clean", "certify", "autoattack"],
+                   out=tmp_path / "rec.json", echo=lambda s: None)
     rec, arrays = res.record, res.arrays
     assert set(rec.certified) == {"lipschitz", "crown"} and rec.certify_skipped is None
     correct, exact = _exact(W, b)

@@ -2,12 +2,11 @@
 5,000-image subset) and TinyImageNet, read lazily from real JPEG files written here with PIL."""
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,9 +64,9 @@ def test_the_registry_is_torch_free_and_feeds_the_schemas():
 def test_preprocessing_vocabulary_is_robustbenchs():
     """Our names are RobustBench's (None is "none"), and our uint8 transforms reproduce its own
     transforms (ToTensor included) exactly on a real JPEG."""
-    from harness import compat  # noqa: F401
     from robustbench.data import PREPROCESSINGS as RB
 
+    from harness import compat  # noqa: F401
     from harness.data import transform_for
 
     assert {("none" if k is None else k) for k in RB} == set(datasets.PREPROCESSINGS)
@@ -84,9 +83,10 @@ def test_preprocessing_vocabulary_is_robustbenchs():
 def test_imagenet_subset_in_robustbench_order(tmp_path, prep):
     """The first points come out in RobustBench's order with its labels and, for every
     preprocessing, exactly what RobustBench's own ImageNet loader produces from the same folder."""
-    from harness import compat  # noqa: F401
     from robustbench.data import PREPROCESSINGS as RB
     from robustbench.loaders import CustomImageFolder
+
+    from harness import compat  # noqa: F401
 
     ids = make_imagenet(tmp_path, 3)
     d = load_test_data("imagenet", 3, data_dir=tmp_path, preprocessing=prep)
@@ -209,8 +209,9 @@ def test_memory_does_not_grow_with_n(tmp_path):
 
 
 def test_imagenet_schema(tmp_path):
-    from harness.submission import Submission, validation_problems
     from pydantic import ValidationError
+
+    from harness.submission import Submission, validation_problems
 
     base = {"id": "x", "name": "x", "authors": ["a"], "license": "MIT", "dataset": "imagenet",
             "model": {"format": "state_dict", "architecture": "robustbench.zoo:imagenet/Linf/Salman2020Do_R18",

@@ -13,7 +13,11 @@ import torch
 
 from harness.architectures import mnist_small_cnn
 from harness.diagnostics import (
-    attack_ladder, fd_step_for, gradient_alignment, input_hessian_top_eigenvalue, ladder_flags,
+    attack_ladder,
+    fd_step_for,
+    gradient_alignment,
+    input_hessian_top_eigenvalue,
+    ladder_flags,
 )
 
 REPO = Path(__file__).resolve().parents[1]

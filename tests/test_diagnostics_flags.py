@@ -10,9 +10,17 @@ import torch
 import torch.nn as nn
 
 from harness.diagnostics import (
-    Flag, autoattack_version_for, capture_autoattack_messages, catastrophic_overfitting_flag,
-    classify_autoattack_messages, detect_randomized, gap_threshold, ladder_flags,
-    weak_attack_gap_flags, zero_gradient_flag, zero_gradient_fraction,
+    Flag,
+    autoattack_version_for,
+    capture_autoattack_messages,
+    catastrophic_overfitting_flag,
+    classify_autoattack_messages,
+    detect_randomized,
+    gap_threshold,
+    ladder_flags,
+    weak_attack_gap_flags,
+    zero_gradient_flag,
+    zero_gradient_fraction,
 )
 
 

@@ -7,9 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.diagnostics.linearity import (
-    gradient_alignment, input_hessian_top_eigenvalue, lanczos,
-)
+from harness.diagnostics.linearity import gradient_alignment, input_hessian_top_eigenvalue, lanczos
 
 
 def _sym(n, seed, top=None):
@@ -47,7 +45,7 @@ def test_lanczos_full_space_recovers_whole_spectrum_and_survives_breakdown():
     r2 = u @ np.diag([5.0, -2.0]) @ u.T
     for mat in (m, r2):
         A = torch.tensor(mat)
-        ritz = lanczos(lambda v: v @ A.T, torch.ones(1, 12, dtype=torch.float64), k=12)
+        ritz = lanczos(lambda v, A=A: v @ A.T, torch.ones(1, 12, dtype=torch.float64), k=12)
         np.testing.assert_allclose(np.sort(ritz[0].numpy()), np.linalg.eigvalsh(mat), atol=1e-8)
 
 

@@ -19,8 +19,13 @@ import torch.nn.functional as F
 from harness import compat  # noqa: F401
 from harness.architectures import mnist_small_cnn
 from harness.diagnostics import (
-    attack_ladder, capture_autoattack_messages, classify_autoattack_messages, gradient_alignment,
-    ladder_flags, zero_gradient_flag, zero_gradient_fraction,
+    attack_ladder,
+    capture_autoattack_messages,
+    classify_autoattack_messages,
+    gradient_alignment,
+    ladder_flags,
+    zero_gradient_flag,
+    zero_gradient_fraction,
 )
 
 REPO = Path(__file__).resolve().parents[1]

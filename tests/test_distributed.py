@@ -218,8 +218,8 @@ PIXEL = 3 * 28 + 10  # 255 in example 22 alone among the first 32 MNIST test ima
 def _nan_on_one_image(path: Path) -> None:
     """A linear model times (p - 1) / (p - 1), p one pixel: NaN exactly where that pixel is 255
     (never on the uniform noise the load check uses)."""
-    from onnx import TensorProto, helper, numpy_helper
     import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     w, b = rng.normal(size=(10, 784)).astype(np.float32), rng.normal(size=10).astype(np.float32)
@@ -246,7 +246,8 @@ def test_a_rank_that_fails_stops_the_job_with_its_one_line_error(tmp_path):
     _nan_on_one_image(folder / "model.onnx")
     spec = {"id": "nan-22", "name": "nan-22", "authors": ["tester"], "license": "MIT", "dataset": "mnist",
             "threat_model": {"norm": "Linf", "eps": 0.3},
-            "model": {"format": "onnx", "checkpoint": {"path": "model.onnx", "sha256": sha256_file(folder / "model.onnx")}},
+            "model": {"format": "onnx", "checkpoint": {"path": "model.onnx",
+                                                       "sha256": sha256_file(folder / "model.onnx")}},
             "training": {"method": "standard", "epochs": 1},
             "evaluation": {"n_examples": 32, "batch_size": 8}}
     (folder / "submission.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -8,7 +8,7 @@ import pytest
 import torch.nn as nn
 
 from harness.architectures import build_architecture, mnist_small_cnn
-from harness.flops import count_inference_flops, method_multiplier, training_flops, to_fvcore_convention
+from harness.flops import count_inference_flops, method_multiplier, to_fvcore_convention, training_flops
 from harness.submission import Training
 
 
@@ -66,11 +66,13 @@ def test_training_flops_reproduce_scaling_law_reference(repo):
     t = Training(method="trades", attack_steps=10, epochs=seen / 50_000, examples_per_epoch=50_000)
     rec = training_flops(t, "cifar10", fwd_fvcore, 10)
     assert rec.source == "estimated" and rec.multiplier == 27
-    assert rec.value == pytest.approx(to_fvcore_convention(float(row["training_flops"]), "2 per multiply-add"), rel=0.01)
+    assert rec.value == pytest.approx(to_fvcore_convention(float(row["training_flops"]), "2 per multiply-add"),
+                                      rel=0.01)
 
 
 def test_declared_and_unknown_training_flops():
-    declared = training_flops(Training(method="other", declared_flops=4e18, declared_flops_convention="2 per multiply-add"),
+    declared = training_flops(Training(method="other", declared_flops=4e18,
+                                       declared_flops_convention="2 per multiply-add"),
                               "cifar10", 1e9, 10)
     assert declared.source == "declared" and declared.value == 2e18
     unknown = training_flops(Training(method="other"), "cifar10", 1e9, 10)
@@ -185,9 +187,7 @@ import copy  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from harness.flops import (  # noqa: E402
-    OTHER_METHODS, UNDERIVED, MethodCost, RecipeFacts, lbgat_teacher_flops, reported_method_cost,
-)
+from harness.flops import OTHER_METHODS, UNDERIVED, MethodCost, RecipeFacts, lbgat_teacher_flops, reported_method_cost  # noqa: E402
 
 
 def _kl(out, target_logits):
@@ -506,7 +506,7 @@ def test_lbgat_teacher_matches_fvcore():
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
             blocks, cin = [], 64
-            for cout, stride in zip((64, 128, 256, 512), (1, 1, 2, 2)):
+            for cout, stride in zip((64, 128, 256, 512), (1, 1, 2, 2), strict=False):
                 blocks += [Block(cin, cout, stride), Block(cout, cout, 1)]
                 cin = cout
             self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(512, classes)

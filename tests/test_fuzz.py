@@ -4,11 +4,10 @@ mutated examples file is either accepted, with its invariants holding, or refuse
 Never a traceback."""
 from __future__ import annotations
 
-import pytest
-from hypothesis import HealthCheck, given, settings
-
 import fuzzing
+import pytest
 from fuzzing import Tally
+from hypothesis import HealthCheck, given, settings
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None, derandomize=True,
                     suppress_health_check=list(HealthCheck))

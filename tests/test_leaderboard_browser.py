@@ -295,7 +295,8 @@ def test_entry_page_and_gallery(browser, site):
     loaded = browser.js("Array.prototype.filter.call(document.querySelectorAll('.gallery img'),"
                         " function (i) { return i.complete && i.naturalWidth > 0; }).length")
     assert loaded == 8
-    assert "harness eval submissions/syn-0000/submission.yaml" in browser.js("document.querySelector('pre.cmd').textContent")
+    cmd = browser.js("document.querySelector('pre.cmd').textContent")
+    assert "harness eval submissions/syn-0000/submission.yaml" in cmd
 
 
 def test_the_error_check_catches_errors(browser, site, tmp_path):
@@ -375,7 +376,8 @@ def test_must_show_on_the_repository_board(browser, repo_site):
         shown = set_filter(browser, C10, text=term)
         assert 0 < shown < n_c10, term
         texts = browser.js(f"Array.prototype.map.call(document.querySelectorAll('#{C10} tbody tr:not([hidden])'),"
-                           " function (r) { return (r.textContent + ' ' + r.getAttribute('data-search')).toLowerCase(); })")
+                           " function (r) { return (r.textContent + ' ' + "
+                           "r.getAttribute('data-search')).toLowerCase(); })")
         assert all(term.lower() in t for t in texts)
     assert set_filter(browser, C10, text="") == n_c10
     # the extra-data filter
@@ -401,7 +403,8 @@ def test_must_show_on_the_repository_board(browser, repo_site):
     r18 = "cifar10-autoattack-resnet18"
     robust_ids = [e["id"] for e in data["entries"] if e["measurably_robust"]]
     assert len(robust_ids) >= 90 and all(ids.index(i) < ids.index(r18) for i in robust_ids)
-    badges = browser.js(f"document.querySelector('#{C10} tr[data-id=\"{r18}\"]').querySelectorAll('.fbadge, .layer1').length")
+    badges = browser.js(f"document.querySelector('#{C10} tr[data-id=\"{r18}\"]').querySelectorAll('.fbadge, "
+                        ".layer1').length")
     assert badges == 0
     # no horizontal scrollbar at 1,280 px: neither the page nor any table scrolls sideways
     assert browser.js("window.innerWidth") == 1280
@@ -410,7 +413,8 @@ def test_must_show_on_the_repository_board(browser, repo_site):
                       " return w.scrollWidth > w.clientWidth + 1; }).length")
     assert wide == 0
     # the ranking paragraph with a worked example from the board
-    assert "cifar10-autoattack-resnet18" not in (browser.js(f"document.querySelector('#cifar10-Linf-8_255 .example').textContent") or "x")
+    assert "cifar10-autoattack-resnet18" not in (browser.js("document.querySelector('#cifar10-Linf-8_255 "
+                                                            ".example').textContent") or "x")
     assert "ResNet-18" in browser.js("document.querySelector('#cifar10-Linf-8_255 .example').textContent")
     assert browser.problems() == []
     keep = os.environ.get("LEADERBOARD_SCREENSHOT_DIR")
@@ -531,7 +535,8 @@ DOM_CHECK = """(function () {
       if (/^on/i.test(a.name)) bad.push(el.tagName + ' ' + a.name);
     });
     if (el.tagName === 'SCRIPT' && !/static\\/leaderboard\\.js$/.test(el.getAttribute('src') || '')) bad.push('script');
-    if (el.tagName === 'svg' || el.tagName === 'SVG' || el.tagName === 'IMG' && /x$/.test(el.getAttribute('src') || '')) bad.push(el.tagName);
+    if (el.tagName === 'svg' || el.tagName === 'SVG'
+        || el.tagName === 'IMG' && /x$/.test(el.getAttribute('src') || '')) bad.push(el.tagName);
   });
   var links = Array.prototype.map.call(document.querySelectorAll('a[href]'), function (a) { return a.protocol; });
   return {pwned: window.__pwned || 0, bad: bad, protocols: links, text: document.body.textContent};

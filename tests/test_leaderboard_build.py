@@ -111,7 +111,7 @@ def test_ranking_frontiers_and_efficiency_are_consistent(built):
         assert keys == sorted(keys)
         ranks = [e["rank"] for e in es]
         assert ranks[0] == 1 and ranks == sorted(ranks)
-        for prev, cur in zip(es, es[1:]):
+        for prev, cur in zip(es, es[1:], strict=False):
             if cur["rank"] == prev["rank"]:
                 assert cur["tied"] and prev["tied"]
                 assert cur["frontier_layer"] == prev["frontier_layer"] and tier(cur) == tier(prev)
@@ -123,7 +123,7 @@ def test_ranking_frontiers_and_efficiency_are_consistent(built):
                                   ("robust_vs_params", "params", robust),
                                   ("certified_vs_inference_flops", "inference_flops", cert)):
             on = fr.pareto_frontier([compute_key(e[cost]) for e in es], values)
-            assert b["frontiers"][key] == [e["id"] for e, f in zip(es, on) if f]
+            assert b["frontiers"][key] == [e["id"] for e, f in zip(es, on, strict=False) if f]
         # overhead and gap from the JSON's own figures
         allv = [e["robust_accuracy"] for e in es]
         assert [e["compute_overhead"] for e in es] == fr.compute_overhead(costs, allv)
@@ -133,7 +133,8 @@ def test_ranking_frontiers_and_efficiency_are_consistent(built):
             if e["frontier_layer"] is None:
                 assert s is None
             elif s is None:  # the most robust entry with inference FLOPs
-                assert e["robust_accuracy"] == max(r for r, c in zip(robust, costs) if r is not None and c is not None)
+                assert e["robust_accuracy"] == max(r for r, c in zip(robust, costs,
+                                                                     strict=False) if r is not None and c is not None)
                 assert "no other entry" in e["flop_saving_note"]
             elif s > 1:
                 assert e["frontier_layer"] == 1
@@ -381,7 +382,8 @@ def test_main_prints_one_line_errors_and_builds(repo, tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1 and "submission hash mismatch" in err
     assert not (tmp_path / "o").exists()
     y.write_bytes(original)
-    assert sha256_file(y) == json.loads((repo / "leaderboard/results/syn-0001.json").read_text())["provenance"]["submission_sha256"]
+    recorded = json.loads((repo / "leaderboard/results/syn-0001.json").read_text())
+    assert sha256_file(y) == recorded["provenance"]["submission_sha256"]
     assert main(["--root", str(repo), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "index.html").is_file()
     assert "site written to" in capsys.readouterr().out

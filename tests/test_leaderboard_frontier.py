@@ -56,7 +56,7 @@ def test_layers_and_saving_match_brute_force(coarse):
         assert fr.nondominated_layers(costs, values) == brute_layers(costs, values)
         got, want = fr.flop_saving(costs, values), brute_saving(costs, values)
         assert len(got) == len(want)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=False):
             assert (g is None and w is None) or g == pytest.approx(w)
 
 
@@ -160,7 +160,7 @@ def test_overhead_and_gap_match_brute_force(coarse):
         for got, want in ((fr.compute_overhead(costs, values), brute_overhead(costs, values)),
                           (fr.robustness_gap(costs, values), brute_gap(costs, values))):
             assert len(got) == len(want)
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=False):
                 assert (g is None and w is None) or g == pytest.approx(w)
 
 
@@ -210,10 +210,11 @@ def test_rank_board_matches_brute_force_on_random_boards():
             assert e.measurably_robust == measurable[e.id]
         # frontiers: brute force over the measurably robust entries only (with both figures)
         for key, cost_attr, value_attr, _ in FRONTIERS:
-            def val(x):
+            def val(x, value_attr=value_attr):
                 v, c = getattr(x, value_attr), (x.certified_ci if value_attr == "certified" else x.robust_ci)
                 return v if v is not None and c is not None and c[0] > 0 else None
-            def cost(x):  # a lower bound on the training FLOPs proves nothing about dominance
+
+            def cost(x, cost_attr=cost_attr):  # a lower bound on the training FLOPs proves nothing about dominance
                 if cost_attr == "training_flops" and x.training_flops_bound == "lower bound":
                     return None
                 return getattr(x, cost_attr)
@@ -228,7 +229,7 @@ def test_rank_board_matches_brute_force_on_random_boards():
         # overhead and gap over every entry with both figures
         costs = [e.inference_flops for e in entries]
         values = [e.robust for e in entries]
-        for e, o, g in zip(entries, brute_overhead(costs, values), brute_gap(costs, values)):
+        for e, o, g in zip(entries, brute_overhead(costs, values), brute_gap(costs, values), strict=False):
             assert (e.overhead is None and o is None) or e.overhead == pytest.approx(o)
             assert (e.gap is None and g is None) or e.gap == pytest.approx(g)
         # never above a measurably robust entry; no badge without measurable robustness

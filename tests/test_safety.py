@@ -103,7 +103,8 @@ def test_safetensors_and_nested_state_dicts_load(make_submission):
     m = _load(path)
     x = torch.rand(3, 1, 28, 28)
     assert torch.allclose(m.module(x), net.eval()(x), atol=1e-6)
-    nested = make_submission("nested", write=lambda ck: torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, ck))
+    nested = make_submission("nested", write=lambda ck: torch.save({"state_dict": {f"module.{k}": v for k,
+                                                                                   v in net.state_dict().items()}}, ck))
     assert torch.allclose(_load(nested).module(x), net(x), atol=1e-6)
 
 

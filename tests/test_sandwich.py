@@ -28,9 +28,11 @@ def test_consistent_results_pass():
 
 @pytest.mark.parametrize("stages, needle", [
     (dict(clean={"clean_correct": [1, 1]}, certify={"certified_crown": [1, 0]},
-          autoattack={"autoattack_robust": [0, 0]}), "certified_crown certifies examples [0] that autoattack/autoattack_robust broke"),
+          autoattack={"autoattack_robust": [0, 0]}),
+          "certified_crown certifies examples [0] that autoattack/autoattack_robust broke"),
     (dict(clean={"clean_correct": [1, 0]}, certify={"certified_ibp": [0, 1]}), "certifies misclassified examples [1]"),
-    (dict(clean={"clean_correct": [1, 0]}, autoattack={"autoattack_robust": [0, 1]}), "marks misclassified examples [1] robust"),
+    (dict(clean={"clean_correct": [1, 0]}, autoattack={"autoattack_robust": [0, 1]}),
+     "marks misclassified examples [1] robust"),
     (dict(clean={"clean_correct": [1, 1]}, certify={"certified_ibp": [1, 1]},
           diagnostics={"diagnostics_pgd_robust": [1, 0]}), "that diagnostics/diagnostics_pgd_robust broke"),
 ])

@@ -355,7 +355,8 @@ def test_huge_architecture_kwargs_are_refused_before_allocating(tmp_path, capfd)
     assert "model.architecture_kwargs" in err and "1000000" in err
     path = _submission(tmp_path, "big", "state_dict", lambda p: p.write_bytes(b"\0" * 64), "model.pt",
                        architecture="mnist_mlp", architecture_kwargs={"hidden": 20_000})
-    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", tmp_path / "rec2.json", "--memory-limit", "1G"))
+    err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", tmp_path / "rec2.json", "--memory-limit",
+                                "1G"))
     assert "model.architecture_kwargs" in err and "parameters" in err and "refused before allocating" in err
 
 

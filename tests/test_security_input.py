@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import base_spec
 
 from harness.cli import main
 from harness.errors import HarnessError
@@ -27,8 +28,6 @@ from harness.record import read_record
 from harness.submission import load_submission, parse_submission, verify_files
 from leaderboard.build import build_leaderboard
 from leaderboard.synthetic import write_synthetic_repo
-
-from conftest import base_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,7 +93,8 @@ def test_python_tags_aliases_and_merge_keys_are_refused(tmp_path, capsys):
     assert len(lines) == 1 and "python/object/apply" in lines[0]
     assert not marker.exists()
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi",
+                                                                                              strict=False))
     lines = validate_lines(capsys, write_spec(tmp_path / "bomb", bomb))
     assert len(lines) == 1 and "aliases" in lines[0] and "at line 2" in lines[0]
     lines = validate_lines(capsys, write_spec(tmp_path / "merge", "a: {x: 1}\nb:\n  <<: {x: 2}\n  y: 3\n"))
@@ -290,7 +290,8 @@ def test_package_checkpoint_resolves_without_importing(repo, tmp_path):
     (lambda s: s["evaluation"].update(seed=10**29), "evaluation.seed"),
     (lambda s: s["evaluation"].update(n_examples=2**70), "evaluation.n_examples"),
     (lambda s: s["evaluation"].update(batch_size=2**70), "evaluation.batch_size"),
-    (lambda s: s["model"].update(architecture="mnist_mlp", architecture_kwargs={"hidden": -5}), "model.architecture_kwargs"),
+    (lambda s: s["model"].update(architecture="mnist_mlp", architecture_kwargs={"hidden": -5}),
+     "model.architecture_kwargs"),
     (lambda s: s["model"].update(architecture="mnist_mlp", architecture_kwargs={"hidden": 100_000}),
      "model.architecture_kwargs"),
     (lambda s: s["model"].update(architecture="robustbench.WideResNet", architecture_kwargs={"depth": 70_000}),
@@ -322,6 +323,7 @@ def test_eval_command_line_counts_are_bounded(make_submission, capsys, flag, val
 # every file covered by a hash
 def _export_onnx_with_external_data(folder: Path) -> None:
     import onnx
+
     from harness.architectures import mnist_mlp
 
     torch.manual_seed(0)
@@ -339,7 +341,8 @@ def _onnx_submission(root: Path, sub_id: str = "onnx-ext", files: bool = True) -
     folder.mkdir(parents=True)
     _export_onnx_with_external_data(folder)
     spec = base_spec(sub_id, sha256_file(folder / "model.onnx"))
-    spec["model"] = {"format": "onnx", "checkpoint": {"path": "model.onnx", "sha256": sha256_file(folder / "model.onnx")}}
+    spec["model"] = {"format": "onnx", "checkpoint": {"path": "model.onnx",
+                                                      "sha256": sha256_file(folder / "model.onnx")}}
     if files:
         spec["files"] = {"w.bin": sha256_file(folder / "w.bin")}
     return write_spec(folder, spec)
@@ -559,7 +562,8 @@ def test_rank_one_robust_accuracy_contradicted_by_the_examples(board_repo):
         k = round(0.999 * n)
         d["robust_accuracy"], d["robust_accuracy_ci95"] = k / n, _ci(k, n)
         d["clean_accuracy"], d["clean_accuracy_ci95"] = 1.0, _ci(n, n)
-        d["autoattack"]["accuracy_after"] = {a: (1.0 if a == "clean" else k / n) for a in d["autoattack"]["accuracy_after"]}
+        d["autoattack"]["accuracy_after"] = {a: (1.0 if a == "clean" else k / n)
+                                             for a in d["autoattack"]["accuracy_after"]}
         d["autoattack"].update(n_attacked=n, n_skipped_misclassified=0, n_skipped_certified=0)
         d["certified"] = None
     _edit(root, sid, forge)
@@ -742,7 +746,8 @@ def test_npz_bombs_object_arrays_and_garbage(board_repo):
 
 def test_per_example_sandwich_is_checked(board_repo):
     root, ids = board_repo
-    sid, d = _first(root, ids, lambda d: d["certified"] and d["robust_accuracy"] and d["certified"]["ibp"]["certified_accuracy"] > 0)
+    sid, d = _first(root, ids, lambda d: d["certified"] and d["robust_accuracy"]
+                    and d["certified"]["ibp"]["certified_accuracy"] > 0)
 
     def forge(a):
         cert, rob = a["certified_ibp"], a["autoattack_robust"]
@@ -815,6 +820,7 @@ def test_messages_escape_terminal_control_characters(make_submission, capsys):
 def test_libyaml_and_pure_python_loaders_agree(doc):
     """The strict checks sit in PyYAML's Python composer; libyaml only parses (when present)."""
     import yaml as pyyaml
+
     from harness import yamlsafe
 
     outcomes = []

@@ -5,12 +5,11 @@ import json
 
 import pytest
 import yaml
+from conftest import base_spec
 
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.submission import Submission, load_submission, parse_eps, parse_submission
-
-from conftest import base_spec
 
 
 def problems_of(tmp_path, spec) -> list[str]:

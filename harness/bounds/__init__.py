@@ -15,8 +15,7 @@ Randomized smoothing (Cohen et al. 2019) lives in :mod:`.smoothing`.
 """
 from __future__ import annotations
 
-from .bounded import (METHODS, BoundedModel, check_affordable, estimate_cost, margin_spec,
-                      other_classes)
+from .bounded import METHODS, BoundedModel, check_affordable, estimate_cost, margin_spec, other_classes
 from .radius import certified_radius
 
 __all__ = [

@@ -95,7 +95,7 @@ def backward_from(graph, top: int, acc: dict, lbias: Tensor, ubias: Tensor, rela
             lbias = lbias + lb
         if ub is not None:
             ubias = ubias + ub
-        for j, (a_l, a_u) in zip(node.inputs, ins):
+        for j, (a_l, a_u) in zip(node.inputs, ins, strict=False):
             _accumulate(acc, j, a_l, a_u)
     A0 = acc.get(0, [None, None])
     if want_lower and want_upper and A0[0] is not None and A0[0] is A0[1]:
@@ -141,7 +141,7 @@ def _identity_rows(graph, i: int, idx: Tensor, relax: _Relax, inputs: InputSet) 
         ins, lb, _ = op.backward(A, A, None)
         if lb is not None:
             bias = bias + lb
-        for k, (a, _) in zip(graph.nodes[j].inputs, ins):
+        for k, (a, _) in zip(graph.nodes[j].inputs, ins, strict=False):
             shared[k] = a if k not in shared else shared[k] + a
     acc: dict = {}
     for j, A in frontier.items():

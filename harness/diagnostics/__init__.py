@@ -22,8 +22,12 @@ from .linearity import fd_step_for, gradient_alignment, input_hessian_top_eigenv
 from .lipschitz import lipschitz_report, local_lipschitz
 from .probes import autoattack_version_for, detect_randomized, zero_gradient_fraction
 from .rules import (
-    catastrophic_overfitting_flag, gap_threshold, ladder_flags, randomized_model_flag,
-    weak_attack_gap_flags, zero_gradient_flag,
+    catastrophic_overfitting_flag,
+    gap_threshold,
+    ladder_flags,
+    randomized_model_flag,
+    weak_attack_gap_flags,
+    zero_gradient_flag,
 )
 from .separation import min_distance_to_other_class, separation_report
 

@@ -22,8 +22,15 @@ import torch
 
 from ..errors import HarnessError
 from ._common import (
-    LossFn, ascent_direction, batches, check_threat, input_gradient, make_generator, predict,
-    project, sample_ball,
+    LossFn,
+    ascent_direction,
+    batches,
+    check_threat,
+    input_gradient,
+    make_generator,
+    predict,
+    project,
+    sample_ball,
 )
 
 __all__ = ["fgsm", "pgd", "robust_flags", "attack_ladder"]

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import HarnessError
-from ._common import (
-    LossFn, batches, check_threat, input_gradient, make_generator, sample_ball,
-)
+from ._common import LossFn, batches, check_threat, input_gradient, make_generator, sample_ball
 
 __all__ = ["gradient_alignment", "lanczos", "input_hessian_top_eigenvalue", "fd_step_for",
            "DEFAULT_FD_STEP", "THREAT_FD_FRACTION"]
@@ -198,7 +196,7 @@ def input_hessian_top_eigenvalue(model: torch.nn.Module, x: torch.Tensor, y: tor
         B = xb.shape[0]
         shape = xb.shape
 
-        def hvp(v: torch.Tensor) -> torch.Tensor:
+        def hvp(v: torch.Tensor, xb=xb, yb=yb, B=B, shape=shape) -> torch.Tensor:  # this batch's
             vv = v.to(xb.dtype).reshape(shape)
             gp = input_gradient(model, xb + h * vv, yb, loss_fn)
             gm = input_gradient(model, xb - h * vv, yb, loss_fn)

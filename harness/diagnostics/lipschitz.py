@@ -28,9 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import HarnessError
-from ._common import (
-    ascent_direction, batches, check_threat, flat_norm, make_generator, project, sample_ball,
-)
+from ._common import ascent_direction, batches, check_threat, flat_norm, make_generator, project, sample_ball
 
 __all__ = ["local_lipschitz", "lipschitz_report"]
 

@@ -187,7 +187,7 @@ def _min_distance(x_query, y_query, x_ref, y_ref, *, levels, n_candidates, candi
             ub, ub_idx = float(d[j]), int(cand[j])
             # 3. survivors, pruned by finer lower bounds (refining the upper bound on the way)
             idx = (row < ub).nonzero().squeeze(1)
-            for fq, fr in zip(fine_q, fine_r):
+            for fq, fr in zip(fine_q, fine_r, strict=False):
                 if idx.numel() == 0:
                     break
                 v = _rows_linf(fr, idx, fq[q])

@@ -123,7 +123,8 @@ class AutoAttackStage(Stage):
         attacks = list(aa.attacks_to_run)
 
         store = ctx.store(self.name)
-        meta_path, arr_path = store.block_path(block.index, ".progress.json"), store.block_path(block.index, ".progress.npz")
+        meta_path, arr_path = store.block_path(block.index, ".progress.json"), store.block_path(block.index,
+                                                                                                ".progress.npz")
         c, h, w = ctx.data.input_shape
         if meta_path.exists() and arr_path.exists():
             meta = json.loads(meta_path.read_text())
@@ -218,7 +219,8 @@ class AutoAttackStage(Stage):
                 checks.check_square_sr(dict(accuracy_after), logger=logger)
             check_msgs = _merge(check_msgs, cap.warnings)
         if version != requested:
-            check_msgs.insert(0, "harness: the forward pass is random; switched from the standard to the rand version (EOT)")
+            check_msgs.insert(0, "harness: the forward pass is random; switched from the standard to the rand version "
+                              "(EOT)")
 
         # A certified point would survive every attack: it would have cost one pass through each.
         per_point = sum(seconds[a] / n_input[a] for a in attacks if n_input.get(a))

@@ -183,7 +183,7 @@ class CertifyStage(Stage):
         first = min(bs, FIRST_BATCH, k) if block.index == 0 else bs
         starts = [0] + list(range(first, k, bs)) if k else []
         parts, seconds = [], 0.0
-        for a, b in zip(starts, starts[1:] + [k]):
+        for a, b in zip(starts, starts[1:] + [k], strict=False):
             t0 = time.perf_counter()
             sl = slice(a0 + a, a0 + b)
             parts.append(c.run(p, ctx.data.floats(sl, dev), ctx.data.labels(sl, dev), index=ctx.data.index[sl],

@@ -108,8 +108,12 @@ class DiagnosticsStage(Stage):
 
     def map(self, ctx: EvalContext, block: Block, prepared) -> BlockResult:
         from ..diagnostics import (
-            attack_ladder, detect_randomized, gradient_alignment, input_hessian_top_eigenvalue,
-            local_lipschitz, zero_gradient_fraction,
+            attack_ladder,
+            detect_randomized,
+            gradient_alignment,
+            input_hessian_top_eigenvalue,
+            local_lipschitz,
+            zero_gradient_fraction,
         )
         from ..diagnostics.linearity import fd_step_for
 
@@ -170,9 +174,7 @@ class DiagnosticsStage(Stage):
         return BlockResult(arrays, _json(extras))
 
     def reduce(self, ctx: EvalContext, arrays, extras) -> StageResult:
-        from ..diagnostics import (
-            classify_autoattack_messages, ladder_flags, randomized_model_flag, zero_gradient_flag,
-        )
+        from ..diagnostics import classify_autoattack_messages, ladder_flags, randomized_model_flag, zero_gradient_flag
         from ..diagnostics.linearity import _summary
 
         n, eps, norm, seed = len(ctx.data), ctx.eps, ctx.norm, ctx.seed
@@ -241,6 +243,7 @@ class DiagnosticsStage(Stage):
             "diagnostics_grad_alignment": arrays["diagnostics_grad_alignment"].astype(np.float32),
             "diagnostics_curvature": arrays["diagnostics_curvature"].astype(np.float32),
             "diagnostics_lipschitz": arrays["diagnostics_lipschitz"].astype(np.float32),
-            "diagnostics_separation": sep_dist.astype(np.float32) if sep is not None else np.full(n, np.nan, np.float32),
+            "diagnostics_separation": sep_dist.astype(np.float32) if sep is not None else np.full(n, np.nan,
+                                                                                                  np.float32),
         }
         return StageResult(summary={"diagnostics": _json(summary)}, arrays=out)

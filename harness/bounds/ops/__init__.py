@@ -26,9 +26,22 @@ from __future__ import annotations
 
 import importlib
 
-from .base import (ElementwiseRelaxedOp, Getter, Op, Shape, Tensor, dot, flat_sum,
-                   is_registered_module, op_for_function, op_for_method, op_for_module,
-                   register_op, registered_ops, unregister_op)
+from .base import (
+    ElementwiseRelaxedOp,
+    Getter,
+    Op,
+    Shape,
+    Tensor,
+    dot,
+    flat_sum,
+    is_registered_module,
+    op_for_function,
+    op_for_method,
+    op_for_module,
+    register_op,
+    registered_ops,
+    unregister_op,
+)
 
 #: the operator modules of this package, imported (and so registered) in this order
 OP_MODULES = ("affine", "linear", "normalization", "shape", "pooling", "arith", "relu",

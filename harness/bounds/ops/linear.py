@@ -83,7 +83,7 @@ class Conv2dOp(AffineOp):
         names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
         b.check_kwargs(n, names[1:])
         vals = [b.arg(n, i, nm, d) for i, (nm, d) in
-                enumerate(zip(names, (None, None, None, 1, 0, 1, 1)))]
+                enumerate(zip(names, (None, None, None, 1, 0, 1, 1), strict=False))]
         return cls.build(b, n, b.const_getter(vals[1]), b.const_getter(vals[2]),
                          *[b.literal(v) for v in vals[3:]]), [x]
 

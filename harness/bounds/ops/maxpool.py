@@ -63,7 +63,7 @@ class MaxPool2dOp(Op):
                  "return_indices")
         b.check_kwargs(n, names[1:])
         v = [None] + [b.literal(b.arg(n, i, nm, d)) for i, (nm, d) in
-                      enumerate(zip(names, (None, None, None, 0, 1, False, False))) if i]
+                      enumerate(zip(names, (None, None, None, 0, 1, False, False), strict=False)) if i]
         if v[6]:
             b.unsupported(n, why="return_indices=True")
         k = pair(v[1])

@@ -51,7 +51,7 @@ class AvgPool2dOp(AffineOp):
                  "count_include_pad", "divisor_override")
         b.check_kwargs(n, names[1:])
         v = [None] + [b.literal(b.arg(n, i, nm, d)) for i, (nm, d) in
-                      enumerate(zip(names, (None, None, None, 0, False, True, None))) if i]
+                      enumerate(zip(names, (None, None, None, 0, False, True, None), strict=False)) if i]
         k = pair(v[1])
         empty = v[2] is None or (isinstance(v[2], (list, tuple)) and len(v[2]) == 0)
         stride = k if empty else pair(v[2])
