@@ -350,8 +350,11 @@ def _record_flags(rec: ResultRecord) -> list[Flag]:
     own: AutoAttack's check messages verbatim, and an evaluation on a subset of the test set."""
     flags = rec.diagnostic_flags()
     if rec.autoattack is not None:
+        # a message the diagnostics already classified (an aa-* flag keeps its texts) is not repeated
+        classified = {m for f in flags for m in ((f.details or {}).get("messages") or ()) if isinstance(m, str)}
         for msg in rec.autoattack.checks:
-            flags.append(Flag("autoattack-check", "warning", msg))
+            if msg not in classified:
+                flags.append(Flag("autoattack-check", "warning", msg))
     # the size of the dataset's standard evaluation subset: an evaluation on fewer points is flagged
     spec = datasets.find(rec.dataset)
     full = None if spec is None or spec.custom else spec.n_test

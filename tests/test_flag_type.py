@@ -85,6 +85,20 @@ def test_the_board_shows_a_diagnostics_flag_as_the_record_holds_it(tmp_path):
     assert "catastrophic-overfitting" in (out / "leaderboard.md").read_text(encoding="utf-8")
 
 
+def test_an_autoattack_message_the_diagnostics_classified_is_shown_once():
+    """AutoAttack's check messages reach the board as the diagnostics' aa-* flag when the record has
+    one for them, and verbatim (``autoattack-check``) only when nothing classified them."""
+    from harness.record import read_record
+    from leaderboard.boards import _record_flags
+
+    rec = read_record(Path(__file__).resolve().parents[1] / "leaderboard" / "results" / "mnist-pgd.json")
+    assert rec.autoattack.checks  # the committed record holds AutoAttack's Square message
+    names = [f.name for f in _record_flags(rec)]
+    assert names.count("aa-square-beats-whitebox") == 1 and "autoattack-check" not in names
+    bare = rec.model_copy(update={"diagnostics": None})
+    assert [f.name for f in _record_flags(bare)].count("autoattack-check") == len(rec.autoattack.checks)
+
+
 def test_cli_summary_table_uses_the_leaderboard_number_format():
     from harness.cli import summary_table
     from leaderboard.fmt import pct, pct_ci, si
