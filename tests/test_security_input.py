@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 import torch
 import yaml
 from conftest import base_spec
+from fuzzing import forged_header_npz
 
 from harness.cli import main
 from harness.errors import HarnessError
@@ -486,20 +486,9 @@ def test_custom_data_set_must_be_hashed_and_plain(make_submission, capsys):
         np.savez(folder / "bad.npz", **arrays, allow_pickle=True)
         with pytest.raises(HarnessError, match=match):
             load_test_data("custom", None, custom_path=folder / "bad.npz")
-    (folder / "bomb.npz").write_bytes(forged_npz({"x": ((10**6, 4096, 4096), "|u1"), "y": ((10**6,), "<i8")}))
+    (folder / "bomb.npz").write_bytes(forged_header_npz({"x": ((10**6, 4096, 4096), "|u1"), "y": ((10**6,), "<i8")}))
     with pytest.raises(HarnessError, match="declare more than"):
         load_test_data("custom", None, custom_path=folder / "bomb.npz")
-
-
-def forged_npz(headers: dict[str, tuple[tuple[int, ...], str]]) -> bytes:
-    """An .npz whose members are .npy headers declaring ``shape`` and ``dtype``, with no data."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, (shape, dtype) in headers.items():
-            member = io.BytesIO()
-            np.lib.format.write_array_header_1_0(member, {"descr": dtype, "fortran_order": False, "shape": shape})
-            zf.writestr(f"{name}.npy", member.getvalue())
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,9 +713,9 @@ def test_npz_bombs_object_arrays_and_garbage(board_repo):
     sid = ids[1]
     p = root / "leaderboard" / "results" / f"{sid}.examples.npz"
     n = json.loads(_rec_path(root, sid).read_text())["n_examples"]
-    p.write_bytes(forged_npz({"index": ((10**12,), "<i8")}))
+    p.write_bytes(forged_header_npz({"index": ((10**12,), "<i8")}))
     refused(root, sid, "declare more than")
-    p.write_bytes(forged_npz({"index": ((n,), "|O")}))
+    p.write_bytes(forged_header_npz({"index": ((n,), "|O")}))
     refused(root, sid, "no object arrays")
     np.savez(p, index=np.array([object()] * n, dtype=object), allow_pickle=True)
     refused(root, sid, "no object arrays")
