@@ -246,8 +246,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from leaderboard.build import build_leaderboard
 
-    out = build_leaderboard(Path(args.root).resolve(), Path(args.out) if args.out else None)
-    print(f"site written to {out} (open {out / 'index.html'})")
+    out = build_leaderboard(Path(args.root), Path(args.out) if args.out else None, local=args.local,
+                            trust_keys=[Path(k) for k in args.trust_key or ()])
+    print(f"{'local board' if args.local else 'site'} written to {out} (open {out / 'index.html'})")
     return 0
 
 
@@ -374,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = lbs.add_parser("build", help="build the static site, leaderboard.md and leaderboard.json")
     b.add_argument("--out", help="output folder (default ./site)")
     b.add_argument("--root", default=".", help="repository root (default .)")
+    b.add_argument("--local", action="store_true",
+                   help="a local board: also show unsigned records and leaderboard/results/local/*.json, marked "
+                   "'local, unsigned' (never re-evaluated)")
+    b.add_argument("--trust-key", action="append", metavar="PUB_PEM",
+                   help="with --local: show records signed by this public key as 'local, signed by <key id>' "
+                   "(repeatable)")
     b.set_defaults(func=cmd_leaderboard)
     ir = lbs.add_parser("import-robustbench",
                         help="regenerate leaderboard/reported.csv from a RobustBench checkout's model_info/ JSON files")
