@@ -301,6 +301,20 @@ def test_refuses_a_checkpoint_hash_mismatch(repo):
     assert "syn-0001.json" in msg
 
 
+def test_refuses_an_edited_record_that_was_not_signed_again(repo):
+    path = repo / "leaderboard/results/syn-0001.json"
+    _edit_record(path, lambda d: d.update(inference_flops=1.0), sign=False)
+    msg = refuse(repo, "bad signature")
+    assert str(path) in msg
+
+
+def test_refuses_an_unsigned_record(repo):
+    path = repo / "leaderboard/results/syn-0002.json"
+    _edit_record(path, lambda d: d.pop("signature"), sign=False)
+    msg = refuse(repo, "unsigned record")
+    assert str(path) in msg
+
+
 def test_refuses_a_submission_hash_mismatch(repo):
     y = repo / "submissions/syn-0002/submission.yaml"
     y.write_text(y.read_text(encoding="utf-8") + "notes: edited after the evaluation\n", encoding="utf-8")
