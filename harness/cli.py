@@ -1,5 +1,5 @@
-"""The ``harness`` command line: eval, validate, schema, fetch, pr-check, audit, leaderboard build /
-import-robustbench."""
+"""The ``harness`` command line: eval, validate, schema, fetch, pr-check, audit, sign, keygen,
+leaderboard build / import-robustbench."""
 from __future__ import annotations
 
 import argparse
@@ -207,11 +207,48 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+# --- signing (harness.signing) -----------------------------------------------------------------
+def cmd_sign(args: argparse.Namespace) -> int:
+    from .signing import load_signing_key, sign_record
+
+    key = load_signing_key(args.key)
+    failed = 0
+    for path in args.records:
+        where = one_line(path, 300)
+        try:
+            res = sign_record(Path(path), key)
+        except HarnessError as e:
+            failed += 1
+            msg = str(e)
+            print(f"error: {msg if msg.startswith(where) else f'{where}: {msg}'}", file=sys.stderr)
+            continue
+        if res.status == "unchanged":
+            print(f"{where}: already signed by key {res.key_id}; unchanged")
+        elif res.status == "re-signed":
+            prev = f" (was key {res.previous_key_id})" if res.previous_key_id else ""
+            print(f"{where}: signed again by key {res.key_id}{prev}")
+        else:
+            print(f"{where}: signed by key {res.key_id}")
+    return 2 if failed else 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .signing import keygen
+
+    priv, pub, kid = keygen(Path(args.out), args.name)
+    print(f"key {kid}\nprivate key: {one_line(priv, 300)} (mode 0600; keep it out of the repository)\n"
+          f"public key:  {one_line(pub, 300)}\n"
+          f"sign with `harness sign RECORD.json --key {one_line(priv, 300)}`; show your records with "
+          f"`harness leaderboard build --local --trust-key {one_line(pub, 300)}`")
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from leaderboard.build import build_leaderboard
 
-    out = build_leaderboard(Path(args.root).resolve(), Path(args.out) if args.out else None)
-    print(f"site written to {out} (open {out / 'index.html'})")
+    out = build_leaderboard(Path(args.root), Path(args.out) if args.out else None, local=args.local,
+                            trust_keys=[Path(k) for k in args.trust_key or ()])
+    print(f"{'local board' if args.local else 'site'} written to {out} (open {out / 'index.html'})")
     return 0
 
 
@@ -320,11 +357,30 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(func=cmd_audit)
 
+    from . import signing as sg
+
+    sg_p = sub.add_parser("sign", help="sign result records (and their .examples.npz) in place with an Ed25519 key")
+    sg_p.add_argument("records", nargs="+", metavar="RECORD.json", help="leaderboard/results/<id>.json files")
+    sg_p.add_argument("--key", metavar="PEM", help=f"private key file (default: the PEM text in ${sg.SIGNING_KEY_ENV}, "
+                      f"else the file named by ${sg.SIGNING_KEY_FILE_ENV})")
+    sg_p.set_defaults(func=cmd_sign)
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signing records")
+    kg.add_argument("--out", required=True, metavar="DIR", help="folder for NAME.pem (private, 0600) and "
+                    "NAME.pub.pem (e.g. .keys/, which git ignores)")
+    kg.add_argument("--name", default="local-ed25519", help="file name stem (default local-ed25519)")
+    kg.set_defaults(func=cmd_keygen)
+
     lb = sub.add_parser("leaderboard", help="leaderboard commands")
     lbs = lb.add_subparsers(dest="lb_command", required=True)
     b = lbs.add_parser("build", help="build the static site, leaderboard.md and leaderboard.json")
     b.add_argument("--out", help="output folder (default ./site)")
     b.add_argument("--root", default=".", help="repository root (default .)")
+    b.add_argument("--local", action="store_true",
+                   help="a local board: also show unsigned records and leaderboard/results/local/*.json, marked "
+                   "'local, unsigned' (never re-evaluated)")
+    b.add_argument("--trust-key", action="append", metavar="PUB_PEM",
+                   help="with --local: show records signed by this public key as 'local, signed by <key id>' "
+                   "(repeatable)")
     b.set_defaults(func=cmd_leaderboard)
     ir = lbs.add_parser("import-robustbench",
                         help="regenerate leaderboard/reported.csv from a RobustBench checkout's model_info/ JSON files")

@@ -32,6 +32,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from . import certifiers, datasets
 from .errors import HarnessError
 from .files import atomic_savez, atomic_write_text, read_bytes_confined
+from .signing import RecordSignature
 
 if TYPE_CHECKING:
     from .submission import LoadedSubmission
@@ -273,6 +274,9 @@ _check_parts_disjoint()
 class ResultRecord(DiagnosticsPart, CertifyPart, FlopsPart, AutoAttackPart, CleanPart, RecordHead):
     provenance: Provenance
     examples_file: str | None = None
+    #: the Ed25519 signature of the trusted evaluation over this record and its examples file
+    #: (harness.signing); None: unsigned (a local evaluation)
+    signature: RecordSignature | None = None
 
     @field_validator("diagnostics")
     @classmethod

@@ -2,11 +2,16 @@
 
 :func:`load_entries` reads ``submissions/*/submission.yaml``, ``leaderboard/results/*.json`` and
 ``leaderboard/reported.csv`` and refuses, with a one-line :class:`HarnessError`, anything it cannot
-vouch for: a record whose checkpoint or submission hash does not match the submission it claims, a
-record for a submission that does not exist, a duplicate id, a record of another schema version, a
-malformed reported row. :func:`make_boards` groups the entries and computes frontiers, ranks, ties
-and the efficiency figure (with :mod:`leaderboard.frontier`) and the scaling fit
-(:mod:`leaderboard.scaling`). Nothing here writes a file.
+vouch for: a record whose signature does not verify against a trusted key of ``leaderboard/keys/``
+(:mod:`harness.signing`; unsigned, an unknown key, changed after signing), a record whose checkpoint
+or submission hash does not match the submission it claims, a record for a submission that does not
+exist, a duplicate id, a record of another schema version, a malformed reported row. With
+``local=True`` (``harness leaderboard build --local``) it also shows a researcher's own evaluations:
+unsigned records and records signed by the extra ``trust_keys``, and the scratch records of
+``leaderboard/results/local/``, each marked local (never re-evaluated). Two records of the same
+checkpoint are both flagged ``duplicate-checkpoint``. :func:`make_boards` groups the entries and
+computes frontiers, ranks, ties and the efficiency figure (with :mod:`leaderboard.frontier`) and the
+scaling fit (:mod:`leaderboard.scaling`). Nothing here writes a file.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness import datasets
-from harness.errors import HarnessError
+from harness.errors import HarnessError, one_line
 from harness.record import Flag, ResultRecord, check_against_submission, read_record
+from harness.signing import KEYS_DIR, load_public_key, load_trusted_keys, signature_of, verify_record
 from harness.stats import clopper_pearson
 from harness.submission import LoadedSubmission, format_eps, parse_eps, parse_submission
 
@@ -51,7 +57,9 @@ FRONTIERS: list[tuple[str, str, str, str]] = [
 class Entry:
     id: str
     name: str
-    kind: Literal["re-evaluated", "reported"]
+    #: re-evaluated: a record signed by a key of leaderboard/keys/; local: a record shown only on a
+    #: local board (--local): unsigned, signed by a --trust-key key, or from leaderboard/results/local/
+    kind: Literal["re-evaluated", "reported", "local"]
     dataset: str
     norm: str
     eps: float
@@ -92,6 +100,10 @@ class Entry:
     record_path: Path | None = None
     submission: LoadedSubmission | None = None
     reported: dict[str, str] | None = None
+    #: how far the entry is trusted, as the board shows it: "re-evaluated", "reported", "local, unsigned"
+    #: or "local, signed by <key id>"; ``signed_by``: the signature that verified (harness.signing.Verified)
+    trust: str = ""
+    signed_by: Any = None
     # computed on the board
     layer: int | None = None
     rank: int = 0
@@ -180,6 +192,7 @@ class Inputs:
     entries: list[Entry]
     pending: list[str]  # submissions without a record
     results_dir: Path
+    local: bool = False  # a local board (--local): it may show local, unsigned entries
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +296,8 @@ def load_reported(path: Path) -> list[Entry]:
         additional = (row["additional_data"] or "").strip().lower()
         url = (row["source_url"] or "").strip()
         entries.append(Entry(
-            id=rid, name=(row["name"] or rid).strip(), kind="reported", dataset=row["dataset"].strip(),
+            id=rid, name=(row["name"] or rid).strip(), kind="reported", trust="reported",
+            dataset=row["dataset"].strip(),
             norm=row["norm"], eps=eps, n_examples=n,
             clean=clean, clean_ci=_binomial_ci(clean, n), robust=robust, robust_ci=_binomial_ci(robust, n),
             ci_note=REPORTED_CI_NOTE.format(n=n),
@@ -374,7 +388,7 @@ def entry_from_record(rec: ResultRecord, path: Path, sub: LoadedSubmission) -> E
     spec = sub.spec
     tf = rec.training_flops.value if rec.training_flops is not None else None
     return Entry(
-        id=rec.submission_id, name=rec.name, kind="re-evaluated", dataset=dataset,
+        id=rec.submission_id, name=rec.name, kind="re-evaluated", trust="re-evaluated", dataset=dataset,
         norm=rec.threat_model.norm, eps=float(rec.threat_model.eps), n_examples=rec.n_examples,
         clean=rec.clean_accuracy, clean_ci=rec.clean_accuracy_ci95,
         robust=rec.robust_accuracy, robust_ci=rec.robust_accuracy_ci95,
@@ -408,9 +422,71 @@ def _record_method(spec) -> str:
     return describe_method(t.method, t.attack_steps, bool(getattr(t, "awp", False)))
 
 
-def load_entries(repo_root: Path) -> Inputs:
-    """Read and check everything the leaderboard shows; raise HarnessError on the first problem."""
+LOCAL_DIR = "local"  # leaderboard/results/local/: scratch records of `harness eval`, git-ignored
+
+
+def check_root(repo_root: Path) -> None:
+    """The folder is a checkout of the project: one-line HarnessError otherwise."""
+    try:
+        ok = repo_root.is_dir()
+        parts = ok and ((repo_root / "submissions").is_dir() or (repo_root / "leaderboard").is_dir())
+    except (OSError, ValueError):
+        ok = parts = False
+    if not ok:
+        raise HarnessError(f"--root {one_line(repo_root, 300)}: no such folder")
+    if not parts:
+        raise HarnessError(f"--root {one_line(repo_root, 300)}: not a robust-frontier repository (it has neither "
+                           "submissions/ nor leaderboard/)")
+
+
+def _record_trust(path: Path, keys: dict, extra: dict, *, local: bool, scratch: bool):
+    """(kind, trust, Verified or None) of a record file; raises HarnessError when the board must
+    refuse it: on the published board, anything but a signature that verifies against
+    ``leaderboard/keys/``; on a local board, a signature that does not verify against those keys or
+    the ``--trust-key`` keys (an unsigned record is shown, marked "local, unsigned")."""
+    if not local:
+        v = verify_record(path, keys)
+        return "re-evaluated", "re-evaluated", v
+    if signature_of(path) is None:
+        return "local", "local, unsigned", None
+    v = verify_record(path, {**extra, **keys}, keys_from="leaderboard/keys/ or --trust-key")
+    if v.key_id in keys and not scratch:
+        return "re-evaluated", "re-evaluated", v
+    return "local", f"local, signed by {v.key_id}", v
+
+
+def duplicate_checkpoint_flags(entries: list[Entry]) -> None:
+    """Two or more records of the same checkpoint (provenance.checkpoint_sha256): each gets a
+    ``duplicate-checkpoint`` flag naming the others."""
+    by_sha: dict[str, list[Entry]] = {}
+    for e in entries:
+        if e.record is not None:
+            by_sha.setdefault(e.record.provenance.checkpoint_sha256, []).append(e)
+    for sha, group in by_sha.items():
+        if len(group) < 2:
+            continue
+        for e in group:
+            others = sorted(o.id for o in group if o is not e)
+            here = sorted(o.id for o in group if o is not e and _board_key(o) == _board_key(e))
+            where = (f"; {', '.join(here)} on this board, where one model should have one entry" if here
+                     else ", on another board")
+            e.flags.append(Flag(
+                "duplicate-checkpoint", "warning",
+                f"the same checkpoint (sha256 {sha[:16]}...) is also entry {', '.join(others)}{where}",
+                details={"checkpoint_sha256": sha, "others": others}))
+
+
+def load_entries(repo_root: Path, *, local: bool = False, trust_keys: tuple[Path, ...] | list[Path] = ()) -> Inputs:
+    """Read and check everything the leaderboard shows; raise HarnessError on the first problem.
+
+    ``local``: a researcher's board (see the module docstring); ``trust_keys``: extra public key
+    files whose signatures a local board shows as "local, signed by <key id>"."""
     repo_root = Path(repo_root)
+    check_root(repo_root)
+    if trust_keys and not local:
+        raise HarnessError("--trust-key applies to a local board only; add --local")
+    keys = load_trusted_keys(repo_root / KEYS_DIR)
+    extra = {k.key_id: k for k in (load_public_key(Path(p)) for p in trust_keys)}
     results_dir = repo_root / "leaderboard" / "results"
     sub_dir = repo_root / "submissions"
     sub_yamls = {p.parent.name: p for p in sorted(sub_dir.glob("*/submission.yaml"))} if sub_dir.is_dir() else {}
@@ -423,13 +499,18 @@ def load_entries(repo_root: Path) -> Inputs:
         seen[eid] = where
 
     entries: list[Entry] = []
-    record_paths = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-    for path in record_paths:
+    local_dir = results_dir / LOCAL_DIR
+    scratch = sorted(local_dir.glob("*.json")) if local and local_dir.is_dir() else []
+    replaced = {p.stem for p in scratch}  # a local board shows the scratch record in place of the published one
+    record_paths = [p for p in (sorted(results_dir.glob("*.json")) if results_dir.is_dir() else [])
+                    if p.stem not in replaced]
+    for path in record_paths + scratch:
         rec = read_record(path)  # refuses another schema version, with the path
         claim(rec.submission_id, str(path))
         if path.stem != rec.submission_id:
             raise HarnessError(f"{path}: a record must be named <submission_id>.json, "
                                f"this one claims submission {rec.submission_id!r}")
+        kind, trust, signed_by = _record_trust(path, keys, extra, local=local, scratch=path.parent == local_dir)
         yaml_path = sub_yamls.get(rec.submission_id)
         if yaml_path is None:
             raise HarnessError(f"{path}: claims submission {rec.submission_id!r}, but "
@@ -453,7 +534,10 @@ def load_entries(repo_root: Path) -> Inputs:
                 f"{rec.provenance.submission_sha256}, but {yaml_path} has sha256 {sub.yaml_sha256}; "
                 "the submission changed after the evaluation, re-run `harness eval` on it")
         check_against_submission(rec, path, sub)  # data set, threat model, eps, folder digest (harness.record)
-        entries.append(entry_from_record(rec, path, sub))
+        entry = entry_from_record(rec, path, sub)
+        entry.kind, entry.trust, entry.signed_by = kind, trust, signed_by
+        entries.append(entry)
+    duplicate_checkpoint_flags(entries)
 
     reported_csv = repo_root / "leaderboard" / "reported.csv"
     if reported_csv.is_file():
@@ -470,9 +554,9 @@ def load_entries(repo_root: Path) -> Inputs:
         if e.slug.lower() in slugs and slugs[e.slug.lower()] != e.id:
             raise HarnessError(f"ids {slugs[e.slug.lower()]!r} and {e.id!r} map to the same page name {e.slug!r}")
         slugs[e.slug.lower()] = e.id
-    with_record = {e.id for e in entries if e.kind == "re-evaluated"}
+    with_record = {e.id for e in entries if e.record is not None}
     pending = sorted(s for s in sub_yamls if s not in with_record)
-    return Inputs(entries, pending, results_dir)
+    return Inputs(entries, pending, results_dir, local=local)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,11 +663,13 @@ def coverage(board: Board) -> dict[str, Any]:
     how many have counted inference FLOPs and training FLOPs, and why the others have none."""
     rep = [e for e in board.entries if e.kind == "reported"]
     rec = [e for e in board.entries if e.kind == "re-evaluated"]
+    local = [e for e in board.entries if e.kind == "local"]
     uncounted = [{"id": e.id, "name": e.name, "reason": e.compute_note or "not counted"}
                  for e in board.entries if e.inference_flops is None]
     return {
         "reported_rows": len(rep),
         "re_evaluated": len(rec),
+        "local": len(local),
         "with_inference_flops": sum(e.inference_flops is not None for e in board.entries),
         "with_training_flops": sum(e.training_flops is not None for e in board.entries),
         "reported_with_inference_flops": sum(e.inference_flops is not None for e in rep),

@@ -1,9 +1,10 @@
-"""Build the leaderboard: ``harness leaderboard build [--out DIR]`` or
-``python -m leaderboard.build [--root REPO] [--out DIR]``.
+"""Build the leaderboard: ``harness leaderboard build [--out DIR] [--local [--trust-key PUB.pem ...]]``
+or ``python -m leaderboard.build [--root REPO] [--out DIR] [--local ...]``.
 
 :func:`build_leaderboard` reads ``submissions/*/submission.yaml``, ``leaderboard/results/*.json``
 and ``leaderboard/reported.csv`` under the repository root, checks them (see
-:func:`leaderboard.boards.load_entries`), and writes into ``out_dir`` (default ``<root>/site``):
+:func:`leaderboard.boards.load_entries`: every record must carry a signature that verifies against
+``leaderboard/keys/``), and writes into ``out_dir`` (default ``<root>/site``):
 
     index.html        one sortable, filterable table per board, its figures, the scaling view
     entries/<id>.html one page per entry
@@ -18,6 +19,11 @@ folder beside ``out_dir`` and renamed into place at the end, so a refused or fai
 the previous site (or nothing) behind, never half a site. An existing ``out_dir`` is replaced only
 if it is empty or holds a site this function built (it carries a ``.leaderboard-site`` marker).
 The output is deterministic: the same inputs give byte-identical files.
+
+``local=True`` builds a researcher's own board: it also shows unsigned records, records signed by
+the ``trust_keys`` and the scratch records of ``leaderboard/results/local/``, each marked "local,
+unsigned" or "local, signed by <key id>", never re-evaluated, and the pages say it is a local board.
+A root that is not a checkout of the project, or a build with no entries at all, is refused.
 """
 from __future__ import annotations
 
@@ -79,14 +85,18 @@ def write_site(out: Path, boards: list[Board], inputs: Inputs) -> None:
                               encoding="utf-8")
 
 
-def build_leaderboard(repo_root: Path, out_dir: Path | None = None) -> Path:
+def build_leaderboard(repo_root: Path, out_dir: Path | None = None, *, local: bool = False,
+                      trust_keys: tuple[Path, ...] | list[Path] = ()) -> Path:
     """Build the site; returns the output folder (``index.html`` is in it).
 
     Raises :class:`HarnessError` (one line) on bad inputs, having written nothing.
     """
     repo_root = Path(repo_root).resolve()
     out = (Path(out_dir) if out_dir is not None else repo_root / "site").resolve()
-    inputs = load_entries(repo_root)  # every check; raises before anything is written
+    inputs = load_entries(repo_root, local=local, trust_keys=trust_keys)  # every check; raises before writing
+    if not inputs.entries:
+        raise HarnessError(f"{repo_root}: no entries to show (no result record under leaderboard/results/ and no "
+                           "row in leaderboard/reported.csv); nothing built")
     boards = make_boards(inputs.entries)
     _check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,13 +120,25 @@ def build_leaderboard(repo_root: Path, out_dir: Path | None = None) -> Path:
     return out
 
 
+def add_local_arguments(ap: argparse.ArgumentParser) -> None:
+    """--local and --trust-key (as ``harness leaderboard build`` has them)."""
+    ap.add_argument("--local", action="store_true",
+                    help="a local board: also show unsigned records and leaderboard/results/local/*.json, marked "
+                    "'local, unsigned' (never re-evaluated)")
+    ap.add_argument("--trust-key", action="append", metavar="PUB_PEM",
+                    help="with --local: show records signed by this public key as 'local, signed by <key id>' "
+                    "(repeatable)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m leaderboard.build", description="build the leaderboard site")
     ap.add_argument("--root", default=".", help="repository root (default: the current folder)")
     ap.add_argument("--out", help="output folder (default: <root>/site)")
+    add_local_arguments(ap)
     args = ap.parse_args(argv)
     try:
-        out = build_leaderboard(Path(args.root), Path(args.out) if args.out else None)
+        out = build_leaderboard(Path(args.root), Path(args.out) if args.out else None, local=args.local,
+                                trust_keys=[Path(k) for k in args.trust_key or ()])
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

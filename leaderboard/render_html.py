@@ -104,7 +104,8 @@ def render_site(out: Path, boards: list[Board], inputs: Inputs, plots: dict[str,
         source_rows=sum(e.kind == "reported" for e in entries),
         counted_rows=sum(e.kind == "reported" and e.inference_flops is not None for e in entries),
         trained_rows=sum(e.kind == "reported" and e.training_flops is not None for e in entries),
-        n_records=sum(e.kind == "re-evaluated" for e in entries), **common)
+        n_records=sum(e.kind == "re-evaluated" for e in entries), n_local=sum(e.kind == "local" for e in entries),
+        local_board=inputs.local, **common)
     (out / "index.html").write_text(index, encoding="utf-8")
 
     entry_tpl = env.get_template("entry.html")

@@ -50,6 +50,15 @@ def _ci(c) -> list[float] | None:
     return None if c is None else [float(c[0]), float(c[1])]
 
 
+def _signature(e: Entry) -> dict[str, Any] | None:
+    """The signature of the entry's record that the build verified (harness.signing.Verified)."""
+    v = e.signed_by
+    if v is None:
+        return None
+    return {"key_id": v.key_id, "key_name": v.key_name, "signed_at": v.signed_at,
+            "examples_sha256": v.examples_sha256}
+
+
 def entry_page(e: Entry) -> str:
     return f"entries/{e.slug}.html"
 
@@ -59,6 +68,8 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "id": e.id,
         "name": e.name,
         "source": e.kind,
+        "trust": e.trust or e.kind,
+        "signature": _signature(e),
         "page": entry_page(e),
         "url": safe_url(e.url),
         "paper_title": e.paper_title or None,
@@ -133,6 +144,7 @@ def site_json(boards: list[Board], inputs: Inputs) -> dict[str, Any]:
         "efficiency_figure": EFFICIENCY_DEFINITION,
         "boards": [board_json(b) for b in boards],
         "pending_submissions": inputs.pending,
+        "local_board": inputs.local,
     }
 
 

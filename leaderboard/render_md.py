@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from harness.record import FLOPS_CONVENTION
 
-from .boards import FRONTIERS, Board, Inputs, coverage, worked_example
+from .boards import FRONTIERS, Board, Entry, Inputs, coverage, worked_example
 from .fmt import DASH, bounded_flops, flops, gap, overhead, pct, pct_ci, si
 from .render_json import RANKING_DEFINITION
 from .urls import safe_url
@@ -29,6 +29,10 @@ SHORT = {
 HEADERS = ["Rank", "Model", "Paper", "Venue", "Architecture", "Extra data", "Source", "Clean",
            "AutoAttack [95% CI]", "Best known", "Certified", "Params", "Inference FLOPs", "Training FLOPs",
            "Layer", "On frontier", "Overhead", "Gap (pts)", "Flags"]
+
+LOCAL_NOTICE = ("A local board, built with --local: rows marked 'local, unsigned' or 'local, signed by <key id>' "
+                "are a researcher's own evaluations, not re-evaluated by the trusted evaluation; this is not the "
+                "published leaderboard.")
 
 _MD_PUNCT = re.compile(r"([\\`*_\[\]{}()#+!|~])")
 
@@ -51,6 +55,17 @@ def md_link(title: str, url: str | None) -> str:
     return f"[{t or md_text(u)}]({target})"
 
 
+def source_text(e: Entry) -> str:
+    """The Source column: reported, re-evaluated (with the signing key) or local (unsigned, or signed by
+    a key of the researcher's own)."""
+    if e.kind == "reported":
+        return "reported (not re-evaluated)"
+    if e.kind == "local":
+        return md_text(f"{e.trust} (n={e.n_examples})")
+    key = f", signed by {e.signed_by.key_id}" if e.signed_by is not None else ""
+    return f"re-evaluated (n={e.n_examples}{key})"
+
+
 def board_table(b: Board) -> str:
     rows = []
     for e in b.entries:
@@ -62,7 +77,7 @@ def board_table(b: Board) -> str:
             md_text(e.venue) or DASH,
             md_text(e.architecture) or DASH,
             md_text(e.extra_data) if e.extra_data else "no",
-            "reported (not re-evaluated)" if e.kind == "reported" else f"re-evaluated (n={e.n_examples})",
+            source_text(e),
             pct(e.clean),
             pct_ci(e.robust, e.robust_ci),
             pct(e.best_known) if e.best_known is not None else DASH,
@@ -84,6 +99,8 @@ def coverage_text(b: Board) -> str:
     parts = [f"{c['reported_rows']} reported rows from RobustBench"]
     if c["re_evaluated"]:
         parts.append(f"{c['re_evaluated']} re-evaluated by the harness")
+    if c["local"]:
+        parts.append(f"{c['local']} local (not re-evaluated)")
     s = (f"Coverage: {', '.join(parts)}; inference FLOPs counted for {c['with_inference_flops']} of "
          f"{len(b.entries)}, training FLOPs known for {c['with_training_flops']}.")
     if c["eps_aliases"]:
@@ -94,13 +111,16 @@ def coverage_text(b: Board) -> str:
 
 
 def render_markdown(boards: list[Board], inputs: Inputs) -> str:
-    out = ["# robust-frontier leaderboard", "",
+    out = ["# robust-frontier leaderboard" + (" (local board)" if inputs.local else ""), "",
            md_text(f"FLOPs: {FLOPS_CONVENTION}; every compute figure has 3 significant digits and an SI prefix "
                    "(G = 1e9, E = 1e18)."), "",
            md_text(f"Ranking: {RANKING_DEFINITION}"), "",
            "Reported rows come from the literature and were not re-evaluated by the harness; their "
            "confidence intervals assume RobustBench's test-set size. `=` after a rank marks a tie. "
-           "Best known: the lowest robust accuracy any attack reached, where one beats AutoAttack.", ""]
+           "Best known: the lowest robust accuracy any attack reached, where one beats AutoAttack. "
+           "Re-evaluated rows carry a signature of the trusted evaluation that the build verified.", ""]
+    if inputs.local:
+        out += [md_text(LOCAL_NOTICE), ""]
     for b in boards:
         out.append(f"## {md_text(b.title)}")
         out.append("")

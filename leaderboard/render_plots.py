@@ -38,6 +38,10 @@ POINT_STYLE = {
                                   markeredgewidth=0.6, label="re-evaluated"),
     ("re-evaluated", True): dict(marker="o", markersize=6, markerfacecolor="#f0a030", markeredgecolor="#0b2f5c",
                                  markeredgewidth=1.0, label="re-evaluated, extra training data"),
+    ("local", False): dict(marker="D", markersize=5.5, markerfacecolor="none", markeredgecolor="#c98a00",
+                           markeredgewidth=1.2, label="local (not re-evaluated)"),
+    ("local", True): dict(marker="D", markersize=5.5, markerfacecolor="#f0a030", markeredgecolor="#7a4b00",
+                          markeredgewidth=1.0, label="local (not re-evaluated), extra training data"),
 }
 FRONTIER_COLOR = "#c0392b"
 MAX_LABELS = 12
@@ -73,7 +77,7 @@ def _draw_points(ax, pts: list[tuple[Entry, float, float]], x_label: str, y_labe
     by kind and extra data; one legend entry per style used."""
     used = set()
     for e, x, y in pts:
-        key = (e.kind if e.kind in ("reported", "re-evaluated") else "reported", bool(e.extra_data))
+        key = (e.kind if e.kind in ("reported", "re-evaluated", "local") else "reported", bool(e.extra_data))
         style = dict(POINT_STYLE[key])
         label = style.pop("label")
         n = len(tips)

@@ -5,6 +5,11 @@
 boards, with a plausible accuracy-vs-compute trend, certified accuracies and ε curves on some,
 trust flags and AutoAttack check messages on a few, a data-separation radius on MNIST records and,
 if asked, an ``.examples.npz`` with a gallery. Nothing here is a real measurement.
+
+The records are signed (:mod:`harness.signing`) with a throw-away key made for the repository: its
+private half in ``<root>/.keys/synthetic-ed25519.pem`` (what the project's ``.gitignore`` ignores),
+its public half in ``<root>/leaderboard/keys/``, so the build trusts exactly these records. A test
+that edits a record and wants a later check than the signature's to see it calls :func:`resign`.
 """
 from __future__ import annotations
 
@@ -141,14 +146,43 @@ def gallery_arrays(rng: random.Random, shape: tuple[int, ...], k: int = 4) -> di
             "gallery_adv_pred": g.integers(0, 10, size=k)}
 
 
+SYNTHETIC_KEY = "synthetic-ed25519"
+SIGNED_AT = "2026-01-01T00:02:00Z"
+
+
+def synthetic_key(root: Path):
+    """The repository's throw-away signing key, made (and its public half trusted) on first use."""
+    from harness.signing import keygen, load_signing_key
+
+    priv = Path(root) / ".keys" / f"{SYNTHETIC_KEY}.pem"
+    if not priv.exists():
+        _, pub, _ = keygen(priv.parent, SYNTHETIC_KEY)
+        keys = Path(root) / "leaderboard" / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        pub.replace(keys / pub.name)
+    return load_signing_key(priv)
+
+
+def resign(root: Path, *records: Path) -> None:
+    """Sign ``records`` again with the repository's key (a test's edit is then signed as if the
+    trusted evaluation had written it; the records are not checked first)."""
+    from harness.signing import sign_record
+
+    key = synthetic_key(root)
+    for p in records:
+        sign_record(Path(p), key, check=False, signed_at=SIGNED_AT)
+
+
 def write_synthetic_repo(root: Path, n: int, *, seed: int = 0, gallery: int = 0, reported_csv: Path | None = None,
-                         prefix: str = "syn") -> list[str]:
+                         prefix: str = "syn", sign: bool = True) -> list[str]:
     """Write ``n`` synthetic submissions and records under ``root``; returns their ids.
 
     Every record gets an ``.examples.npz`` whose flags agree with it; ``gallery``: how many of them
     (the first) also get gallery images. Each submission folder holds a small stand-in checkpoint file
     (its hash is the record's, so the folder digest checks out; nothing ever loads it).
-    ``reported_csv``: copied to ``root/leaderboard/reported.csv`` when given.
+    ``reported_csv``: copied to ``root/leaderboard/reported.csv`` when given. ``sign``: sign every
+    record with the repository's throw-away key (:func:`synthetic_key`); without, they are unsigned
+    (a local board shows them, the published one refuses them).
     """
     from harness.record import write_record
     from harness.submission import parse_submission, verify_files
@@ -177,6 +211,8 @@ def write_synthetic_repo(root: Path, n: int, *, seed: int = 0, gallery: int = 0,
         if i < gallery:
             arrays.update(gallery_arrays(rng, board[4]))
         write_record(rec, arrays, results / f"{sub_id}.json")
+        if sign:
+            resign(root, results / f"{sub_id}.json")
         ids.append(sub_id)
     if reported_csv is not None:
         (root / "leaderboard" / "reported.csv").write_bytes(Path(reported_csv).read_bytes())

@@ -58,7 +58,7 @@ def test_an_unknown_severity_is_refused_where_a_flag_is_made():
 def test_the_board_shows_a_diagnostics_flag_as_the_record_holds_it(tmp_path):
     from leaderboard.boards import load_entries
     from leaderboard.build import build_leaderboard
-    from leaderboard.synthetic import write_synthetic_repo
+    from leaderboard.synthetic import resign, write_synthetic_repo
 
     root = tmp_path / "repo"
     (sub_id,) = write_synthetic_repo(root, 1)
@@ -69,6 +69,7 @@ def test_the_board_shows_a_diagnostics_flag_as_the_record_holds_it(tmp_path):
     d["stages"].append("diagnostics")
     d["diagnostics"] = {"flags": [co.to_dict(), aa.to_dict()]}
     path.write_text(json.dumps(d), encoding="utf-8")
+    resign(root, path)  # as the trusted evaluation would have signed it
 
     entry = next(e for e in load_entries(root).entries if e.id == sub_id)
     assert entry.flags[:2] == [co, aa] and all(type(f) is Flag for f in entry.flags)

@@ -18,7 +18,7 @@ from leaderboard import frontier as fr
 from leaderboard.boards import load_reported
 from leaderboard.build import MARKER, build_leaderboard, main
 from leaderboard.fmt import compute_key
-from leaderboard.synthetic import write_synthetic_repo
+from leaderboard.synthetic import resign, write_synthetic_repo
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTED = REPO / "leaderboard" / "reported.csv"
@@ -284,10 +284,14 @@ def refuse(root: Path, match: str) -> str:
     return msg
 
 
-def _edit_record(path: Path, fn) -> None:
+def _edit_record(path: Path, fn, *, sign: bool = True) -> None:
+    """Edit a record; ``sign``: sign it again with the fixture's trusted key (as if the trusted
+    evaluation had written it), so that the checks after the signature's see the edit."""
     data = json.loads(path.read_text(encoding="utf-8"))
     fn(data)
     path.write_text(json.dumps(data), encoding="utf-8")
+    if sign:
+        resign(path.parents[2], path)
 
 
 def test_refuses_a_checkpoint_hash_mismatch(repo):
@@ -295,6 +299,20 @@ def test_refuses_a_checkpoint_hash_mismatch(repo):
                  lambda d: d["provenance"].__setitem__("checkpoint_sha256", "0" * 64))
     msg = refuse(repo, "checkpoint hash mismatch")
     assert "syn-0001.json" in msg
+
+
+def test_refuses_an_edited_record_that_was_not_signed_again(repo):
+    path = repo / "leaderboard/results/syn-0001.json"
+    _edit_record(path, lambda d: d.update(inference_flops=1.0), sign=False)
+    msg = refuse(repo, "bad signature")
+    assert str(path) in msg
+
+
+def test_refuses_an_unsigned_record(repo):
+    path = repo / "leaderboard/results/syn-0002.json"
+    _edit_record(path, lambda d: d.pop("signature"), sign=False)
+    msg = refuse(repo, "unsigned record")
+    assert str(path) in msg
 
 
 def test_refuses_a_submission_hash_mismatch(repo):

@@ -49,6 +49,7 @@ def repo(tmp_path, monkeypatch):
             (root / "leaderboard" / "results").mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / "leaderboard" / "results" / src.name)
     shutil.copy(REPO / "leaderboard" / "reported.csv", root / "leaderboard" / "reported.csv")
+    shutil.copytree(REPO / "leaderboard" / "keys", root / "leaderboard" / "keys")  # the records are signed
     (root / "harness").mkdir()
     (root / "harness" / "cli.py").write_text("# stands in for the harness code\n")
     git(root, "init", "-q", "-b", "main")
@@ -260,20 +261,25 @@ def test_a_record_with_flipped_robust_flags_fails_naming_the_examples(repo, caps
     commit(repo)
     code, out, problems = pr_check(repo, capsys, "--audit-sample", "16", "--seed", "5")
     assert code == 1
-    (problem,) = problems
+    # the board refuses the record: it was copied from a signed one and changed
+    refused = [p for p in problems if "leaderboard build would refuse the PR" in p]
+    assert len(refused) == 1 and "leaderboard/results/forged.json: examples digest mismatch" in refused[0]
+    (problem,) = [p for p in problems if p not in refused]
     assert problem.startswith("problem: leaderboard/results/forged.json: audit: autoattack_robust: 4 of 4 sampled")
     assert "at indices 3, 17, 42, 101 " in problem and "more than 2% of its robust points are not robust" in problem
     assert "### Audit of the record" in out and "seed 5" in out
 
 
-def test_an_honest_record_passes_the_audit_in_a_pr(repo, capsys):
+def test_a_replayed_signed_record_under_a_new_id_is_refused_in_a_pr(repo, capsys):
+    """An honest record of the same model, replayed under a new id: its numbers would pass the audit,
+    but only the trusted evaluation's signature makes a record count, and this one no longer verifies."""
     new_entry(repo, "honest")
     forge_record(repo, "honest", flip=[])  # only the id and the submission hash change
     commit(repo)
     code, out, problems = pr_check(repo, capsys, "--audit-sample", "16", "--seed", "5")
-    assert code == 0, problems
-    assert "Figures from the record the PR carries" in out
-    assert "n=500" in out  # the row is the record's, not the smoke evaluation's
+    assert code == 1
+    (problem,) = problems
+    assert "leaderboard build would refuse the PR: leaderboard/results/honest.json: bad signature" in problem
 
 
 def test_an_unknown_base_is_a_one_line_error(repo, capsys):

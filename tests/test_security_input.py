@@ -27,7 +27,7 @@ from harness.files import sha256_file
 from harness.record import read_record
 from harness.submission import load_submission, parse_submission, verify_files
 from leaderboard.build import build_leaderboard
-from leaderboard.synthetic import write_synthetic_repo
+from leaderboard.synthetic import resign, write_synthetic_repo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -504,11 +504,15 @@ def _rec_path(root, sid):
     return root / "leaderboard" / "results" / f"{sid}.json"
 
 
-def _edit(root, sid, fn):
+def _edit(root, sid, fn, *, sign=False):
+    """Edit a record; ``sign``: sign it again with the repository's trusted key, so that the checks
+    after the signature's (submission, folder digest) are the ones that must refuse it."""
     p = _rec_path(root, sid)
     d = json.loads(p.read_text())
     fn(d)
     p.write_text(json.dumps(d, indent=1))
+    if sign:
+        resign(root, p)
 
 
 def refused(root, sid, match) -> str:
@@ -662,9 +666,9 @@ def test_mnist_record_claiming_the_cifar_board(board_repo):
         d["diagnostics"] = None
         for c in (d["certified"] or {}).values():
             c["eps"] = 8 / 255
-    _edit(root, sid, forge)
+    _edit(root, sid, forge, sign=True)
     refused(root, sid, "dataset: 'cifar10' differs from the submission's 'mnist'")
-    _edit(root, sid, lambda d: d.update(dataset="mnist"))
+    _edit(root, sid, lambda d: d.update(dataset="mnist"), sign=True)
     refused(root, sid, "threat_model.eps")
 
 
@@ -758,9 +762,9 @@ def test_folder_digest_is_checked_by_the_build(board_repo):
     extra.write_bytes(b"x")
     refused(root, ids[1], "extra.bin is not covered")
     extra.unlink()
-    _edit(root, ids[1], lambda d: d["provenance"].__setitem__("files_sha256", None))
+    _edit(root, ids[1], lambda d: d["provenance"].__setitem__("files_sha256", None), sign=True)
     refused(root, ids[1], "provenance.files_sha256: missing")
-    _edit(root, ids[1], lambda d: d["provenance"].__setitem__("files_sha256", "0" * 64))
+    _edit(root, ids[1], lambda d: d["provenance"].__setitem__("files_sha256", "0" * 64), sign=True)
     refused(root, ids[1], "provenance.files_sha256")
 
 
