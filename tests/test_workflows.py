@@ -964,3 +964,41 @@ def test_the_sign_job_pushes_only_the_signed_record_to_a_new_branch(tmp_path):
     assert _git(fx.origin, "rev-parse", "main") == fx.base  # main itself is never pushed to
     summary = (fx.temp / "push.summary").read_text()
     assert f"compare/main...{branch}?expand=1" in summary and "t0ken" not in proc.stdout + proc.stderr + summary
+
+
+# ----------------------------------------------------------------------------------- CODEOWNERS
+def _codeowners() -> list[tuple[str, list[str]]]:
+    rules = []
+    for line in (REPO / ".github" / "CODEOWNERS").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pattern, *owners = line.split()
+            rules.append((pattern, owners))
+    return rules
+
+
+def _owners(path: str, rules: list[tuple[str, list[str]]]) -> list[str]:
+    """Owners of a repository path under the CODEOWNERS patterns used here: anchored (/x) files
+    and folders (/x/); as on GitHub, the last matching line wins."""
+    found: list[str] = []
+    for pattern, owners in rules:
+        assert pattern.startswith("/") and "*" not in pattern, f"unanchored or glob pattern {pattern!r}"
+        rel = pattern[1:]
+        if (rel.endswith("/") and path.startswith(rel)) or path == rel:
+            found = owners
+    return found
+
+
+@pytest.mark.parametrize("path", [
+    "leaderboard/keys/maintainers-ed25519.pub.pem", "leaderboard/results/mnist-pgd.json",
+    "leaderboard/results/mnist-pgd.examples.npz", "leaderboard/boards.py", "leaderboard/reported.csv",
+    ".github/workflows/full-eval.yml", ".github/CODEOWNERS", "harness/worker.py", "pyproject.toml",
+    ".gitattributes"])
+def test_codeowners_guard_what_the_board_trusts(path):
+    assert _owners(path, _codeowners()) == ["@robust-frontier/maintainers"]
+
+
+def test_codeowners_leave_submission_folders_to_ordinary_review():
+    rules = _codeowners()
+    assert all(owners and all(o.startswith("@") for o in owners) for _, owners in rules)
+    assert _owners("submissions/demo/submission.yaml", rules) == []
