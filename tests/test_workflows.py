@@ -710,7 +710,8 @@ def test_pr_check_runs_the_base_commits_checker_on_a_hosted_runner():
     console script, so a PR cannot rewrite the check it is judged by."""
     data = _load(WORKFLOW_DIR / "pr-check.yml")
     assert data["on"] == {"pull_request": {"branches": ["main"]}}
-    (job,) = data["jobs"].values()
+    assert set(data["jobs"]) == {"pr-check", "board"}
+    job = data["jobs"]["pr-check"]
     assert job["runs-on"] == "ubuntu-latest" and job["permissions"] == {"contents": "read"}
     assert job["timeout-minutes"] <= 60
     refs = [s["with"].get("ref") for s in _checkout_steps(job)]
@@ -721,6 +722,20 @@ def test_pr_check_runs_the_base_commits_checker_on_a_hosted_runner():
     assert 'harness pr-check --base "$BASE_SHA" --keep' in runs
     assert "--device" not in runs and "--data-dir" not in runs  # CPU checks only, no dataset
 
+
+
+def test_the_board_check_of_a_pr_trusts_only_the_base_branchs_keys():
+    """A records PR is checked by the board main would build after the merge, with main's keys in
+    place of the PR's own leaderboard/keys/ (a key the PR adds must vouch for nothing)."""
+    job = _load(WORKFLOW_DIR / "pr-check.yml")["jobs"]["board"]
+    assert job["runs-on"] == "ubuntu-latest" and job["permissions"] == {"contents": "read"}
+    assert "${{ github.event.pull_request.base.sha }}" in [s["with"].get("ref") for s in _checkout_steps(job)]
+    (step,) = [s for s in job["steps"] if "leaderboard build" in s.get("run", "")]
+    assert step["working-directory"] == "pr"
+    lines = [line.strip() for line in step["run"].splitlines()]
+    assert lines[0] == "rm -rf leaderboard/keys"
+    assert "cp -R ../trusted/leaderboard/keys leaderboard/keys" in lines[1]
+    assert lines[2].startswith("harness leaderboard build ") and "--local" not in step["run"]
 
 def test_full_eval_runs_from_the_base_branch_only():
     data = _full_eval()
