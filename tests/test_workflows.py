@@ -741,7 +741,8 @@ def test_full_eval_runs_from_the_base_branch_only():
     data = _full_eval()
     assert data["on"]["pull_request_target"] == {"types": ["labeled"], "branches": ["main"]}
     inputs = data["on"]["workflow_dispatch"]["inputs"]
-    assert set(inputs) == {"pr", "head_sha"} and all(i["required"] for i in inputs.values())
+    assert set(inputs) == {"pr", "head_sha", "allow_update"}
+    assert inputs["pr"]["required"] and inputs["head_sha"]["required"] and inputs["allow_update"]["default"] is False
     assert set(data["on"]) == {"pull_request_target", "workflow_dispatch"}
     assert set(data["jobs"]) == {"evaluate", "sign"}
     ev = data["jobs"]["evaluate"]
@@ -768,7 +769,7 @@ def test_full_eval_pins_the_commit_the_label_or_dispatch_named():
 def test_full_eval_evaluates_only_the_submission_folder_with_the_maintainers_caps():
     ev = _full_eval()["jobs"]["evaluate"]
     ids = [s.get("id") for s in ev["steps"]]
-    assert ids.index("fetch-pr") < ids.index("pr-check") < ids.index("entry") < ids.index("fetch-checkpoint") \
+    assert ids.index("fetch-pr") < ids.index("entry") < ids.index("pr-check") < ids.index("fetch-checkpoint") \
         < ids.index("eval") < ids.index("audit")
     entry = _step(ev, "entry")["run"]
     assert 'archive --format=tar "$HEAD_SHA" -- "submissions/$ids"' in entry
