@@ -751,6 +751,11 @@ def test_full_eval_runs_from_the_base_branch_only():
     assert ev["permissions"] == {"contents": "read"} and not uses_secrets(ev) and "environment" not in ev
     (checkout,) = _checkout_steps(ev)
     assert checkout["with"]["ref"] == "${{ github.sha }}" and checkout["with"]["persist-credentials"] is False
+    install = _step(ev, "install")["run"]
+    assert '-m venv "$RUNNER_TEMP/venv"' in install
+    assert '"$RUNNER_TEMP/venv/bin/python" -m pip install ./trusted' in install
+    assert 'echo "$RUNNER_TEMP/venv/bin" >> "$GITHUB_PATH"' in install
+    assert "concurrency" not in data["jobs"]["sign"]  # a pending run in a group is cancelled by the next
 
 
 def test_full_eval_pins_the_commit_the_label_or_dispatch_named():
