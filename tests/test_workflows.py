@@ -963,9 +963,11 @@ def test_the_sign_job_takes_exactly_the_record_and_its_npz(tmp_path, extra, ok):
     elif extra:
         (rec / "demo.examples.npz").unlink()
         (rec / "demo.examples.npz").symlink_to(extra[2:])
-    proc, _ = fx.run("sign", "check-artifact", {"ENTRY": "demo"})
+    good = {"ENTRY": "demo", "PR": "7", "HEAD_SHA": fx.head}
+    proc, _ = fx.run("sign", "check-artifact", good)
     assert (proc.returncode == 0) == ok, proc.stdout + proc.stderr
-    assert fx.run("sign", "check-artifact", {"ENTRY": "../demo"})[0].returncode == 1
+    for bad in ({"ENTRY": "../demo"}, {"PR": "7:refs/heads/main"}, {"HEAD_SHA": "main"}):
+        assert fx.run("sign", "check-artifact", {**good, **bad})[0].returncode == 1, bad
 
 
 def test_the_sign_job_pushes_only_the_signed_record_to_a_new_branch(tmp_path):
