@@ -369,3 +369,40 @@ def test_an_unknown_base_is_a_one_line_error(repo, capsys):
     assert main(["pr-check", "--base", "origin/nope", "--root", str(repo), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--base 'origin/nope' is not a commit" in err and "Traceback" not in err
+
+
+def _as_format(root, eid, fmt, write):
+    folder = new_entry(root, eid)
+    (folder / "model.safetensors").unlink()
+    name = "model.onnx" if fmt == "onnx" else "model.pt"
+    write(folder / name)
+    spec = yaml.safe_load((folder / "submission.yaml").read_text())
+    spec["model"].pop("architecture")
+    spec["model"].update(format=fmt, checkpoint={"path": name, "sha256": sha256_file(folder / name)})
+    write_spec(folder, spec)
+    commit(root)
+
+
+@pytest.mark.slow
+def test_an_onnx_model_is_counted_in_the_sandbox_and_torchscript_is_refused(repo, capsys):
+    """ONNX cannot be built on the meta device: its parameters and FLOPs are counted by the worker
+    after loading (fvcore, the same count as the architecture's), under the cap as budget."""
+    import torch
+
+    net = mnist_small_cnn().eval()
+    _as_format(repo, "as-onnx", "onnx", lambda p: torch.onnx.export(net, torch.rand(1, 1, 28, 28), str(p),
+                                                                     dynamo=False, opset_version=17))
+    code, out, problems, _ = pr_check(repo, capsys, "--max-forward-seconds", "900")
+    assert code == 0, out
+    rows = check_rows(out)
+    assert "architecture (meta device)" not in rows and "cannot be built on the meta device" in out
+    counted = rows["parameters and FLOPs (fvcore, in the sandbox)"]
+    assert counted.startswith("166 k parameters; 609 k per forward pass"), counted
+    assert "budget 900 s per phase, the cap" in rows["forward pass (sandboxed worker)"]
+    assert rows["logits"] == "shape (4, 10), all finite"
+    shutil.rmtree(repo / "submissions" / "as-onnx")
+    _as_format(repo, "as-ts", "torchscript", lambda p: torch.jit.save(torch.jit.trace(net, torch.rand(1, 1, 28, 28)),
+                                                                      str(p)))
+    code, out, problems, _ = pr_check(repo, capsys)
+    assert code == 1 and len(problems) == 1 and "TorchScript submissions are refused" in problems[0]
+    assert "forward pass (sandboxed worker)" not in check_rows(out)
