@@ -10,6 +10,7 @@ report.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import subprocess
@@ -33,10 +34,15 @@ def git(root, *args):
     subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, env={**os.environ, **GIT_ENV})
 
 
-def make_repo(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+def make_repo(tmp_path: Path, monkeypatch=None) -> Path:
+    """The fixture repository in ``tmp_path/repo``; the checkpoint cache in ``tmp_path/cache`` (set
+    through ``monkeypatch`` in a test, in ``os.environ`` without it, e.g. in a benchmark)."""
+    if monkeypatch is not None:
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+        monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+        monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    else:
+        os.environ[CACHE_ENV] = str(tmp_path / "cache")
     root = tmp_path / "repo"
     results = root / "leaderboard" / "results"
     results.mkdir(parents=True)
@@ -136,3 +142,34 @@ def check_rows(report: str) -> dict[str, str]:
         if cells[0] != "total":
             rows[cells[0]] = cells[1]
     return rows
+
+
+def hosted_entry(root, srv, tmp_path, eid, dataset, architecture, kwargs=None, **over):
+    """A submission folder for ``architecture`` (a zoo entry, or a class with ``kwargs``) with random
+    weights, hosted by ``srv`` (a tests/hosting.py FileServer) from a memory map of the file."""
+    ckpt = tmp_path / f"{eid}.safetensors"
+    sha = random_weights(architecture, kwargs, ckpt)
+    with open(ckpt, "rb") as f:  # served from the page cache, not copied into memory
+        body = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    url = srv.add(f"/zoo/{eid}.safetensors", body)
+    spec = yaml.safe_load((REPO / "submissions" / "cifar10-autoattack-resnet18" / "submission.yaml").read_text())
+    spec.update(id=eid, name=f"random-weight {architecture}", dataset=dataset, training={"method": "other"})
+    spec["evaluation"] = {"seed": 0}
+    spec["model"] = {"format": "state_dict", "architecture": architecture, "checkpoint": {"url": url, "sha256": sha},
+                     "preprocessing": {"mean": [0.0], "std": [1.0]}}
+    if kwargs:
+        spec["model"]["architecture_kwargs"] = kwargs
+    spec.update(over)
+    folder = root / "submissions" / eid
+    folder.mkdir(parents=True)
+    write_spec(folder, spec)
+    return folder
+
+
+#: the largest architecture of the RobustBench leaderboards: 267 M parameters, a 1.07 GB checkpoint
+WRN_70_16 = ("robustbench.WideResNet", {"depth": 70, "widen_factor": 16, "num_classes": 10})
+
+
+def wrn_70_16_entry(root, srv, tmp_path, eid="wrn-70-16"):
+    """A CIFAR-10 submission of a random-weight WRN-70-16, hosted by ``srv``."""
+    return hosted_entry(root, srv, tmp_path, eid, "cifar10", WRN_70_16[0], dict(WRN_70_16[1]))

@@ -4,13 +4,10 @@ local HTTPS, pass with no --data-dir (the input shape and the classes come from 
 registry); the FLOPs-scaled budget of the sandboxed forward pass is enforced."""
 from __future__ import annotations
 
-import mmap
-
 import pytest
 import yaml
-from conftest import REPO
 from hosting import FileServer
-from prcheck_repo import check_rows, commit, make_repo, pr_check, random_weights, write_spec
+from prcheck_repo import check_rows, commit, hosted_entry, make_repo, pr_check, write_spec
 
 from harness.flops import count_inference_flops
 
@@ -18,27 +15,6 @@ from harness.flops import count_inference_flops
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
     return make_repo(tmp_path, monkeypatch)
-
-
-def hosted_zoo_entry(root, srv, tmp_path, eid, dataset, architecture, kwargs=None, **over):
-    """A submission folder for ``architecture`` with random weights, hosted by ``srv``."""
-    ckpt = tmp_path / f"{eid}.safetensors"
-    sha = random_weights(architecture, kwargs, ckpt)
-    with open(ckpt, "rb") as f:  # served from the page cache, not copied into memory
-        body = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    url = srv.add(f"/zoo/{eid}.safetensors", body)
-    spec = yaml.safe_load((REPO / "submissions" / "cifar10-autoattack-resnet18" / "submission.yaml").read_text())
-    spec.update(id=eid, name=f"random-weight {architecture}", dataset=dataset, training={"method": "other"})
-    spec["evaluation"] = {"seed": 0}
-    spec["model"] = {"format": "state_dict", "architecture": architecture, "checkpoint": {"url": url, "sha256": sha},
-                     "preprocessing": {"mean": [0.0], "std": [1.0]}}
-    if kwargs:
-        spec["model"]["architecture_kwargs"] = kwargs
-    spec.update(over)
-    folder = root / "submissions" / eid
-    folder.mkdir(parents=True)
-    write_spec(folder, spec)
-    return folder
 
 
 def expected_flops(architecture: str, shape) -> float:
@@ -55,7 +31,7 @@ def test_a_cifar100_zoo_pr_passes_with_no_data_dir_and_its_budget_is_enforced(re
     arch = "robustbench.zoo:cifar100/Linf/Rice2020Overfitting"  # a PreAct ResNet-18, 11 M parameters
     with FileServer(tmp_path) as srv:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(srv.ca_file))
-        hosted_zoo_entry(repo, srv, tmp_path, "c100-zoo", "cifar100", arch)
+        hosted_entry(repo, srv, tmp_path, "c100-zoo", "cifar100", arch)
         commit(repo)
         # a maintainer's cap far below what loading the model takes: one line naming the budget
         code, out, problems, _ = pr_check(repo, capsys, "--max-forward-seconds", "0.05")
@@ -78,7 +54,7 @@ def test_an_imagenet_zoo_pr_passes_with_no_data_dir(repo, tmp_path, capsys, monk
     arch = "robustbench.zoo:imagenet/Linf/Salman2020Do_R18"  # a ResNet-18, 11.7 M parameters
     with FileServer(tmp_path) as srv:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(srv.ca_file))
-        folder = hosted_zoo_entry(repo, srv, tmp_path, "in-zoo", "imagenet", arch)
+        folder = hosted_entry(repo, srv, tmp_path, "in-zoo", "imagenet", arch)
         spec = yaml.safe_load((folder / "submission.yaml").read_text())
         del spec["threat_model"]  # ImageNet's default, Linf 4/255
         write_spec(folder, spec)
