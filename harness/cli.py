@@ -159,16 +159,24 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_pr_check(args: argparse.Namespace) -> int:
-    from .prcheck import PRCheckOptions, run_pr_check
+    import math
+
+    from .prcheck import REMOVED_FLAGS, PRCheckOptions, run_pr_check
 
     _cache_dir_arg(args)
-    if args.n_examples < 1 or args.audit_sample < 1 or not args.max_file_mb > 0:
-        raise HarnessError("--n-examples and --audit-sample must be >= 1 and --max-file-mb > 0")
+    if not (args.max_file_mb > 0 and math.isfinite(args.max_file_mb)):
+        raise HarnessError("--max-file-mb must be a positive number")
+    if not (args.max_forward_seconds > 0 and math.isfinite(args.max_forward_seconds)):
+        raise HarnessError("--max-forward-seconds must be a positive number")
+    for flag in REMOVED_FLAGS:
+        if getattr(args, flag[2:].replace("-", "_"), None) is not None:
+            print(f"note: pr-check no longer uses {flag}: it runs no evaluation and needs no dataset (the smoke "
+                  "attack and the audit run in the trusted GPU job); ignored", file=sys.stderr)
     opts = PRCheckOptions(
-        base=args.base, root=Path(args.root), n_examples=args.n_examples, max_file_mb=args.max_file_mb,
-        allow_update=tuple(args.allow_update or ()), device=args.device, audit_sample=args.audit_sample,
-        audit_seed=args.seed, data_dir=Path(args.data_dir) if args.data_dir else None,
-        keep=Path(args.keep) if args.keep else None, progress=not args.no_progress,
+        base=args.base, root=Path(args.root), max_file_mb=args.max_file_mb,
+        allow_update=tuple(args.allow_update or ()), keep=Path(args.keep) if args.keep else None,
+        progress=not args.no_progress, bars=not args.no_progress and sys.stderr.isatty(), sandbox=args.sandbox,
+        max_forward_s=args.max_forward_seconds,
     )
     report = run_pr_check(opts)
     text = report.markdown()
@@ -178,7 +186,9 @@ def cmd_pr_check(args: argparse.Namespace) -> int:
         with open(summary, "a", encoding="utf-8") as f:
             f.write(text + "\n")
     if opts.keep is not None:
+        opts.keep.mkdir(parents=True, exist_ok=True)
         (opts.keep / "pr-check.md").write_text(text + "\n", encoding="utf-8")
+        (opts.keep / "pr-check.json").write_text(report.to_json() + "\n", encoding="utf-8")
     _print_problems(report.problems)
     return 0 if report.ok else 1
 
@@ -323,23 +333,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import prcheck as prc
 
-    pc = sub.add_parser("pr-check", help="check a pull request's submission (what CI runs on a PR)")
+    pc = sub.add_parser("pr-check", help="check a pull request's submission on a CPU, with no dataset (what CI runs "
+                        "on a PR)")
     pc.add_argument("--base", required=True, help="git ref of the branch the PR targets (e.g. origin/main)")
-    pc.add_argument("--n-examples", type=int, default=prc.DEFAULT_N_EXAMPLES,
-                    help=f"first N test points for the smoke evaluation (default {prc.DEFAULT_N_EXAMPLES})")
     pc.add_argument("--max-file-mb", type=float, default=prc.DEFAULT_MAX_FILE_MB,
                     help=f"largest file allowed in a submission folder, in MB (default {prc.DEFAULT_MAX_FILE_MB:g})")
     pc.add_argument("--allow-update", action="append", metavar="ID",
                     help="maintainers: allow the PR to change this existing entry (repeatable)")
-    pc.add_argument("--audit-sample", type=int, default=prc.DEFAULT_AUDIT_SAMPLE,
-                    help="points re-classified and claimed-robust points re-attacked when auditing a record")
-    pc.add_argument("--seed", type=int, help="audit seed (default: a fresh random one, printed)")
-    pc.add_argument("--device", default="cpu", help="device of the smoke evaluation and audit (default cpu)")
-    pc.add_argument("--data-dir", help=DATA_DIR_HELP)
+    pc.add_argument("--max-forward-seconds", type=float, default=prc.DEFAULT_MAX_FORWARD_S, metavar="S",
+                    help="maintainers: cap on the FLOPs-scaled wall-clock budget of the sandboxed forward pass, per "
+                    f"phase (default {prc.DEFAULT_MAX_FORWARD_S:g})")
+    pc.add_argument("--sandbox", choices=("worker", "bwrap"), default="worker",
+                    help="the forward pass's sandbox, as for harness eval (default worker)")
     pc.add_argument("--cache-dir", help="checkpoint cache folder (default $ROBUST_FRONTIER_CACHE)")
-    pc.add_argument("--keep", help="also write the report and the smoke record into this folder")
+    pc.add_argument("--keep", help="also write the report (pr-check.md, pr-check.json) into this folder")
     pc.add_argument("--root", default=".", help="repository (default: the current folder)")
-    pc.add_argument("--no-progress", action="store_true", help="no progress bars or step messages")
+    pc.add_argument("--no-progress", action="store_true", help="no progress bars or step messages (progress "
+                    "bars only ever appear when stderr is a terminal)")
+    for flag in prc.REMOVED_FLAGS:  # no longer used: accepted with a note, so old command lines still run
+        pc.add_argument(flag, help=argparse.SUPPRESS)
     pc.set_defaults(func=cmd_pr_check)
 
     a = sub.add_parser("audit", help="re-check a result record against its model (clean per example, re-attack)")

@@ -1,28 +1,53 @@
-"""``harness pr-check --base REF``: the one command CI runs on a pull request (maintainers can run
-it locally too). It checks the commits ``REF...HEAD`` of the repository in the current folder:
+"""``harness pr-check --base REF``: the check CI runs on a pull request, on a CPU, with no dataset
+(maintainers can run it locally too). A pull request carries a model, never a number: the figures
+of the board come only from the trusted evaluation on the GPU runner, which signs its records.
+pr-check checks the commits ``REF...HEAD`` of the repository in the current folder, in this order,
+and stops at the first step that finds a problem:
 
-1. **What changed** (``git diff --name-status REF...HEAD``). A PR adds one entry: its folder
-   ``submissions/<id>/`` and, optionally, its record ``leaderboard/results/<id>.json`` +
-   ``<id>.examples.npz``. Refused: a PR that touches a second entry, that edits or deletes an entry
-   already on the base branch (unless a maintainer passes ``--allow-update <id>``), or that changes
-   anything else (harness/, leaderboard/ code, tests, workflows...) together with an entry.
-2. **The folder, with limits**: every file ≤ ``--max-file-mb`` (100 MB; a larger checkpoint must be
-   hosted, ``model.checkpoint.url``), no symlinks, no executable files, nothing but regular files
-   and folders, and a licence: ``license`` is an SPDX expression, or the folder holds a LICENSE file.
-3. **validate**: the schema, then the files and hashes, after fetching a hosted checkpoint into the
-   cache (``harness fetch``).
-4. **A smoke evaluation** on CPU through :func:`harness.pipeline.evaluate` (so it gets whatever
-   isolation the evaluation has): clean accuracy, FLOPs and AutoAttack on the first
-   ``--n-examples`` points, with its record written to a temporary folder, never to
-   ``leaderboard/results/``.
-5. **The audit** (:mod:`harness.audit`) of a record the PR adds or edits: provenance hashes, clean
-   predictions per example on a sample, a re-attack of a sample of the claimed-robust points.
-6. **A Markdown report** on stdout (also appended to ``$GITHUB_STEP_SUMMARY`` when set): the
-   would-be board row with its rank and frontier layer, flags, and problems. Each problem is also
-   printed to stderr as one line. Exit status 1 on any problem.
+1. **Path rules** (``git diff -z --name-status REF...HEAD``, read as bytes). A submission PR adds
+   or changes one folder ``submissions/<id>/`` and nothing else. Any other path in such a PR
+   (``leaderboard/results/`` records or state files, ``harness/``, ``leaderboard/`` code and data,
+   ``.github/``, ``pyproject.toml``, tests, scripts, ...) is refused with one line naming it. A PR
+   that changes no submission is not a submission PR: it fails (exit 1), saying it needs a
+   maintainer's review, and never "passes". A file name that is not UTF-8 or holds control or
+   invisible characters is one line. Editing or deleting an entry already on the base branch is
+   refused unless a maintainer passes ``--allow-update <id>``; such an update gets every check below.
+2. **The folder**: every file <= ``--max-file-mb`` (100 MB; a larger checkpoint must be hosted), no
+   symlinks, no executables, only regular files and folders.
+3. **Schema, licence** (an SPDX expression in ``license``, or a LICENSE file in the folder).
+4. **Duplicate checkpoint**: a checkpoint SHA-256 that an entry on the base branch already has
+   (its ``submission.yaml`` or its record) is refused, naming that entry.
+5. **Hosting** (``harness fetch`` into the cache: hash and size) and the **manifest** (every file
+   of the folder covered by a matching SHA-256).
+6. **The architecture built on the meta device** (no memory, no weights), its parameters counted,
+   then materialised empty (zeros, no checkpoint) to count its inference FLOPs with fvcore, as the
+   flops stage does (:func:`harness.flops.count_inference_flops`). Formats and zoo entries that
+   cannot be built on the meta device are counted in the sandbox after loading instead.
+7. **A sandboxed forward pass**: the evaluation worker (:mod:`harness.worker`, job kind
+   ``forward``, supervised by :mod:`harness.sandbox`) loads the model as an evaluation does and
+   runs :data:`FORWARD_INPUTS` random inputs in [0, 1] of the dataset's shape (from the dataset
+   registry, :mod:`harness.datasets`), within a wall-clock budget per phase (loading, forward):
+
+       budget = BUDGET_BASE_S + (FORWARD_INPUTS + 2) x FLOPs / CPU_FLOPS_PER_S + checkpoint bytes / IO_BYTES_PER_S
+
+   (60 s + 6 x FLOPs / 1e9 per s + bytes / 20 MB per s: loading also runs the 2-input output check,
+   reads and hashes the checkpoint; 1e9 fvcore FLOPs per second is about 1/40 of one core), capped
+   at ``--max-forward-seconds`` (default 1800) and at the maintainer's stage timeout; the cap alone
+   when the FLOPs are unknown. Then **the logits check**: shape (B, classes), all finite, done by
+   the worker and again here on the logits it returns.
+8. **A Markdown report** on stdout (also appended to ``$GITHUB_STEP_SUMMARY`` when set): what was
+   checked, parameters and FLOPs, the forward time and its budget, and the problems. Every string
+   from the PR (ids, names, paths, error texts) goes through :func:`harness.errors.one_line` and
+   Markdown escaping, so no terminal escape, bidi override, line separator or ``::error`` line
+   reaches the terminal or the job summary raw. Each problem is also one line on stderr. Exit
+   status 1 on any problem.
+
+No smoke attack and no audit run here any more: both moved to the trusted GPU job
+(``harness eval`` + ``harness audit``).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,18 +56,38 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 
 DEFAULT_MAX_FILE_MB = 100.0
-DEFAULT_N_EXAMPLES = 10
-DEFAULT_AUDIT_SAMPLE = 64
-SMOKE_STAGES = ["clean", "flops", "autoattack"]
+#: random inputs of the forward pass
+FORWARD_INPUTS = 4
+#: the forward budget (per phase of the worker: loading, forward): see the module docstring
+BUDGET_BASE_S = 60.0
+CPU_FLOPS_PER_S = 1e9
+IO_BYTES_PER_S = 20e6
+DEFAULT_MAX_FORWARD_S = 1800.0
 LICENSE_FILE = re.compile(r"^(LICEN[CS]E|COPYING)([._-].*)?$", re.IGNORECASE)
-RECORD_SUFFIXES = (".examples.npz", ".json")
+ENTRY_ID = r"[a-z0-9][a-z0-9._-]{0,63}"
+
+#: paths a submission PR may not touch, and what they are (the first match names the reason)
+PROTECTED: tuple[tuple[str, str], ...] = (
+    ("leaderboard/results/", "a result record or evaluation state: records come only from the trusted GPU "
+                             "evaluation, which signs them; a pull request never carries one"),
+    (".github/", "a workflow or repository setting"),
+    ("harness/", "the harness's code"),
+    ("leaderboard/", "the leaderboard's code or data"),
+    ("tests/", "a test"),
+    ("scripts/", "a script"),
+    ("pyproject.toml", "the package configuration"),
+    ("submissions/", "a file outside any submission folder"),
+)
+#: the flags pr-check no longer uses (it runs no evaluation), kept so that an old command line
+#: still runs, with one note each
+REMOVED_FLAGS = ("--n-examples", "--audit-sample", "--seed", "--device", "--data-dir")
 
 
 @dataclass
@@ -52,32 +97,44 @@ class Change:
 
 
 @dataclass
-class Placement:
-    """Where the entry would sit on its board."""
+class ModelCount:
+    """What the meta-device build (or, failing that, the worker) counted."""
 
-    board: str
-    rank: int
-    tied: bool
-    layer: int | None
-    n_entries: int
-    on_frontier: list[str]
-    flags: list[Any]
-    table: str  # header + the entry's row, GitHub Markdown
+    params: int | None = None
+    param_bytes: int | None = None
+    flops_per_pass: float | None = None  # fvcore, 1 per multiply-add, one input
+    forward_passes: int = 1
+    skipped_ops: dict[str, int] = field(default_factory=dict)
+    where: str = ""  # "meta device" or "sandbox"
+    why_not: str = ""  # why the FLOPs are unknown
+
+    @property
+    def flops(self) -> float | None:
+        return None if self.flops_per_pass is None else self.flops_per_pass * self.forward_passes
+
+
+@dataclass
+class ForwardResult:
+    n_inputs: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+    seconds: float  # the forward pass, as the worker timed it
+    wall_seconds: float  # the whole worker (start, load, forward), timed here
+    budget_s: float
+    budget_from_flops: bool
 
 
 @dataclass
 class PRCheckOptions:
     base: str
     root: Path = field(default_factory=Path.cwd)
-    n_examples: int = DEFAULT_N_EXAMPLES
     max_file_mb: float = DEFAULT_MAX_FILE_MB
     allow_update: tuple[str, ...] = ()
-    device: str = "cpu"
-    audit_sample: int = DEFAULT_AUDIT_SAMPLE
-    audit_seed: int | None = None
-    data_dir: Path | None = None
     keep: Path | None = None
-    progress: bool = True
+    progress: bool = True  # step messages on stderr
+    bars: bool = False  # progress bars (the CLI: only when stderr is a terminal)
+    sandbox: str = "worker"
+    max_forward_s: float = DEFAULT_MAX_FORWARD_S
 
 
 @dataclass
@@ -87,45 +144,90 @@ class PRCheckReport:
     changes: list[Change] = field(default_factory=list)
     entry_id: str | None = None
     kind: str | None = None  # "new" or "update"
+    name: str | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    smoke: Any = None  # ResultRecord of the smoke evaluation
-    smoke_seconds: float | None = None
-    smoke_path: Path | None = None
-    audit: Any = None  # AuditResult
-    placement: Placement | None = None
-    placement_source: str = ""
+    checks: list[tuple[str, str, float]] = field(default_factory=list)  # (what, result, seconds), in order
+    count: ModelCount | None = None
+    forward: ForwardResult | None = None
+    submission_pr: bool = True
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    _mark: float = field(default_factory=time.perf_counter, repr=False)
+
+    def problem(self, text: str) -> None:
+        self.problems.append(one_line(text))
+
+    def check(self, what: str, result: str) -> None:
+        """A passed check, with the seconds since the previous one (or since the start)."""
+        now = time.perf_counter()
+        self.checks.append((what, result, now - self._mark))
+        self._mark = now
+
+    @property
+    def seconds(self) -> float:
+        return sum(c[2] for c in self.checks)
+
     def markdown(self) -> str:
         return render_report(self)
 
+    def to_json(self) -> str:
+        return json.dumps({
+            "entry": self.entry_id, "kind": self.kind, "passed": self.ok, "base": self.base,
+            "base_sha": self.base_sha, "problems": self.problems, "notes": [one_line(n) for n in self.notes],
+            "checks": [{"check": c, "result": one_line(r), "seconds": round(t, 3)} for c, r, t in self.checks],
+            "count": None if self.count is None else {**asdict(self.count), "flops": self.count.flops},
+            "forward": None if self.forward is None else asdict(self.forward),
+        }, indent=2)
+
 
 # --------------------------------------------------------------------------------------------- git
-def git(root: Path, *args: str) -> str:
+def _git_bytes(root: Path, *args: str, stdin: bytes | None = None) -> bytes:
     try:
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+        out = subprocess.run(["git", "-C", str(root), *args], input=stdin, capture_output=True, check=False)
     except FileNotFoundError:
         raise HarnessError("git is not installed")
     if out.returncode != 0:
-        msg = (out.stderr.strip().splitlines() or ["failed"])[0]
+        msg = (out.stderr.decode("utf-8", "replace").strip().splitlines() or ["failed"])[0]
         raise HarnessError(f"git {' '.join(args[:2])}: {msg}")
     return out.stdout
 
 
-def changed_files(root: Path, base: str) -> list[Change]:
-    """Files changed on this branch since it left ``base`` (``git diff base...HEAD``)."""
+def git(root: Path, *args: str) -> str:
+    return _git_bytes(root, *args).decode("utf-8", "replace")
+
+
+def resolve_base(root: Path, base: str) -> str:
     try:
-        git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}")
+        return git(root, "rev-parse", "--verify", "--quiet", f"{base}^{{commit}}").strip()
     except HarnessError:
         raise HarnessError(f"--base {base!r} is not a commit of this repository (fetch it first, e.g. "
                            "`git fetch origin main` and --base origin/main)")
-    raw = git(root, "diff", "--name-status", "-z", "--no-renames", f"{base}...HEAD")
-    tokens = [t for t in raw.split("\0") if t]
-    return [Change(tokens[i][0], tokens[i + 1]) for i in range(0, len(tokens) - 1, 2)]
+
+
+def changed_files(root: Path, base: str) -> tuple[list[Change], list[str]]:
+    """Files changed on this branch since it left ``base`` (``git diff -z base...HEAD``, read as
+    bytes), and the names that are not UTF-8 or hold control or invisible characters (shown
+    escaped)."""
+    resolve_base(root, base)
+    raw = _git_bytes(root, "diff", "--name-status", "-z", "--no-renames", f"{base}...HEAD")
+    tokens = [t for t in raw.split(b"\0") if t]
+    changes, bad = [], []
+    for i in range(0, len(tokens) - 1, 2):
+        status, name = tokens[i].decode("ascii", "replace")[:1], tokens[i + 1]
+        try:
+            path = name.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(one_line(name.decode("utf-8", "backslashreplace"), 200) + " (not UTF-8)")
+            continue
+        if not path.isprintable():
+            bad.append(one_line(path, 200) + " (control or invisible characters)")
+            continue
+        changes.append(Change(status, path))
+    return changes, bad
 
 
 def exists_at(root: Path, ref: str, path: str) -> bool:
@@ -133,37 +235,64 @@ def exists_at(root: Path, ref: str, path: str) -> bool:
                           capture_output=True, check=False).returncode == 0
 
 
-def classify(path: str) -> tuple[str, str | None]:
-    """("entry", id) for submissions/<id>/..., ("record", id) for leaderboard/results/<id>.json or
-    .examples.npz, ("other", None) for anything else."""
-    parts = path.split("/")
-    if len(parts) >= 3 and parts[0] == "submissions":
-        return "entry", parts[1]
-    if len(parts) == 3 and parts[:2] == ["leaderboard", "results"]:
-        for suffix in RECORD_SUFFIXES:
-            if parts[2].endswith(suffix) and len(parts[2]) > len(suffix):
-                return "record", parts[2][: -len(suffix)]
-    return "other", None
+def _blobs(root: Path, ref: str, paths: list[str]) -> dict[str, bytes]:
+    """The contents of ``paths`` at ``ref`` (one ``git cat-file --batch``); missing ones are left out."""
+    if not paths:
+        return {}
+    out = _git_bytes(root, "cat-file", "--batch", stdin=b"".join(f"{ref}:{p}\n".encode() for p in paths))
+    blobs, i = {}, 0
+    for p in paths:
+        nl = out.index(b"\n", i)
+        header, i = out[i:nl].split(), nl + 1
+        if len(header) == 3 and header[2].isdigit():
+            size = int(header[2])
+            if header[1] == b"blob":
+                blobs[p] = out[i:i + size]
+            i += size + 1
+    return blobs
 
 
 def _few(items: list[str], limit: int = 3) -> str:
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+# ------------------------------------------------------------------------------------ path rules
+def entry_of(path: str) -> str | None:
+    """The id of ``submissions/<id>/...``, else None."""
+    parts = path.split("/")
+    return parts[1] if len(parts) >= 3 and parts[0] == "submissions" and parts[1] else None
+
+
+def protected_reason(path: str) -> str:
+    for prefix, what in PROTECTED:
+        if path == prefix.rstrip("/") or path.startswith(prefix):
+            return what
+    return "outside any submission folder"
+
+
 def scope_problems(root: Path, base: str, changes: list[Change], allow_update: tuple[str, ...]
-                   ) -> tuple[str | None, str | None, list[str]]:
-    """The PR's entry id, whether it is new or an update, and the scope problems."""
+                   ) -> tuple[str | None, str | None, list[str], bool]:
+    """The PR's entry id, whether it is "new" or an "update", the path-rule problems (one line
+    each), and whether it is a submission PR at all (it changes a ``submissions/<id>/`` folder)."""
     ids: dict[str, list[Change]] = {}
     other: list[str] = []
     for c in changes:
-        kind, eid = classify(c.path)
+        eid = entry_of(c.path)
         if eid is None:
             other.append(c.path)
         else:
             ids.setdefault(eid, []).append(c)
     if not ids:
-        return None, None, []
+        shown = f" ({_few(other)})" if other else ""
+        return None, None, [f"not a submission PR: it changes {len(other)} file(s){shown} and no "
+                            "submissions/<id>/ folder; changes to code, workflows, data or records are not "
+                            "checked here and need a maintainer's review"], False
     problems = []
+    if other:
+        more = f" (and {len(other) - 1} more file(s) outside submissions/<id>/)" if len(other) > 1 else ""
+        problems.append(f"{other[0]}: a submission PR changes only its submissions/<id>/ folder, and this is "
+                        f"{protected_reason(other[0])}{more}; send other changes as a separate pull request "
+                        "for a maintainer's review")
     merge_base = git(root, "merge-base", base, "HEAD").strip()
     existing = {e for e in ids if exists_at(root, merge_base, f"submissions/{e}/submission.yaml")
                 or exists_at(root, base, f"submissions/{e}/submission.yaml")
@@ -178,22 +307,49 @@ def scope_problems(root: Path, base: str, changes: list[Change], allow_update: t
                         "entry are a maintainer's (pr-check --allow-update ID)")
     if len(new) > 1:
         problems.append(f"the PR adds {len(new)} entries ({_few(new)}); send one entry per pull request")
-    if other:
-        problems.append(f"the PR changes files outside its entry ({_few(other)}) together with a submission; "
-                        "send code, workflow or documentation changes as a separate pull request")
-    own = new[0] if new else (sorted(ids)[0] if len(ids) == 1 else None)
+    elif len(ids) > 1 and len(problems) == (1 if other else 0):
+        problems.append(f"the PR changes {len(ids)} entries ({_few(sorted(ids))}); one entry per pull request")
+    own = new[0] if len(new) == 1 else (sorted(ids)[0] if len(ids) == 1 else None)
     kind = None if own is None else ("new" if own in new else "update")
-    return own, kind, problems
+    return own, kind, problems, True
+
+
+def base_checkpoints(root: Path, base: str) -> dict[str, set[str]]:
+    """checkpoint SHA-256 -> ids of the entries on ``base`` that have it: from their
+    ``submission.yaml`` (``model.checkpoint.sha256``) and from their records
+    (``provenance.checkpoint_sha256``). Unreadable files are skipped (the base is merged, trusted)."""
+    from .yamlsafe import load_yaml_text
+
+    names = [n.decode("utf-8", "replace") for n in
+             _git_bytes(root, "ls-tree", "-r", "-z", "--name-only", base, "--", "submissions",
+                        "leaderboard/results").split(b"\0") if n]
+    yamls = [n for n in names if re.fullmatch(rf"submissions/{ENTRY_ID}/submission\.yaml", n)]
+    records = [n for n in names if re.fullmatch(rf"leaderboard/results/{ENTRY_ID}\.json", n)]
+    found: dict[str, set[str]] = {}
+    for path, data in _blobs(root, base, yamls + records).items():
+        try:
+            if path.endswith(".yaml"):
+                spec = load_yaml_text(data.decode("utf-8"), path)
+                sha, eid = spec["model"]["checkpoint"]["sha256"], path.split("/")[1]
+            else:
+                rec = json.loads(data)
+                sha, eid = rec["provenance"]["checkpoint_sha256"], rec.get("submission_id") or Path(path).stem
+        except Exception:  # noqa: BLE001 - a malformed file on the base is the board build's to refuse
+            continue
+        if isinstance(sha, str) and isinstance(eid, str):
+            found.setdefault(sha.lower(), set()).add(eid)
+    return found
 
 
 # ------------------------------------------------------------------------------------ the folder
 def folder_problems(folder: Path, max_bytes: int) -> list[str]:
     """Limits on the files in a submission folder: size, no symlinks, no executables, regular files."""
     problems = []
+    top = folder.parent.parent
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         for name in sorted(dirnames + filenames):
             p = Path(dirpath) / name
-            rel = p.relative_to(folder.parent.parent) if folder.parent.parent in p.parents else p
+            rel = p.relative_to(top) if top in p.parents else p
             st = p.lstat()
             if stat.S_ISLNK(st.st_mode):
                 problems.append(f"{rel}: symlinks are not allowed in a submission folder")
@@ -229,216 +385,356 @@ def license_problems(license_text: str, folder: Path) -> list[str]:
     return [f"license: {what} and the folder has no LICENSE file; name an SPDX licence or add the licence text"]
 
 
-# ------------------------------------------------------------------------------------- the board
-def place_on_board(root: Path, entry_id: str, candidate: tuple[Any, Path, Any] | None) -> Placement:
-    """The entry's would-be row, rank and frontier layer on its board.
+# ------------------------------------------------------------------------------------- the model
+def input_spec(sub) -> tuple[tuple[int, int, int], int]:
+    """(C, H, W) and the number of classes of the model's inputs, from the dataset registry; for a
+    custom dataset, from its file in the submission folder (it is part of the PR)."""
+    from . import datasets
 
-    Uses the leaderboard's own public functions on the PR's tree (``load_entries``, which runs every
-    check the site build runs, then ``entry_from_record`` for a smoke record, ``make_boards`` and the
-    Markdown renderer), so the row is the one the site would show."""
-    from leaderboard.boards import FRONTIERS, Board, entry_from_record, load_entries, make_boards
-    from leaderboard.render_md import board_table
+    spec = sub.spec
+    d = datasets.get(spec.dataset)
+    prep = spec.resize_crop
+    if d.custom:
+        from .data import load_test_data, num_classes_of
 
-    inputs = load_entries(root)
-    entries = list(inputs.entries)
-    if candidate is not None:
-        rec, path, sub = candidate
-        entries = [e for e in entries if e.id != entry_id] + [entry_from_record(rec, path, sub)]
-    boards = make_boards(entries)
-    for b in boards:
-        for e in b.entries:
-            if e.id == entry_id:
-                titles = {key: title for key, _, _, title in FRONTIERS}
-                on = [titles.get(k, k) for k, v in e.on_frontier.items() if v]
-                table = board_table(Board(b.dataset, b.norm, b.eps, [e]))
-                return Placement(b.title, e.rank, e.tied, e.layer, len(b.entries), on, list(e.flags), table)
-    raise HarnessError(f"entry {entry_id!r} is on no board (it has no record)")
+        data = load_test_data(spec.dataset, None, custom_path=sub.dataset_path(), preprocessing=prep)
+        return tuple(data.input_shape), num_classes_of(data)
+    shape = d.shape_for(prep)
+    if shape is None or d.num_classes is None:
+        raise HarnessError(f"the input shape of {d.title} under resize_crop {prep!r} is known only from the data; "
+                           f"declare one of {', '.join(p for p in d.preprocessings if p != 'none')}",
+                           field="model.preprocessing.resize_crop")
+    return shape, d.num_classes
+
+
+def build_on_meta(sub, max_bytes: int | None):
+    """The architecture built on the meta device (no memory, no weights) and its parameters counted;
+    refused if its tensors would take more than ``max_bytes``. (None, None) when the model cannot be
+    built on the meta device (ONNX, TorchScript, zoo entries whose constructors need real tensors):
+    the worker counts it after loading."""
+    import torch
+
+    from leaderboard.robustbench_import import offline_cpu_build
+
+    from .architectures import build_architecture
+
+    model = sub.spec.model
+    if model.format != "state_dict":
+        return None, None
+    try:
+        with offline_cpu_build(), torch.device("meta"):
+            net = build_architecture(model.architecture or "", model.architecture_kwargs, max_bytes=max_bytes)
+    except HarnessError:
+        raise
+    except Exception:  # noqa: BLE001 - a zoo constructor that needs real tensors: counted in the worker
+        return None, None
+    tensors = list(net.parameters()) + list(net.buffers())
+    count = ModelCount(params=sum(p.numel() for p in net.parameters()),
+                       param_bytes=sum(t.numel() * t.element_size() for t in tensors),
+                       forward_passes=model.forward_passes, where="meta device")
+    if max_bytes is not None and count.param_bytes > max_bytes:
+        raise HarnessError(f"{model.architecture} has {count.params:.3g} parameters ({count.param_bytes / 2**30:.3g} "
+                           f"GiB), over the memory limit of {max_bytes / 2**30:.3g} GiB", field="model.architecture")
+    return net, count
+
+
+def count_flops(sub, net, count: ModelCount, input_shape: tuple[int, int, int]) -> None:
+    """The meta-built ``net`` materialised empty (zeros: no checkpoint, no random initialisation),
+    wrapped as every stage sees it (:class:`harness.models.NormalizedModel`), and its inference
+    FLOPs counted with fvcore (:func:`harness.flops.count_inference_flops`, as the flops stage
+    does) into ``count``; on failure ``count.why_not`` says why."""
+    import torch
+
+    from leaderboard.robustbench_import import offline_cpu_build
+
+    from .flops import count_inference_flops
+    from .models import NormalizedModel
+
+    pre = sub.spec.model.preprocessing
+    try:
+        with offline_cpu_build():
+            net = net.to_empty(device="cpu")
+            with torch.no_grad():
+                for t in list(net.parameters()) + list(net.buffers()):
+                    t.zero_()
+            module = NormalizedModel(net, pre.mean, pre.std, channels=input_shape[0])
+            with torch.no_grad():
+                fc = count_inference_flops(module, input_shape)
+    except HarnessError:
+        raise
+    except Exception as e:  # noqa: BLE001 - fvcore cannot trace it: the budget is the cap
+        count.why_not = f"fvcore cannot trace it ({type(e).__name__}: {one_line(e, 200)})"
+        return
+    count.flops_per_pass, count.params, count.skipped_ops = fc.total, fc.params, dict(fc.skipped)
+
+
+def forward_budget(flops_per_pass: float | None, checkpoint_bytes: int, cap: float) -> tuple[float, bool]:
+    """Wall-clock seconds for each phase of the forward job, and whether they came from the FLOPs
+    (else: the cap). See the module docstring."""
+    if flops_per_pass is None:
+        return cap, False
+    scaled = (BUDGET_BASE_S + (FORWARD_INPUTS + 2) * flops_per_pass / CPU_FLOPS_PER_S
+              + checkpoint_bytes / IO_BYTES_PER_S)
+    return (scaled, True) if scaled < cap else (cap, False)
+
+
+def sandboxed_forward(sub, input_shape: tuple[int, int, int], num_classes: int, *, budget: float,
+                      count_flops: bool, limits: dict, opts: PRCheckOptions, say: Callable[[str], None]
+                      ) -> tuple[ForwardResult, dict[str, Any]]:
+    """The forward job in the evaluation worker; its result file read back and checked here."""
+    import numpy as np
+    import torch
+
+    from .models import check_logits
+    from .npzsafe import read_npz
+    from .sandbox import WorkerFailed, run_worker
+    from .worker import WorkerJob
+
+    work = Path(tempfile.mkdtemp(prefix="pr-check-"))
+    try:
+        cpu = min(float(limits["cpu"]), budget * (os.cpu_count() or 1))
+        job = WorkerJob(
+            submission=str(sub.yaml_path), submission_sha256=sub.yaml_sha256, state_dir=str(work), stages=[],
+            device="cpu", n_examples=0, batch_size=FORWARD_INPUTS, progress=False, trust_code=False,
+            memory_limit=limits["memory"], cpu_limit=cpu, isolate_network=opts.sandbox != "bwrap",
+            parent_pid=None if opts.sandbox == "bwrap" else os.getpid(), max_model_bytes=limits["memory"],
+            kind="forward", forward={"input_shape": list(input_shape), "num_classes": num_classes,
+                                     "n_inputs": FORWARD_INPUTS, "seed": 0, "count_flops": count_flops})
+        read_only = [sub.folder, sub.checkpoint_path().parent]
+        t0 = time.monotonic()
+        try:
+            run_worker(job, mode=opts.sandbox, stage_timeout=budget, read_only=read_only, echo=say)
+        except WorkerFailed as e:
+            msg = str(e).split("; finished stages are kept in", 1)[0].replace(" (--stage-timeout)", "")
+            if "wall-clock limit" in msg:
+                msg += (" (the forward budget: 60 s + 6 x FLOPs / 1e9 per s + checkpoint bytes / 20 MB per s, "
+                        "capped by the maintainer's --max-forward-seconds)")
+            log = work / "worker.log"
+            if opts.keep is not None and log.is_file():
+                Path(opts.keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(log, Path(opts.keep) / "worker.log")
+                msg = msg.replace(str(log), str(Path(opts.keep) / "worker.log"))
+            raise HarnessError(f"sandboxed forward pass: {msg}")
+        wall = time.monotonic() - t0
+        n = FORWARD_INPUTS
+        arrays = read_npz(work / "forward.npz", max_file_bytes=64 * 2**20, max_total_bytes=64 * 2**20,
+                          names=("logits", "seconds", "flops", "params"), what="the forward job's result")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    try:
+        logits, seconds = arrays["logits"], float(arrays["seconds"])
+        flops, params = float(arrays["flops"]), int(arrays["params"])
+    except (KeyError, TypeError, ValueError):
+        raise HarnessError("the forward job's result is malformed (missing or non-scalar fields)")
+    check_logits(torch.from_numpy(np.ascontiguousarray(logits)), n, num_classes,
+                 stage=f"forward pass on {n} random inputs")  # again, on what the worker returned
+    if logits.dtype.kind != "f" or not (seconds >= 0 and seconds < float("inf")):
+        raise HarnessError("the forward job's result is malformed (logits or time)")
+    result = ForwardResult(n, tuple(input_shape), num_classes, seconds, wall, budget, False)
+    return result, {"flops": flops if flops >= 0 else None, "params": params if params >= 0 else None}
 
 
 # ------------------------------------------------------------------------------------- the check
 def _say(progress: bool) -> Callable[[str], None]:
-    return (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    return (lambda msg: print(one_line(msg), file=sys.stderr, flush=True)) if progress else (lambda msg: None)
 
 
 def run_pr_check(opts: PRCheckOptions) -> PRCheckReport:
-    from .submission import check_files, parse_submission
-
     say = _say(opts.progress)
     root = Path(git(Path(opts.root), "rev-parse", "--show-toplevel").strip())
     rep = PRCheckReport(opts.base)
-    rep.changes = changed_files(root, opts.base)
+    changes, bad_names = changed_files(root, opts.base)
+    rep.changes = changes
     rep.base_sha = git(root, "rev-parse", "--short", f"{opts.base}^{{commit}}").strip()
-    rep.entry_id, rep.kind, scope = scope_problems(root, opts.base, rep.changes, tuple(opts.allow_update))
-    rep.problems += scope
-    if rep.entry_id is None:
-        rep.notes.append("no submission or record changed: nothing to evaluate")
+    if bad_names:
+        more = f" (and {len(bad_names) - 1} more)" if len(bad_names) > 1 else ""
+        rep.problem(f"file name {bad_names[0]}{more}: a file name in a pull request must be printable UTF-8; "
+                    "rename it")
         return rep
-    if scope:  # nothing is evaluated until the PR holds one entry and nothing else
+    rep.entry_id, rep.kind, scope, rep.submission_pr = scope_problems(root, opts.base, rep.changes,
+                                                                      tuple(opts.allow_update))
+    for p in scope:
+        rep.problem(p)
+    if rep.problems:  # nothing is checked further until the PR holds one entry and nothing else
         return rep
     eid = rep.entry_id
+    assert eid is not None
+    rep.check("path rules", f"one {'new' if rep.kind == 'new' else 'updated'} entry, nothing outside "
+                            f"submissions/{eid}/ ({len(rep.changes)} file(s))")
+    _check_entry(rep, root, eid, opts, say)
+    return rep
+
+
+def _check_entry(rep: PRCheckReport, root: Path, eid: str, opts: PRCheckOptions, say) -> None:
+    from .pipeline import resolve_limits
+    from .stages import EvalOptions
+    from .submission import check_files, parse_submission
+
     folder = root / "submissions" / eid
     yaml_path = folder / "submission.yaml"
     rel_yaml = f"submissions/{eid}/submission.yaml"
     if not folder.is_dir() or folder.is_symlink():
-        rep.problems.append(f"submissions/{eid}/: the PR removes or does not contain the entry's folder "
-                            "(only maintainers remove entries)")
-        return rep
+        rep.problem(f"submissions/{eid}/: the PR removes or does not contain the entry's folder "
+                    "(only maintainers remove entries)")
+        return
     say(f"pr-check: entry {eid} ({rep.kind}), base {opts.base} ({rep.base_sha})")
 
-    rep.problems += folder_problems(folder, int(opts.max_file_mb * 1e6))
+    # the folder, the schema, the licence
+    for p in folder_problems(folder, int(opts.max_file_mb * 1e6)):
+        rep.problem(p)
     if not yaml_path.is_file() or yaml_path.is_symlink():
-        rep.problems.append(f"{rel_yaml}: missing")
+        rep.problem(f"{rel_yaml}: missing")
     if rep.problems:  # files the harness does not accept are neither parsed nor run
-        return rep
+        return
+    n_files = sum(1 for p in folder.rglob("*") if p.is_file())
+    rep.check("folder", f"{n_files} file(s), no symlinks or executables, each at most {opts.max_file_mb:g} MB")
     try:
         sub, problems = parse_submission(yaml_path)
     except HarnessError as e:
-        rep.problems.append(str(e).replace(str(root) + os.sep, ""))
-        return rep
-    rep.problems += [f"{rel_yaml}: {p}" for p in problems]
+        rep.problem(str(e).replace(str(root) + os.sep, ""))
+        return
+    for p in problems:
+        rep.problem(f"{rel_yaml}: {p}")
     if sub is None:
-        return rep
-    rep.problems += [f"{rel_yaml}: {p}" for p in license_problems(sub.spec.license, folder)]
+        return
+    rep.name = sub.spec.name
+    rep.check("schema", "valid")
+    for p in license_problems(sub.spec.license, folder):
+        rep.problem(f"{rel_yaml}: {p}")
     if rep.problems:
-        return rep
+        return
+    rep.check("licence", sub.spec.license)
 
+    # the same checkpoint as an entry already on the base branch
     ck = sub.spec.model.checkpoint
+    others = sorted(base_checkpoints(root, opts.base).get(ck.sha256.lower(), set()) - {eid})
+    if others:
+        rep.problem(f"{rel_yaml}: model.checkpoint.sha256: this checkpoint ({ck.sha256[:12]}...) is already on the "
+                    f"base branch as entry {others[0]!r}" + (f" (and {_few(others[1:])})" if len(others) > 1 else "")
+                    + "; the same checkpoint under a new id is refused (a maintainer updates that entry instead)")
+        return
+    rep.check("duplicate checkpoint", "none on the base branch")
+    if sub.spec.model.format == "torchscript":
+        from .models import TORCHSCRIPT_REFUSED
+
+        rep.problem(f"{rel_yaml}: model.format: {TORCHSCRIPT_REFUSED}")
+        return
+
+    # hosting, then every file against its hash
     if ck.url is not None:
         from .hosted import fetch
 
         say(f"pr-check: fetching {ck.url}")
         try:
-            path, downloaded = fetch(ck.url, ck.sha256, progress=opts.progress)
-            rep.notes.append(f"hosted checkpoint {'downloaded' if downloaded else 'found in the cache'} and verified "
-                             f"({path.stat().st_size / 1e6:.1f} MB, sha256 {ck.sha256[:12]}...)")
+            path, downloaded = fetch(ck.url, ck.sha256, progress=opts.bars)
         except HarnessError as e:
-            rep.problems.append(f"{rel_yaml}: {e}")
-            return rep
-    rep.problems += [f"{rel_yaml}: {p}" for p in check_files(sub)]
-    if rep.problems:  # the model is not evaluated as submitted
-        return rep
+            rep.problem(f"{rel_yaml}: {e}")
+            return
+        rep.check("hosted checkpoint", f"{'downloaded' if downloaded else 'found in the cache'} and verified: "
+                                                f"{path.stat().st_size / 1e6:.1f} MB, sha256 {ck.sha256[:12]}...")
+    for p in check_files(sub):
+        rep.problem(f"{rel_yaml}: {p}")
+    if rep.problems:  # the model is not run as submitted
+        return
+    rep.check("manifest", "every file matches its SHA-256")
 
-    record_json = root / "leaderboard" / "results" / f"{eid}.json"
-    record_changed = any(classify(c.path) == ("record", eid) for c in rep.changes)
-    work = Path(tempfile.mkdtemp(prefix="pr-check-"))
+    # the architecture on the meta device, its FLOPs; then the sandboxed forward pass
+    model = sub.spec.model
     try:
-        _smoke(rep, sub, yaml_path, work, opts, say)
-        if record_changed:
-            _audit(rep, root, record_json, yaml_path, opts, say)
-        _place(rep, root, eid, record_changed, work, sub)
-        if opts.keep is not None:
-            keep = Path(opts.keep)
-            keep.mkdir(parents=True, exist_ok=True)
-            for p in (work / "results").glob(f"{eid}*"):
-                shutil.copy2(p, keep / f"smoke-{p.name}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return rep
-
-
-def _smoke(rep: PRCheckReport, sub, yaml_path: Path, work: Path, opts: PRCheckOptions, say) -> None:
-    from .audit import available_points
-    from .pipeline import evaluate
-    from .stages import EvalOptions
-
-    spec = sub.spec
-    try:
-        n = min(opts.n_examples, available_points(spec.dataset, opts.data_dir, sub.dataset_path()))
-        say(f"pr-check: smoke evaluation ({', '.join(SMOKE_STAGES)}) on {n} points, device {opts.device}")
-        t0 = time.perf_counter()
-        outcome = evaluate(yaml_path, EvalOptions(device=opts.device, n_examples=n, data_dir=opts.data_dir,
-                                                  progress=opts.progress),
-                           stages=SMOKE_STAGES, out=work / "results" / f"{spec.id}.json",
-                           command=f"harness pr-check --base {opts.base} (smoke evaluation, {n} points)",
-                           echo=say)
-        rep.smoke_seconds = time.perf_counter() - t0
-        rep.smoke = outcome.record
-        rep.smoke_path = outcome.json_path
+        limits = resolve_limits(sub, EvalOptions())
+        shape, num_classes = input_spec(sub)
+        say(f"pr-check: building {model.architecture or model.format} on the meta device")
+        net, count = build_on_meta(sub, limits["memory"])
+        if count is not None:
+            rep.check("architecture (meta device)", f"{model.architecture}: {_si(count.params)} parameters "
+                                                    f"({count.param_bytes / 1e6:.1f} MB with the buffers)")
+            count_flops(sub, net, count, shape)
+            del net
     except HarnessError as e:
-        rep.problems.append(f"smoke evaluation: {e}")
-    except Exception as e:  # a crash inside the model or a library is still one line, never a traceback
-        detail = " ".join(str(e).split())[:300]
-        rep.problems.append(f"smoke evaluation crashed: {type(e).__name__}: {detail}")
-
-
-def _audit(rep: PRCheckReport, root: Path, record_json: Path, yaml_path: Path, opts: PRCheckOptions, say) -> None:
-    from .audit import audit_record
-
-    rel = record_json.relative_to(root)
-    if not record_json.is_file():
-        rep.problems.append(f"{rel}: the PR changes the entry's examples file but has no record beside it")
+        rep.problem(f"{rel_yaml}: {str(e).replace(str(root) + os.sep, '')}")
         return
-    say(f"pr-check: auditing {rel}")
-    try:
-        rep.audit = audit_record(record_json, submission=yaml_path, sample=opts.audit_sample, seed=opts.audit_seed,
-                                 device=opts.device, data_dir=opts.data_dir, progress=opts.progress)
-    except HarnessError as e:
-        rep.problems.append(f"{rel}: audit: {str(e).replace(str(root) + os.sep, '')}")
-        return
-    except Exception as e:
-        rep.problems.append(f"{rel}: audit crashed: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
-        return
-    rep.problems += [f"{rel}: audit: {p}" for p in rep.audit.problems]
-    rep.notes += rep.audit.notes
-
-
-def _place(rep: PRCheckReport, root: Path, eid: str, record_changed: bool, work: Path, sub) -> None:
-    candidate = None
-    if record_changed and rep.audit is not None and rep.audit.ok:
-        rep.placement_source = (f"the record the PR carries (leaderboard/results/{eid}.json), audited on "
-                                f"{len(rep.audit.clean_checked)} + {len(rep.audit.attack_checked)} sampled points")
-    elif rep.smoke is not None:
-        candidate = (rep.smoke, rep.smoke_path, sub)
-        rep.placement_source = (f"the smoke evaluation on the first {rep.smoke.n_examples} test points (CPU): "
-                                "indicative only; the board's figures come from the full evaluation "
-                                "(label `full-eval`)")
+    if count is None:
+        rep.notes.append(f"a {model.format} model" + (f" ({model.architecture})" if model.architecture else "")
+                         + " cannot be built on the meta device: its parameters and FLOPs are counted in the "
+                         "sandbox after loading, and the forward budget is the cap")
+    elif count.flops_per_pass is None:
+        rep.notes.append(f"FLOPs not counted: {count.why_not}; the forward budget is the cap")
     else:
-        return
+        rep.check("FLOPs (fvcore, on the empty model)", _flops_text(count))
+    ckpt_bytes = sub.checkpoint_path().stat().st_size
+    cap = min(float(opts.max_forward_s), float(limits["stage_timeout"]))
+    budget, scaled = forward_budget(None if count is None else count.flops_per_pass, ckpt_bytes, cap)
+    say(f"pr-check: forward pass on {FORWARD_INPUTS} random inputs {'x'.join(map(str, shape))} in the sandboxed "
+        f"worker (budget {budget:.0f} s per phase)")
     try:
-        rep.placement = place_on_board(root, eid, candidate)
+        fwd, counted = sandboxed_forward(sub, shape, num_classes, budget=budget, count_flops=count is None,
+                                         limits=limits, opts=opts, say=say)
     except HarnessError as e:
-        msg = str(e).replace(str(root) + os.sep, "")
-        if record_changed:
-            rep.problems.append(f"leaderboard build would refuse the PR: {msg}")
-        else:
-            rep.notes.append(f"no board placement: {msg}")
+        rep.problem(f"{rel_yaml}: {str(e).replace(str(root) + os.sep, '')}")
+        return
+    fwd.budget_from_flops = scaled
+    how = ("scaled by the FLOPs: 60 s + 6 x FLOPs / 1e9 per s + checkpoint bytes / 20 MB per s" if scaled
+           else "the cap (--max-forward-seconds, or the maintainer's stage timeout)")
+    rep.check("forward pass (sandboxed worker)",
+              f"{fwd.n_inputs} random inputs {'x'.join(map(str, fwd.input_shape))}: {fwd.seconds:.2f} s "
+              f"(the worker in all, start and load included: {fwd.wall_seconds:.1f} s); budget {budget:.0f} s "
+              f"per phase, {how}")
+    rep.check("logits", f"shape ({fwd.n_inputs}, {fwd.num_classes}), all finite")
+    if count is None:
+        count = ModelCount(params=counted["params"], flops_per_pass=counted["flops"],
+                           forward_passes=model.forward_passes, where="sandbox",
+                           why_not="" if counted["flops"] is not None else "fvcore cannot trace it")
+        rep.check("parameters and FLOPs (fvcore, in the sandbox)",
+                  f"{_si(count.params)} parameters; " + (_flops_text(count) if count.flops_per_pass is not None
+                                                          else "FLOPs not counted (fvcore cannot trace it)"))
+    rep.count, rep.forward = count, fwd
+
+
+def _flops_text(count: ModelCount) -> str:
+    text = f"{_si(count.flops_per_pass)} per forward pass"
+    if count.forward_passes > 1:
+        text += f", {_si(count.flops)} per prediction ({count.forward_passes} forward passes)"
+    if count.skipped_ops:
+        text += f"; operators fvcore does not count: {_few(sorted(count.skipped_ops))}"
+    return text
+
+
+def _si(v: float | int | None) -> str:
+    from leaderboard.fmt import si
+
+    return si(v)
 
 
 # ------------------------------------------------------------------------------------ the report
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}%"
+def md(text: object) -> str:
+    """A stranger's string as one inert line of Markdown (a table cell or a list item): control,
+    escape, bidi and line-separator characters escaped or folded (:func:`harness.errors.one_line`),
+    table pipes, backticks and HTML angle brackets replaced by their HTML entities (no backslash
+    escapes: a stranger's trailing backslash cannot undo them)."""
+    return (one_line(text).replace("&", "&amp;").replace("|", "&#124;").replace("`", "&#96;")
+            .replace("<", "&lt;").replace(">", "&gt;"))
 
 
 def render_report(rep: PRCheckReport) -> str:
-    status = "passed" if rep.ok else f"failed ({len(rep.problems)} problem{'s' if len(rep.problems) != 1 else ''})"
-    head = f"## pr-check: {rep.entry_id or 'no entry'} ({rep.kind or 'nothing to evaluate'}): {status}"
-    out = [head, "", f"Base `{rep.base}` ({rep.base_sha}); {len(rep.changes)} changed file(s).", ""]
+    n = len(rep.problems)
+    status = "passed" if rep.ok else f"failed ({n} problem{'s' if n != 1 else ''})"
+    if rep.entry_id is not None:
+        head = f"## pr-check: {md(rep.entry_id)} ({rep.kind}): {status}"
+    else:
+        head = f"## pr-check: {'no entry' if rep.submission_pr else 'not a submission PR'}: {status}"
+    intro = f"Base {md(rep.base)} ({md(rep.base_sha)}); {len(rep.changes)} changed file(s)."
+    if rep.name is not None:
+        intro += f" Entry name: {md(rep.name)}."
+    out = [head, "", intro, ""]
     if rep.problems:
-        out += ["### Problems", ""] + [f"- {_md_line(p)}" for p in rep.problems] + [""]
-    pl = rep.placement
-    if pl is not None:
-        tie = "=" if pl.tied else ""
-        layer = "–" if pl.layer is None else str(pl.layer)
-        out += [f"### Would-be row: {pl.board}", "", pl.table, "",
-                f"Rank **{pl.rank}{tie}** of {pl.n_entries}, frontier layer **{layer}**"
-                + (f"; on the frontier of {'; '.join(pl.on_frontier)}" if pl.on_frontier else "") + ".",
-                f"Figures from {rep.placement_source}.", ""]
-        if pl.flags:
-            out += ["### Flags", ""] + [f"- `{f.name}` ({f.severity}): {_md_line(f.message)}" for f in pl.flags] + [""]
-    if rep.smoke is not None:
-        r = rep.smoke
-        aa = r.autoattack
-        out += ["### Smoke evaluation", "",
-                f"{r.n_examples} points on {r.provenance.device}: clean {_pct(r.clean_accuracy)}, AutoAttack "
-                f"({aa.version if aa else '–'}) {_pct(r.robust_accuracy)}, params {r.params or '–'}, inference FLOPs "
-                f"{'–' if r.inference_flops is None else f'{r.inference_flops:.3g}'}, "
-                f"{rep.smoke_seconds or 0:.1f} s.", ""]
-    if rep.audit is not None:
-        out += ["### Audit of the record", "", _md_line(rep.audit.summary()), ""]
+        out += ["### Problems", ""] + [f"- {md(p)}" for p in rep.problems] + [""]
+    if rep.checks:
+        out += ["### Checks", "", "| Check | Result | Time |", "|---|---|---|"]
+        out += [f"| {md(what)} | {md(result)} | {t:.1f} s |" for what, result, t in rep.checks]
+        out += [f"| total | | {rep.seconds:.1f} s |", ""]
+    if rep.ok and rep.entry_id is not None:
+        out += ["The board's figures come only from the trusted evaluation on the GPU runner (a maintainer starts "
+                "it), which signs its record; this check runs no attack and claims no accuracy.", ""]
     if rep.notes:
-        out += ["### Notes", ""] + [f"- {_md_line(n)}" for n in rep.notes] + [""]
+        out += ["### Notes", ""] + [f"- {md(x)}" for x in rep.notes] + [""]
     return "\n".join(out)
-
-
-def _md_line(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")

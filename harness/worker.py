@@ -1,6 +1,6 @@
 """The evaluation worker: ``python -m harness.worker`` loads the submission's model and computes
-blocks of the stages (or, for ``harness audit``, the audit's model work), inside the sandbox the
-supervisor (:mod:`harness.sandbox`) set up.
+blocks of the stages (or, for ``harness audit``, the audit's model work; for ``harness pr-check``, one
+forward pass on random inputs), inside the sandbox the supervisor (:mod:`harness.sandbox`) set up.
 
 It reads one :class:`WorkerJob` (JSON) on stdin, then, before importing anything large:
 dies with its parent (Linux), moves into a new network namespace, and keeps its stdout for the
@@ -55,8 +55,10 @@ class WorkerJob:
     rank: int = 0  # torchrun: this worker's rank, and how many ranks share the blocks
     world_size: int = 1
     plan: dict | None = None  # harness.schedule.Plan (attempt, stages to compute, their inputs)
-    kind: str = "eval"  # "eval", or "audit": the model work of harness audit (harness.audit.recompute)
+    kind: str = "eval"  # "eval", "audit" (harness.audit.recompute) or "forward" (pr-check: run_forward)
     audit: dict | None = None  # the audit's inputs (kind "audit")
+    forward: dict | None = None  # pr-check's forward pass (kind "forward"): input_shape, num_classes, n_inputs,
+    # seed, count_flops
     extra: dict = field(default_factory=dict)  # room for launchers
 
     def to_json(self) -> str:
@@ -129,6 +131,8 @@ def _preload(job: WorkerJob, spec) -> None:
                        "diagnostics": ["harness.diagnostics"]}[name]
     if job.kind == "audit":
         wanted += ["pyautoattack", "harness.audit"]
+    if job.kind == "forward" and (job.forward or {}).get("count_flops"):
+        wanted.append("fvcore.nn")
     wanted.append("harness.schedule")
     if job.progress:
         wanted.append("tqdm.auto")
@@ -297,6 +301,51 @@ def run_audit(job: WorkerJob, proto: _Protocol, status: dict) -> None:
     })
 
 
+def run_forward(job: WorkerJob, sub, proto: _Protocol, status: dict) -> None:
+    """pr-check's model work (kind "forward"): load the model as an evaluation does (hashes, safe
+    loading, the 2-input output check), count its FLOPs if asked (fvcore, for models the supervisor
+    cannot build on the meta device: ONNX, some zoo entries), then one timed forward pass of
+    ``n_inputs`` random inputs in [0, 1] with the logits check. The logits, the time and the counts
+    go to ``forward.npz`` in the state folder, which the supervisor reads back and checks again as
+    untrusted data."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from .files import atomic_savez
+    from .models import check_logits, load_model
+
+    f = job.forward or {}
+    shape = tuple(int(d) for d in f["input_shape"])
+    num_classes, n = int(f["num_classes"]), int(f["n_inputs"])
+    device = torch.device(job.device)
+    torch.manual_seed(int(f.get("seed", 0)))
+    model = load_model(sub, input_shape=shape, num_classes=num_classes, device=device, trust_code=False,
+                       max_model_bytes=job.max_model_bytes)
+    counts = {"flops": np.asarray(-1.0), "params": np.asarray(-1, dtype=np.int64)}
+    if f.get("count_flops"):
+        from .flops import count_inference_flops
+
+        try:
+            fc = count_inference_flops(model.module, shape, device)
+            counts = {"flops": np.asarray(float(fc.total)), "params": np.asarray(int(fc.params), dtype=np.int64)}
+        except Exception:  # noqa: BLE001 - fvcore cannot trace some modules: the counts stay unknown
+            pass
+    status["phase"] = "forward"
+    proto.send(event="phase", name="forward")
+    _cpu_budget(job.cpu_limit)
+    x = torch.rand((n, *shape), generator=torch.Generator().manual_seed(int(f.get("seed", 0)))).to(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.module(x)
+    seconds = time.perf_counter() - t0
+    check_logits(out, n, num_classes, stage=f"forward pass on {n} random inputs")
+    proto.send(event="block", stage="forward", block=0, seconds=seconds)
+    atomic_savez(Path(job.state_dir) / "forward.npz", {
+        "logits": out.detach().float().cpu().numpy(), "seconds": np.asarray(seconds), **counts})
+
+
 def main() -> int:
     from .sandbox import die_with_parent, isolate_network
 
@@ -334,6 +383,8 @@ def main() -> int:
             run_audit(job, proto, status)
         elif job.kind == "eval":
             run(job, sub, proto, sandbox, status)
+        elif job.kind == "forward":
+            run_forward(job, sub, proto, status)
         else:
             raise ValueError(f"unknown job kind {job.kind!r}")
         log.info("finished in %.1f s (%s blocks)", time.perf_counter() - t0, status.get("blocks", 0))
