@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 
 DEFAULT_MAX_FILE_MB = 100.0
 DEFAULT_N_EXAMPLES = 10
@@ -211,22 +211,8 @@ def folder_problems(folder: Path, max_bytes: int) -> list[str]:
     return problems
 
 
-def license_problems(license_text: str, folder: Path) -> list[str]:
-    """A licence must be present: an SPDX expression in ``license`` (e.g. MIT, Apache-2.0,
-    CC-BY-4.0; checked with ``packaging.licenses``), or a LICENSE file in the folder (needed anyway
-    for a custom ``LicenseRef-...``)."""
-    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
-
-    has_file = any(LICENSE_FILE.match(p.name) and p.is_file() and not p.is_symlink() for p in folder.iterdir())
-    try:
-        canon = canonicalize_license_expression(license_text)
-    except InvalidLicenseExpression:
-        canon = None
-    if has_file or (canon is not None and "LicenseRef-" not in canon):
-        return []
-    what = (f"{license_text!r} is a custom licence reference" if canon else
-            f"{license_text!r} is not an SPDX licence expression (e.g. MIT, Apache-2.0, CC-BY-4.0)")
-    return [f"license: {what} and the folder has no LICENSE file; name an SPDX licence or add the licence text"]
+# the licence check lives in the submission layer (harness validate runs it too); kept importable here
+from .submission import license_problems  # noqa: E402, F401
 
 
 # ------------------------------------------------------------------------------------- the board
@@ -357,7 +343,7 @@ def _smoke(rep: PRCheckReport, sub, yaml_path: Path, work: Path, opts: PRCheckOp
     except HarnessError as e:
         rep.problems.append(f"smoke evaluation: {e}")
     except Exception as e:  # a crash inside the model or a library is still one line, never a traceback
-        detail = " ".join(str(e).split())[:300]
+        detail = one_line(e, 300)
         rep.problems.append(f"smoke evaluation crashed: {type(e).__name__}: {detail}")
 
 
@@ -376,7 +362,7 @@ def _audit(rep: PRCheckReport, root: Path, record_json: Path, yaml_path: Path, o
         rep.problems.append(f"{rel}: audit: {str(e).replace(str(root) + os.sep, '')}")
         return
     except Exception as e:
-        rep.problems.append(f"{rel}: audit crashed: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+        rep.problems.append(f"{rel}: audit crashed: {type(e).__name__}: {one_line(e, 300)}")
         return
     rep.problems += [f"{rel}: audit: {p}" for p in rep.audit.problems]
     rep.notes += rep.audit.notes
