@@ -249,6 +249,7 @@ def forge_record(root, eid, flip: list[int]):
     yaml_path = root / "submissions" / eid / "submission.yaml"
     rec["provenance"]["submission_sha256"] = sha256_file(yaml_path)
     rec["provenance"]["files_sha256"] = verify_files(load_submission(yaml_path))
+    rec["provenance"]["results_sha256"] = load_submission(yaml_path).results_sha256
     (res / f"{eid}.json").write_text(json.dumps(rec, indent=2))
     np.savez_compressed(res / f"{eid}.examples.npz", **arrays)
 
