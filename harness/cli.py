@@ -63,10 +63,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .stages import EvalOptions, select_stages
     from .submission import parse_size
 
+    if args.only is not None and not args.only.replace(",", "").strip():
+        raise HarnessError("--only names no stage; stages are clean, flops, certify, autoattack, diagnostics")
     stages = select_stages(args.only, args.skip)
     if not stages:
         raise HarnessError("--skip leaves no stage to run; stages are clean, flops, certify, autoattack, diagnostics")
     check_device(args.device)
+    for flag, value in (("--train-data", args.train_data), ("--data-dir", args.data_dir)):
+        if value is not None and not _exists(value, want_dir=flag == "--data-dir"):
+            raise HarnessError(f"{flag} {one_line(value, 300)}: no such {'folder' if flag == '--data-dir' else 'file'}")
+    submission = Path(args.submission)
+    if _exists(args.submission, want_dir=True):  # a submission folder, as validate and fetch take
+        submission = submission / "submission.yaml"
     memory = None
     if args.memory_limit is not None:
         try:
@@ -80,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        stage_timeout=args.stage_timeout, cpu_limit=args.cpu_limit)
     command = "harness " + " ".join(shlex.quote(a) for a in args.argv)
     try:
-        outcome = evaluate(args.submission, opts, stages=stages, out=Path(args.out) if args.out else None,
+        outcome = evaluate(submission, opts, stages=stages, out=Path(args.out) if args.out else None,
                            restart=args.restart, command=command)
     except KeyboardInterrupt:
         print("\ninterrupted: finished stages and attacks are kept; run the same command again to resume",
@@ -110,6 +118,14 @@ def check_device(device: str) -> None:
             raise HarnessError(f"--device {device} was asked for, but torch sees no CUDA device")
         if ":" in device and int(device.split(":")[1]) >= count:
             raise HarnessError(f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+
+
+def _exists(path: str, *, want_dir: bool) -> bool:
+    try:
+        p = Path(path)
+        return p.is_dir() if want_dir else p.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -132,6 +132,9 @@ def test_a_registered_architecture_is_accepted(make_submission, monkeypatch):
     (["--device", "cuda:99"], "cuda"),
     (["--skip", "clean,flops,certify,autoattack,diagnostics"], "--skip leaves no stage to run"),
     (["--only", "clean,nope"], "unknown stage"),
+    (["--only", ",,,"], "--only names no stage"),
+    (["--train-data", "/nonexistent/train.npz"], "--train-data /nonexistent/train.npz: no such file"),
+    (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data: no such folder"),
     (["--out", "/dev/null"], "a device"),
     (["--out", "record.txt"], "<name>.json"),
 ])
