@@ -25,11 +25,11 @@ def summary_table(rec) -> str:
 
     rows = [["clean accuracy", pct_ci(rec.clean_accuracy, rec.clean_accuracy_ci95)]]
     if rec.autoattack is not None:
-        rows.append([f"AutoAttack accuracy ({rec.autoattack.version})", pct_ci(rec.robust_accuracy,
+        rows.append([f"AutoAttack accuracy ({one_line(rec.autoattack.version, 40)})", pct_ci(rec.robust_accuracy,
                                                                                rec.robust_accuracy_ci95)])
         for a, v in rec.autoattack.accuracy_after.items():
             if a != "clean":
-                rows.append([f"  after {a}", pct(v)])
+                rows.append([f"  after {one_line(a, 40)}", pct(v)])
         for msg in rec.autoattack.checks:
             rows.append(["  AutoAttack check", one_line(msg, 90)])
     for m, c in (rec.certified or {}).items():

@@ -597,7 +597,7 @@ def _run_in_worker(sub, options: EvalOptions, data, device, batch_size: int, lim
         p.resolve() for p in (options.data_dir, options.train_data) if p is not None]
     runtime = run_worker(job, mode=options.sandbox, stage_timeout=limits["stage_timeout"],
                          watch_memory=limits["memory"] if device.type == "cuda" else None,
-                         read_only=read_only, echo=echo, tick=tick)
+                         read_only=read_only, echo=lambda line: echo(one_line(line)), tick=tick)
     runtime.setdefault("sandbox", {})
     if isinstance(runtime["sandbox"], dict):
         runtime["sandbox"]["mode"] = options.sandbox

@@ -190,3 +190,16 @@ def test_train_mnist_says_which_file_to_pass(tmp_path, monkeypatch, capsys):
     # the test set for --check ships with the harness
     assert mod.DEFAULT_TEST.is_file()
     one_line(err)
+
+
+def test_the_eval_summary_escapes_what_the_worker_wrote():
+    from harness.cli import summary_table
+    from harness.record import read_record
+
+    rec = read_record(REPO / "leaderboard" / "results" / "mnist-pgd.json")
+    evil = "\x1b[2J\x1b]0;owned\x07 \u202ethgir\u2028::error ::x"
+    aa = rec.autoattack.model_copy(update={"checks": [evil], "version": f"standard{evil}"})
+    rec = rec.model_copy(update={"autoattack": aa, "flops_error": evil, "certify_skipped": evil})
+    text = summary_table(rec)
+    assert not any(c in text for c in "\x1b\x07\u202e\u2028"), text
+    assert "\\x1b" in text
