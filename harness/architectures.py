@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 
 
 def mnist_mlp(num_classes: int = 10, hidden: int = 100) -> nn.Module:
@@ -127,7 +127,7 @@ def _call(builder: Callable[..., nn.Module], name: str, kwargs: dict[str, Any]) 
     except HarnessError:
         raise
     except Exception as e:  # TypeError (unknown argument), RuntimeError (negative size), ValueError, ...
-        msg = " ".join(str(e).split())[:200]
+        msg = one_line(e, 200)
         raise HarnessError(f"bad architecture_kwargs for {name!r}: {type(e).__name__}: {msg}",
                            field="model.architecture_kwargs")
 

@@ -96,9 +96,10 @@ def check_provenance_hashes(record, sub) -> list[str]:
     ``provenance.files_sha256``, is checked by :func:`harness.record.check_against_submission`)."""
     problems = []
     ck = sub.spec.model.checkpoint
-    if record.provenance.submission_sha256 != sub.yaml_sha256:
-        problems.append(f"provenance.submission_sha256: the record was made from a submission.yaml with sha256 "
-                        f"{record.provenance.submission_sha256}, but {sub.yaml_path.name} has {sub.yaml_sha256}")
+    from .record import submission_hash_problem  # results_sha256 (a metadata edit keeps the record)
+
+    if (why := submission_hash_problem(record, sub)) is not None:
+        problems.append(why)
     if record.provenance.checkpoint_sha256 != ck.sha256:
         problems.append(f"provenance.checkpoint_sha256: the record was made with checkpoint sha256 "
                         f"{record.provenance.checkpoint_sha256}, but the submission declares {ck.sha256}")

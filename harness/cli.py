@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -24,34 +25,36 @@ def summary_table(rec) -> str:
 
     rows = [["clean accuracy", pct_ci(rec.clean_accuracy, rec.clean_accuracy_ci95)]]
     if rec.autoattack is not None:
-        rows.append([f"AutoAttack accuracy ({rec.autoattack.version})", pct_ci(rec.robust_accuracy,
+        rows.append([f"AutoAttack accuracy ({one_line(rec.autoattack.version, 40)})", pct_ci(rec.robust_accuracy,
                                                                                rec.robust_accuracy_ci95)])
         for a, v in rec.autoattack.accuracy_after.items():
             if a != "clean":
-                rows.append([f"  after {a}", pct(v)])
+                rows.append([f"  after {one_line(a, 40)}", pct(v)])
         for msg in rec.autoattack.checks:
-            rows.append(["  AutoAttack check", msg[:90]])
+            rows.append(["  AutoAttack check", one_line(msg, 90)])
     for m, c in (rec.certified or {}).items():
         tag = " (probabilistic)" if c.probabilistic else ""
-        rows.append([f"certified accuracy, {m}{tag}", pct_ci(c.certified_accuracy, c.certified_accuracy_ci95)])
-        rows.append([f"ACR, {m}", f"{c.acr:.4f} ({c.acr_percent:.1f}% of eps_max {c.eps_max:g})"])
+        rows.append([f"certified accuracy, {one_line(m, 40)}{tag}",
+                     pct_ci(c.certified_accuracy, c.certified_accuracy_ci95)])
+        rows.append([f"ACR, {one_line(m, 40)}", f"{c.acr:.4f} ({c.acr_percent:.1f}% of eps_max {c.eps_max:g})"])
     if rec.certify_skipped:
-        rows.append(["certification skipped", rec.certify_skipped[:90]])
+        rows.append(["certification skipped", one_line(rec.certify_skipped, 90)])
     if rec.diagnostics:
-        flags = [f"{f.name} ({f.severity})" for f in rec.diagnostic_flags()]
+        flags = [f"{one_line(f.name, 80)} ({f.severity})" for f in rec.diagnostic_flags()]
         rows.append(["diagnostic flags", ", ".join(flags) if flags else "none"])
     if rec.params is not None:
         rows.append(["parameters", si(rec.params)])
         rows.append(["inference FLOPs", f"{si(rec.inference_flops)} (1 per multiply-add, fvcore)"])
         if rec.flops_skipped_ops:
-            rows.append(["  ops fvcore skipped", ", ".join(f"{k} x{v}" for k, v in rec.flops_skipped_ops.items())])
+            skipped = ", ".join(f"{k} x{v}" for k, v in rec.flops_skipped_ops.items())
+            rows.append(["  ops fvcore skipped", one_line(skipped, 300)])
     if rec.flops_error:
-        rows.append(["  FLOPs not counted", rec.flops_error[:90]])
+        rows.append(["  FLOPs not counted", one_line(rec.flops_error, 90)])
     if rec.training_flops is not None:
         rows.append(["training FLOPs", f"{si(rec.training_flops.value)} ({rec.training_flops.source})"])
     for stage, s in rec.provenance.stage_seconds.items():
         resumed = " (resumed)" if stage in rec.provenance.resumed_stages else ""
-        rows.append([f"time: {stage}", f"{s:.1f} s{resumed}"])
+        rows.append([f"time: {one_line(stage, 40)}", f"{s:.1f} s{resumed}"])
     return tabulate(rows, headers=[f"{rec.submission_id} ({rec.n_examples} examples)", "value"], tablefmt="simple")
 
 
@@ -60,7 +63,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .stages import EvalOptions, select_stages
     from .submission import parse_size
 
+    if args.only is not None and not args.only.replace(",", "").strip():
+        raise HarnessError("--only names no stage; stages are clean, flops, certify, autoattack, diagnostics")
     stages = select_stages(args.only, args.skip)
+    if not stages:
+        raise HarnessError("--skip leaves no stage to run; stages are clean, flops, certify, autoattack, diagnostics")
+    check_device(args.device)
+    for flag, value in (("--train-data", args.train_data), ("--data-dir", args.data_dir)):
+        if value is not None and not _exists(value, want_dir=flag == "--data-dir"):
+            raise HarnessError(f"{flag} {one_line(value, 300)}: no such {'folder' if flag == '--data-dir' else 'file'}")
+    submission = Path(args.submission)
+    if _exists(args.submission, want_dir=True):  # a submission folder, as validate and fetch take
+        submission = submission / "submission.yaml"
     memory = None
     if args.memory_limit is not None:
         try:
@@ -69,12 +83,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise HarnessError(f"--memory-limit: {e}")
     opts = EvalOptions(device=args.device, batch_size=args.batch_size, n_examples=args.n_examples,
                        data_dir=Path(args.data_dir) if args.data_dir else None,
-                       train_data=Path(args.train_data) if args.train_data else None, progress=not args.no_progress,
+                       train_data=Path(args.train_data) if args.train_data else None, progress=show_progress(args),
                        sandbox=args.sandbox, trust_code=args.trust_code, memory_limit=memory,
                        stage_timeout=args.stage_timeout, cpu_limit=args.cpu_limit)
     command = "harness " + " ".join(shlex.quote(a) for a in args.argv)
     try:
-        outcome = evaluate(args.submission, opts, stages=stages, out=Path(args.out) if args.out else None,
+        outcome = evaluate(submission, opts, stages=stages, out=Path(args.out) if args.out else None,
                            restart=args.restart, command=command)
     except KeyboardInterrupt:
         print("\ninterrupted: finished stages and attacks are kept; run the same command again to resume",
@@ -84,8 +98,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print()
     print(summary_table(outcome.record))
-    print(f"\nrecord:   {outcome.json_path}\nexamples: {outcome.npz_path}")
+    print(f"\nrecord:   {one_line(outcome.json_path, 1000)}\nexamples: {one_line(outcome.npz_path, 1000)}")
     return 0
+
+
+DEVICE_FORMAT = re.compile(r"auto|cpu|cuda(:[0-9]{1,4})?")
+
+
+def check_device(device: str) -> None:
+    """``--device`` is auto, cpu, cuda or cuda:N of a visible CUDA device: one line otherwise (torch
+    would raise on ``cuda:abc``, and fail late on ``cuda:7`` of a one-GPU machine)."""
+    if not DEVICE_FORMAT.fullmatch(device):
+        raise HarnessError(f"--device must be auto, cpu, cuda or cuda:N, got {one_line(repr(device), 60)}")
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise HarnessError(f"--device {device} was asked for, but torch sees no CUDA device")
+        if ":" in device and int(device.split(":")[1]) >= count:
+            raise HarnessError(f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+
+
+def _exists(path: str, *, want_dir: bool) -> bool:
+    try:
+        p = Path(path)
+        return p.is_dir() if want_dir else p.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: not with --no-progress, and never into a log or a pipe."""
+    return not getattr(args, "no_progress", False) and _stderr_is_terminal()
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -197,7 +249,7 @@ def _print_problems(problems: list[str]) -> None:
     """One line per problem on stderr; in GitHub Actions as an error annotation."""
     actions = os.environ.get("GITHUB_ACTIONS") == "true"
     for problem in problems:
-        line = " ".join(problem.split())
+        line = one_line(problem)
         if actions:
             print("::error title=pr-check::" + line.replace("%", "%25"), file=sys.stderr)
         else:
@@ -298,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help=DATA_DIR_HELP)
     e.add_argument("--train-data", help="an .npz of training images (uint8 x, y) for the train/test "
                    "local-Lipschitz gap (default: the training split of --data-dir, if given)")
-    e.add_argument("--out", help="record path (default leaderboard/results/<id>.json)")
+    e.add_argument("--out", help="record path, a regular file or a new path (default: the scratch path "
+                   "leaderboard/results/local/<id>.json); a run with fewer examples or stages than the record "
+                   "there writes <dir>/.partial/<id>.json instead")
     e.add_argument("--only", help="comma-separated stages: clean,flops,certify,autoattack,diagnostics")
     e.add_argument("--skip", help="comma-separated stages to skip")
     e.add_argument("--restart", action="store_true", help="drop the saved state instead of resuming")
@@ -413,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if not _stderr_is_terminal():  # no progress bar (tqdm, pooch's downloads) into a log or a pipe
+        os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         return int(args.func(args) or 0)
     except HarnessError as e:

@@ -32,7 +32,7 @@ import torch
 
 from . import datasets
 from .datasets import DatasetSpec, LoadRequest
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .files import sha256_file
 
 BUNDLED_DIR = Path(__file__).parent / "data"
@@ -114,7 +114,7 @@ class FileImages:
                 img = self._transform(im.convert("RGB"))
                 arr = np.asarray(img, dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-            raise HarnessError(f"{path}: cannot decode the image: {type(e).__name__}: {' '.join(str(e).split())[:160]}")
+            raise HarnessError(f"{path}: cannot decode the image: {type(e).__name__}: {one_line(e, 160)}")
         arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
         self.decoded += 1
         if self._shape is not None and arr.shape != tuple(self._shape):

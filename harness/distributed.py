@@ -21,7 +21,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 
 #: how long a collective may wait for the slowest rank; the ranks only meet when the state folder
 #: says everything is done (they poll it), so this is a safety net, not a schedule
@@ -115,7 +115,7 @@ class Distributed:
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - another rank died: torchrun reports it; one line here
             raise HarnessError(f"lost contact with the other ranks ({type(e).__name__}: "
-                               f"{' '.join(str(e).split())[:200]})")
+                               f"{one_line(e, 200)})")
 
     def report_failure(self, line: str, *, at: float | None = None, after: float | None = None) -> None:
         """Write torchrun's error file for this rank (``TORCHELASTIC_ERROR_FILE``, the file its

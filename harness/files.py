@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -36,7 +36,7 @@ def confine(root: Path, relative: str, *, field: str) -> Path:
         root_real = root.resolve()
         target = (root / rel).resolve()
     except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a name too long
-        why = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
+        why = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e, 200)
         raise HarnessError(f"path {relative[:300]!r} cannot be resolved: {why}", field=field)
     if target != root_real and root_real not in target.parents:
         raise HarnessError(f"path {relative!r} escapes {root} (through a symlink)", field=field)
@@ -87,7 +87,7 @@ def read_bytes_confined(path: Path, *, max_bytes: int, what: str = "file") -> by
 def _os_reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return " ".join(str(e).split())[:200] or type(e).__name__
+    return one_line(e, 200) or type(e).__name__
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

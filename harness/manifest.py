@@ -15,10 +15,17 @@ A single-file submission (``submission.yaml`` plus its checkpoint) needs no ``fi
 
 The **folder digest** (``provenance.files_sha256`` of a record) is the SHA-256 of the lines
 ``<sha256>  <relative path>\\n`` (the format of ``sha256sum``), sorted by path, of every file of the
-folder including ``submission.yaml``, followed by ``<sha256>  <package>:<path>`` for a checkpoint
-that ships inside an allowed package. ``sha256sum`` reproduces it for a single-folder submission::
+folder, followed by ``<sha256>  <package>:<path>`` (or ``url:<url>``) for a checkpoint that ships
+inside an allowed package or is hosted. The line of ``submission.yaml`` holds not the file's
+SHA-256 but its ``results_sha256`` (:func:`harness.submission.results_sha256`: the hash of the
+result-relevant fields), so that a metadata-only edit (a name, the licence, notes) keeps the digest
+and the record. ``sha256sum`` reproduces it for a single-folder submission, given that hash::
 
-    cd submissions/<id> && find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs sha256sum | sha256sum
+    cd submissions/<id> && R=<results_sha256> && find . -type f -printf '%P\\n' | LC_ALL=C sort \\
+      | xargs sha256sum | sed "s/^[0-9a-f]*  submission.yaml$/$R  submission.yaml/" | sha256sum
+
+Records made before ``results_sha256`` existed hold the :func:`legacy_digest` (the file's own
+SHA-256 on that line).
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .files import sha256_file
 
 if TYPE_CHECKING:
@@ -50,7 +57,7 @@ class FileProblem:
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return " ".join(str(e).split())[:200] or type(e).__name__
+    return one_line(e, 200) or type(e).__name__
 
 
 def list_files(folder: Path) -> tuple[dict[str, Path], list[FileProblem]]:
@@ -112,6 +119,20 @@ def check(sub: "LoadedSubmission") -> tuple[list[FileProblem], str | None]:
     """Every problem with the submission's files, and the folder digest (None when there are problems).
 
     Hashes every file once."""
+    problems, digests = _check(sub)
+    return problems, None if digests is None else digests[0]
+
+
+def legacy_digest(sub: "LoadedSubmission") -> str | None:
+    """The folder digest as records made before ``provenance.results_sha256`` computed it (the line of
+    submission.yaml holds the file's own SHA-256), or None when a file does not match its hash; for
+    ``scripts/migrate_records.py`` and for reading such records."""
+    problems, digests = _check(sub)
+    return None if problems or digests is None else digests[1]
+
+
+def _check(sub: "LoadedSubmission") -> tuple[list[FileProblem], tuple[str, str] | None]:
+    """The problems, and the (folder digest, legacy folder digest) when there are none."""
     from .submission import resolve_checkpoint
 
     spec = sub.spec
@@ -177,7 +198,8 @@ def check(sub: "LoadedSubmission") -> tuple[list[FileProblem], str | None]:
         else:
             expected[rel] = (field, digest)
 
-    lines = []
+    lines: list[str] = []
+    legacy: list[str] = []
     for rel, path in sorted(found.items()):
         if rel not in expected:
             try:
@@ -200,15 +222,19 @@ def check(sub: "LoadedSubmission") -> tuple[list[FileProblem], str | None]:
             else:
                 msg = f"hash mismatch: file has {actual}, submission says {want}"
             problems.append(FileProblem(field, msg))
-        lines.append(_line(actual, rel))
+        # submission.yaml enters the digest by its result-relevant fields only (a metadata edit keeps it)
+        lines.append(_line(sub.results_sha256, rel) if rel == yaml_rel else _line(actual, rel))
+        legacy.append(_line(actual, rel))
     if problems:
         return problems, None
     if package_line is not None:
         lines.append(package_line)
-    digest = hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+        legacy.append(package_line)
+    digests = (hashlib.sha256("".join(lines).encode("utf-8")).hexdigest(),
+               hashlib.sha256("".join(legacy).encode("utf-8")).hexdigest())
     if key is not None and all(st[3] < (started - RACY_SECONDS) * 1e9 for st in key[-1]):
-        _VERIFIED[key] = digest
-    return [], digest
+        _VERIFIED[key] = digests
+    return [], digests
 
 
 #: folder digests already verified, by everything they depend on: the declared hashes, and the
@@ -216,7 +242,7 @@ def check(sub: "LoadedSubmission") -> tuple[list[FileProblem], str | None]:
 #: space, so a file changed since it was hashed misses the cache (as git's index works). File
 #: timestamps are coarse (a few ms), so, like git's "racily clean" rule, a folder with a file changed
 #: less than RACY_SECONDS before hashing began is never cached: it is hashed again every time.
-_VERIFIED: dict[tuple, str] = {}
+_VERIFIED: dict[tuple, tuple[str, str]] = {}
 RACY_SECONDS = 2.0
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .files import sha256_file
 from .submission import LoadedSubmission, verify_files
 
@@ -203,13 +203,13 @@ def _build_state_dict_model(sub: LoadedSubmission, path: Path, max_bytes: int) -
     try:
         net = build_architecture(spec.architecture or "", spec.architecture_kwargs, max_bytes=max_bytes)
     except (RuntimeError, ValueError, OverflowError) as e:
-        raise HarnessError(f"cannot build architecture {spec.architecture}: {' '.join(str(e).split())[:200]}",
+        raise HarnessError(f"cannot build architecture {spec.architecture}: {one_line(e, 200)}",
                            field="model.architecture_kwargs")
     state = read_state_dict(path)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        msg = " ".join(str(e).split())
+        msg = one_line(e, 300)
         raise HarnessError(f"checkpoint does not fit architecture {spec.architecture}: {msg[:300]}",
                            field="model.checkpoint")
     return net

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib import format as npformat
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .files import open_confined
 
 #: (name, shape, dtype) -> None if acceptable, else the reason for refusing it
@@ -111,5 +111,5 @@ def read_npz(
         except HarnessError:
             raise
         except Exception as e:  # zipfile, zlib, numpy header parsing: any malformed input is one line
-            msg = " ".join(str(e).split())[:200]
+            msg = one_line(e, 200)
             raise HarnessError(f"{where}: not a readable .npz: {type(e).__name__}: {msg}")

@@ -17,8 +17,9 @@ reduces and writes the record; the others compute blocks and exit. The record do
 number of ranks (:mod:`harness.blocks`).
 
 Every finished block, and every reduced stage, is stored in the run's state folder
-(``<results>/.state/<id>/<run key>/``), whose key covers everything a result depends on (submission
-and checkpoint hashes, N, seed, batch size, device type, harness version). Rerunning the same
+(``<results>/.state/<id>/<run key>/``), whose key covers everything a result depends on (the result-
+relevant fields of the submission, ``results_sha256``, so a metadata-only edit resumes; the checkpoint hash,
+N, seed, batch size, device type, harness version). Rerunning the same
 command resumes, redoing only unfinished blocks; stages finished under the same key are included in
 the record even when not selected again, so a partial run (``--only certify``) adds to the record
 instead of erasing it. ``--restart`` drops the state.
@@ -28,8 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +45,22 @@ from . import __version__, certifiers
 from .blocks import StageStore, first_error, new_generation, write_error
 from .data import load_test_data, num_classes_of
 from .distributed import Distributed
-from .errors import HarnessError, SandwichViolation
-from .files import atomic_savez, atomic_write_text
+from .errors import HarnessError, SandwichViolation, one_line
+from .files import atomic_savez, atomic_write_text, read_bytes_confined
 from .models import load_model, resolve_device
 from .provenance import device_name, now, package_versions, python_version
-from .record import STAGE_PARTS, Provenance, ResultRecord, write_record
+from .record import (
+    MAX_RECORD_BYTES,
+    STAGE_PARTS,
+    Provenance,
+    ResultRecord,
+    parse_record_json,
+    read_examples,
+    read_record,
+    record_paths,
+    validate_record,
+    write_record,
+)
 from .schedule import (
     POLL_S,
     Aborted,
@@ -73,9 +87,78 @@ class EvalOutcome:
 
 
 def default_record_path(sub: LoadedSubmission) -> Path:
-    """``leaderboard/results/<id>.json`` of the repository holding ``submissions/<id>/``."""
+    """``leaderboard/results/local/<id>.json`` of the repository holding ``submissions/<id>/``: a
+    scratch path (git-ignored), never a committed record. The trusted evaluation passes
+    ``--out leaderboard/results/<id>.json``."""
     root = sub.folder.parent.parent if sub.folder.parent.name == "submissions" else Path.cwd()
-    return root / "leaderboard" / "results" / f"{sub.spec.id}.json"
+    return root / "leaderboard" / "results" / "local" / f"{sub.spec.id}.json"
+
+
+#: where a run that would shrink the record at its ``--out`` path writes instead: ``<dir>/.partial/``
+PARTIAL_DIR = ".partial"
+
+
+def check_out_path(out: Path) -> None:
+    """``--out`` must be a regular file or a new path, named ``<name>.json``, in a folder that can be
+    created and written: checked before anything runs, so that a long evaluation never ends unable
+    to write its record (and ``/dev/null``, a FIFO or a folder is never replaced by a file)."""
+    from .record import record_paths
+
+    shown = one_line(out, 300)
+    for path in record_paths(out):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as e:
+            raise HarnessError(f"--out {shown}: cannot use {one_line(path, 300)}: {one_line(e, 200)}")
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a symlink" if stat.S_ISLNK(st.st_mode) else
+                    "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or
+                    stat.S_ISBLK(st.st_mode) else "not a regular file")
+            raise HarnessError(f"--out {shown}: {one_line(path, 300)} is {kind}; the record path must be a regular "
+                               "file or a new path")
+    if not out.name.endswith(".json") or not EXAMPLES_NAME.fullmatch(record_paths(out)[1].name):
+        raise HarnessError(f"--out {shown}: a record path is <name>.json, with letters, digits, '.', '_' or '-' "
+                           "in the name")
+    parent = out.parent
+    try:
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise HarnessError(f"--out {shown}: {one_line(parent, 300)} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise HarnessError(f"--out {shown}: the folder {one_line(parent, 300)} is not writable")
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"--out {shown}: cannot use its folder: {one_line(e, 200)}")
+
+
+def record_destination(out: Path, record: ResultRecord, echo: Callable[[str], None]) -> Path:
+    """Where the record goes: ``out``, unless a record there has more examples or stages than this
+    run's. Then ``<dir>/.partial/<name>.json``: a run never shrinks a record (said in one line). A file
+    at ``out`` that is not a readable record is not replaced either."""
+    if not out.exists():
+        return out
+    partial = out.parent / PARTIAL_DIR / out.name
+    try:
+        old = read_record(out, examples=False)
+    except HarnessError as e:
+        check_out_path(partial)
+        echo(f"  {one_line(out, 300)} is not a readable record ({one_line(e, 200)}); this run's record is "
+             f"written to {one_line(partial, 300)} instead (remove the file to write there)")
+        return partial
+    missing = [s for s in old.stages if s not in record.stages]
+    if record.n_examples < old.n_examples or missing:
+        check_out_path(partial)
+        echo(f"  {one_line(out, 300)} holds {old.n_examples} examples ({','.join(old.stages)}); this run has "
+             f"{record.n_examples} ({','.join(record.stages)}), so its record is written to "
+             f"{one_line(partial, 300)} and does not replace the larger one")
+        return partial
+    return out
+
+
+#: the name of an ``.examples.npz`` beside a record (harness.record.ResultRecord.examples_file)
+EXAMPLES_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.npz")
 
 
 #: bumped when a stage's stored blocks change meaning under the same harness version, so that a
@@ -87,7 +170,8 @@ STATE_FORMAT = 2
 def run_key(sub: LoadedSubmission, n: int, batch_size: int, device: torch.device, data_source: str,
             train_source: str | None = None) -> str:
     key = {
-        "harness": __version__, "state_format": STATE_FORMAT, "submission": sub.yaml_sha256,
+        # the result-relevant fields only: a metadata-only edit (name, licence, notes) resumes
+        "harness": __version__, "state_format": STATE_FORMAT, "submission_results": sub.results_sha256,
         "checkpoint": sub.spec.model.checkpoint.sha256,
         "n": n, "batch_size": batch_size, "device": device.type, "seed": sub.spec.evaluation.seed,
         "data": data_source, "train": train_source,
@@ -140,12 +224,12 @@ def reduce_stage(ctx: EvalContext, name: str, plan: Plan) -> StageResult:
         raise
     except Exception as e:  # noqa: BLE001 - blocks of the wrong shape or type from a worker
         raise HarnessError(f"the blocks of stage {name} in {ctx.state_dir} are malformed ({type(e).__name__}: "
-                           f"{' '.join(str(e).split())[:200]}); run again with --restart")
+                           f"{one_line(e, 200)}); run again with --restart")
     try:
         STAGE_PARTS[name].model_validate(res.summary)
     except Exception as e:  # noqa: BLE001 - a stage wrote a field outside its part: a harness bug
         raise HarnessError(f"internal error: stage {name} produced a summary outside its record part: "
-                           f"{' '.join(str(e).split())[:300]}")
+                           f"{one_line(e, 300)}")
     res.seconds = float(sum(float(m["seconds"]) for m in metas))
     _check_lengths(ctx.state_dir, name, res, len(ctx.data))
     _save_stage(ctx.state_dir, name, res)
@@ -354,10 +438,21 @@ def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stage
     say = echo if main else (lambda line: None)
 
     out = Path(out) if out is not None else default_record_path(sub)
+    check_out_path(out)
     train_source = str(options.train_data.resolve()) if options.train_data else (
         f"{options.data_dir}:train" if options.data_dir else None)
     state_dir = out.parent / ".state" / spec.id / run_key(sub, len(data), batch_size, device, data.source,
                                                           train_source)
+    if main and not dist.launched and not restart:
+        kept = metadata_update(out, sub, n=len(data), data_source=data.source, batch_size=batch_size, stages=selected)
+        if kept is not None:
+            record, arrays, signed = kept
+            atomic_write_text(out, record.model_dump_json(indent=2) + "\n")
+            say(f"{spec.id}: only metadata (name, authors, paper, licence, notes) changed since {one_line(out, 300)} "
+                "was computed, and its results_sha256 matches: the record is updated without re-running any stage"
+                + ("; its signature no longer applies and was dropped (re-sign it)" if signed else "")
+                + " (--restart re-evaluates)")
+            return EvalOutcome(record, out, record_paths(out)[1], state_dir, arrays)
     planned = None
     if main:
         # --restart drops the state once, not again when torchrun restarts the job (--max-restarts)
@@ -443,8 +538,44 @@ def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stage
     except Exception as e:  # noqa: BLE001 - arrays of the wrong shape or type from the worker
         raise HarnessError(f"the stage results in {state_dir} are malformed ({type(e).__name__}: "
                            f"{str(e)[:200]}); run again with --restart")
-    json_path, npz_path = write_record(record, arrays, out)
+    dest = record_destination(out, record, say)
+    try:
+        json_path, npz_path = write_record(record, arrays, dest)
+    except OSError as e:
+        raise HarnessError(f"cannot write the record {one_line(dest, 300)}: {one_line(e.strerror or e, 200)} "
+                           f"(every stage is kept in {one_line(state_dir, 300)}: the same command writes it)")
     return EvalOutcome(record, json_path, npz_path, state_dir, arrays)
+
+
+def metadata_update(out: Path, sub: LoadedSubmission, *, n: int, data_source: str, batch_size: int,
+                    stages: list[str]) -> tuple[ResultRecord, dict[str, np.ndarray], bool] | None:
+    """The record at ``out`` with the submission's metadata of now (name, ``submission_sha256``,
+    ``files_sha256``), when it already holds this run's results: a valid record whose
+    ``results_sha256`` is the submission's, of the same checkpoint, examples, data, block size and
+    seed, with every selected stage, and only its metadata out of date. Else None (a run is needed,
+    or nothing changed). Also returns its arrays and whether it carried a signature (dropped: it no
+    longer applies)."""
+    if not out.is_file():
+        return None
+    try:
+        raw = parse_record_json(read_bytes_confined(out, max_bytes=MAX_RECORD_BYTES, what="result record"), str(out))
+        signed = raw.pop("signature", None) is not None
+        rec = validate_record(raw, str(out))
+        arrays = read_examples(rec, out)
+    except HarnessError:
+        return None
+    prov, spec = rec.provenance, sub.spec
+    same_results = (prov.results_sha256 is not None and prov.results_sha256 == sub.results_sha256
+                    and prov.checkpoint_sha256 == spec.model.checkpoint.sha256 and rec.submission_id == spec.id
+                    and rec.n_examples == n and prov.data_source == data_source and prov.batch_size == batch_size
+                    and prov.seed == spec.evaluation.seed and set(stages) <= set(rec.stages))
+    if not same_results or (prov.submission_sha256 == sub.yaml_sha256 and rec.name == spec.name
+                            and prov.files_sha256 == sub.files_sha256):
+        return None
+    rec.name = spec.name
+    prov.submission_sha256 = sub.yaml_sha256
+    prov.files_sha256 = sub.files_sha256
+    return ResultRecord.model_validate(rec.model_dump()), arrays, signed
 
 
 def _run_in_worker(sub, options: EvalOptions, data, device, batch_size: int, limits: dict, state_dir: Path,
@@ -466,7 +597,7 @@ def _run_in_worker(sub, options: EvalOptions, data, device, batch_size: int, lim
         p.resolve() for p in (options.data_dir, options.train_data) if p is not None]
     runtime = run_worker(job, mode=options.sandbox, stage_timeout=limits["stage_timeout"],
                          watch_memory=limits["memory"] if device.type == "cuda" else None,
-                         read_only=read_only, echo=echo, tick=tick)
+                         read_only=read_only, echo=lambda line: echo(one_line(line)), tick=tick)
     runtime.setdefault("sandbox", {})
     if isinstance(runtime["sandbox"], dict):
         runtime["sandbox"]["mode"] = options.sandbox
@@ -497,6 +628,7 @@ def build_record(ctx: EvalContext, *, started: str, command: str, runtime: dict,
         torch_threads=int(runtime.get("torch_threads") or torch.get_num_threads()),
         checkpoint_sha256=spec.model.checkpoint.sha256,
         submission_sha256=ctx.submission.yaml_sha256,
+        results_sha256=ctx.submission.results_sha256,
         files_sha256=ctx.submission.files_sha256,  # the folder digest verified at load (harness.manifest)
         data_source=ctx.data.source,
         seed=ctx.seed,
@@ -517,5 +649,5 @@ def build_record(ctx: EvalContext, *, started: str, command: str, runtime: dict,
             provenance=prov, **fields,
         )
     except Exception as e:  # a stage produced a field the record does not define: a harness bug
-        raise HarnessError(f"internal error building the result record: {' '.join(str(e).split())[:300]}")
+        raise HarnessError(f"internal error building the result record: {one_line(e, 300)}")
     return record, arrays

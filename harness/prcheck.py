@@ -70,7 +70,6 @@ BUDGET_BASE_S = 60.0
 CPU_FLOPS_PER_S = 1e9
 IO_BYTES_PER_S = 20e6
 DEFAULT_MAX_FORWARD_S = 1800.0
-LICENSE_FILE = re.compile(r"^(LICEN[CS]E|COPYING)([._-].*)?$", re.IGNORECASE)
 ENTRY_ID = r"[a-z0-9][a-z0-9._-]{0,63}"
 
 #: paths a submission PR may not touch, and what they are (the first match names the reason)
@@ -367,22 +366,8 @@ def folder_problems(folder: Path, max_bytes: int) -> list[str]:
     return problems
 
 
-def license_problems(license_text: str, folder: Path) -> list[str]:
-    """A licence must be present: an SPDX expression in ``license`` (e.g. MIT, Apache-2.0,
-    CC-BY-4.0; checked with ``packaging.licenses``), or a LICENSE file in the folder (needed anyway
-    for a custom ``LicenseRef-...``)."""
-    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
-
-    has_file = any(LICENSE_FILE.match(p.name) and p.is_file() and not p.is_symlink() for p in folder.iterdir())
-    try:
-        canon = canonicalize_license_expression(license_text)
-    except InvalidLicenseExpression:
-        canon = None
-    if has_file or (canon is not None and "LicenseRef-" not in canon):
-        return []
-    what = (f"{license_text!r} is a custom licence reference" if canon else
-            f"{license_text!r} is not an SPDX licence expression (e.g. MIT, Apache-2.0, CC-BY-4.0)")
-    return [f"license: {what} and the folder has no LICENSE file; name an SPDX licence or add the licence text"]
+# the licence check lives in the submission layer (harness validate runs it too); kept importable here
+from .submission import license_problems  # noqa: E402, F401
 
 
 # ------------------------------------------------------------------------------------- the model

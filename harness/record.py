@@ -172,7 +172,12 @@ class Provenance(_Rec):
     device_name: Short | None = None
     torch_threads: Count | None = None
     checkpoint_sha256: Sha256
+    #: SHA-256 of submission.yaml as evaluated (names and notes included)
     submission_sha256: Sha256
+    #: SHA-256 of the submission's result-relevant fields (harness.submission.results_sha256): what
+    #: ties the record to its submission, so that a metadata-only edit keeps the record. Records made
+    #: before it (None) are tied by submission_sha256 instead (scripts/migrate_records.py adds it).
+    results_sha256: Sha256 | None = None
     #: SHA-256 over every file of the submission folder (harness.manifest); the build recomputes it
     files_sha256: Sha256 | None = None
     data_source: Short
@@ -624,10 +629,36 @@ def read_examples(rec: ResultRecord, json_path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def submission_hash_problem(rec: ResultRecord, sub: "LoadedSubmission") -> str | None:
+    """Why the record was not made from this submission's result-relevant fields, or None.
+
+    ``provenance.results_sha256`` must equal the hash of the submission's result-relevant fields now
+    (:func:`harness.submission.results_sha256`), so that a metadata-only edit (a name, the licence,
+    the paper, notes) keeps the record valid. A record made before that field existed is tied by
+    ``provenance.submission_sha256``: the file must be byte for byte the one evaluated."""
+    prov = rec.provenance
+    yaml = sub.yaml_path.name
+    if prov.results_sha256 is not None:
+        if prov.results_sha256 != sub.results_sha256:
+            return (f"provenance.results_sha256: results hash mismatch: the record was made from a submission whose "
+                    f"result-relevant fields hash to {prov.results_sha256}, but those of {yaml} now hash to "
+                    f"{sub.results_sha256}; a field that changes results (model, checkpoint, preprocessing, data set, "
+                    "threat model, training, evaluation) was edited after the evaluation, re-run `harness eval` on it")
+        return None
+    if prov.submission_sha256 != sub.yaml_sha256:
+        return (f"provenance.submission_sha256: submission hash mismatch: the record (made before results_sha256) was "
+                f"made from a {yaml} with sha256 {prov.submission_sha256}, but {sub.yaml_path} has sha256 "
+                f"{sub.yaml_sha256}; the submission changed after the evaluation, re-run `harness eval` on it "
+                "(if only names or notes changed: restore the file, run scripts/migrate_records.py, then edit it)")
+    return None
+
+
 def check_against_submission(rec: ResultRecord, path: Path, sub: "LoadedSubmission") -> None:
-    """The record belongs to this submission: same id, data set, threat model and eps; its examples
+    """The record belongs to this submission: same id, the result-relevant fields of the submission
+    as evaluated (:func:`submission_hash_problem`), same data set, threat model and eps; its examples
     file is ``<id>.examples.npz``; and ``provenance.files_sha256`` is the digest of the folder as it
     is now (every file of the submission hashed again: :func:`harness.manifest.verify_files`)."""
+    from .manifest import legacy_digest
     from .submission import verify_files
 
     where = f"{path}: invalid result record"
@@ -635,6 +666,8 @@ def check_against_submission(rec: ResultRecord, path: Path, sub: "LoadedSubmissi
     if rec.submission_id != spec.id:
         raise HarnessError(f"{where}: submission_id: {rec.submission_id!r} differs from the submission's id "
                            f"{spec.id!r}")
+    if (why := submission_hash_problem(rec, sub)) is not None:
+        raise HarnessError(f"{path}: {why}")
     if rec.dataset != spec.dataset:
         raise HarnessError(f"{where}: dataset: {rec.dataset!r} differs from the submission's {spec.dataset!r}")
     if rec.threat_model.norm != spec.threat_model.norm:
@@ -653,7 +686,9 @@ def check_against_submission(rec: ResultRecord, path: Path, sub: "LoadedSubmissi
         digest = verify_files(sub)
     except HarnessError as e:
         raise HarnessError(f"{path}: the submission's files do not match their hashes: {e}")
-    if digest != rec.provenance.files_sha256:
+    # a record from before results_sha256 (tied by the file's own hash above) may hold the old digest
+    legacy = legacy_digest(sub) if rec.provenance.results_sha256 is None else None
+    if rec.provenance.files_sha256 not in (digest, legacy):
         raise HarnessError(f"{where}: provenance.files_sha256: {rec.provenance.files_sha256} differs from the "
                            f"digest of {sub.folder.name}/ now ({digest}); a file changed after the evaluation, "
                            "re-run `harness eval` on it")

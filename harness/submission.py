@@ -11,8 +11,14 @@ covered by a hash (:mod:`harness.manifest`). Each problem is one line naming its
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib
+import json
 import math
 import re
+import sys
+import unicodedata
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -83,9 +89,53 @@ def parse_eps(value: Any) -> float:
     return out
 
 
+#: Unicode categories refused in every string of a submission: controls (C0, DEL, C1), format
+#: characters (bidi overrides and isolates U+202A-U+202E, U+2066-U+2069, zero-width characters, the
+#: BOM), the line and paragraph separators U+2028/U+2029 and lone surrogates. A stranger's string is
+#: printed by the CLI, the leaderboard and pr-check: none of these may reach a terminal or a log.
+REFUSED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs")
+#: fields of free text that may span lines (a newline or a tab, and no other control character)
+MULTILINE_FIELDS = {("notes",), ("training", "command")}
+
+
+_CONTROL_NAMES = {"\x00": "NUL", "\t": "TAB", "\n": "LINE FEED", "\r": "CARRIAGE RETURN", "\x1b": "ESC",
+                  "\x7f": "DEL", "\x85": "NEXT LINE", "\x9b": "CSI"}
+
+
+def control_character(v: str, *, multiline: bool = False) -> str | None:
+    """A description of the first character of ``v`` that may not appear in a submission's string
+    (``U+202E at position 5``), or None."""
+    for i, c in enumerate(v):
+        if multiline and c in "\n\t":
+            continue
+        if unicodedata.category(c) in REFUSED_CATEGORIES:
+            name = unicodedata.name(c, _CONTROL_NAMES.get(c, "a control character"))
+            return f"U+{ord(c):04X} ({name}) at position {i}"
+    return None
+
+
+def _no_control_characters(data: Any, path: tuple[Any, ...] = ()) -> None:
+    """Refuse a control, format or separator character in any string (key or value) of the raw
+    submission, naming the field."""
+    if isinstance(data, str):
+        bad = control_character(data, multiline=path in MULTILINE_FIELDS)
+        if bad is not None:
+            where = _loc(path) or "submission"
+            raise ValueError(f"{where}: must not contain control or format characters; found {bad}")
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            key = k if isinstance(k, str) else str(k)
+            _no_control_characters(key, path + (key,))
+            _no_control_characters(v, path + (key,))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _no_control_characters(v, path + (i,))
+
+
 def _single_line(v: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in v):
-        raise ValueError("must be one line without control characters")
+    bad = control_character(v)
+    if bad is not None:
+        raise ValueError(f"must be one line without control characters; found {bad}")
     return v
 
 
@@ -242,6 +292,68 @@ class Preprocessing(_Strict):
         return self
 
 
+#: the harness's own architectures and RobustBench's architecture classes (``robustbench.<Class>``),
+#: as :mod:`harness.architectures` builds them; named here so that validation needs no torch. A
+#: plug-in that registers an architecture in ``harness.architectures.BUILTIN`` is seen too.
+BUILTIN_ARCHITECTURES = ("mnist_mlp", "mnist_small_cnn", "cifar_small_cnn")
+ROBUSTBENCH_CLASSES = ("ResNet18", "ResNet34", "ResNet50", "PreActResNet18", "WideResNet")
+ZOO_PREFIX = "robustbench.zoo:"
+
+
+def architecture_problem(name: str) -> str | None:
+    """Why ``name`` is not an architecture the harness can build, or None: a built-in name, a
+    RobustBench class ``robustbench.<Class>``, or an existing RobustBench model-zoo entry
+    ``robustbench.zoo:<dataset>/<threat_model>/<name>``."""
+    live = sys.modules.get("harness.architectures")  # the registry, once imported (plug-ins add to it)
+    builtin = set(BUILTIN_ARCHITECTURES) | set(getattr(live, "BUILTIN", ()))
+    classes = set(ROBUSTBENCH_CLASSES) | set(getattr(live, "ROBUSTBENCH_CLASSES", ()))
+    if name in builtin or (name.startswith("robustbench.") and name.split(".", 1)[1] in classes):
+        return None
+    if name.startswith(ZOO_PREFIX):
+        return zoo_entry_problem(name[len(ZOO_PREFIX):])
+    known = sorted(builtin) + [f"robustbench.{c}" for c in sorted(classes)] + [
+        f"{ZOO_PREFIX}<dataset>/<threat_model>/<name>"]
+    return f"unknown architecture {name[:100]!r}; one of {', '.join(known)}"
+
+
+def zoo_entry_problem(entry: str) -> str | None:
+    """Why ``<dataset>/<threat_model>/<name>`` is not an entry of RobustBench's model zoo, or None.
+
+    The one place where validation imports robustbench (and so torch): the zoo's list of entries is
+    Python code in robustbench, with no data file to read instead. Only the names are looked up;
+    nothing is built or downloaded."""
+    parts = entry.split("/")
+    if len(parts) != 3 or not all(parts):
+        return (f"a model-zoo architecture is '{ZOO_PREFIX}<dataset>/<threat_model>/<name>', "
+                f"got {(ZOO_PREFIX + entry)[:120]!r}")
+    zoo = _zoo_names()
+    if zoo is None:
+        return "robustbench is not installed: a robustbench.zoo architecture cannot be checked or built"
+    dataset, threat, name = parts
+    if dataset not in zoo:
+        return f"robustbench.zoo has no dataset {dataset[:40]!r}; one of {', '.join(sorted(zoo))}"
+    if threat not in zoo[dataset]:
+        return (f"robustbench.zoo has no threat model {threat[:40]!r} for {dataset}; "
+                f"one of {', '.join(sorted(zoo[dataset]))}")
+    if name not in zoo[dataset][threat]:
+        return f"robustbench.zoo has no entry {name[:100]!r} for {dataset}/{threat}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _zoo_names() -> dict[str, dict[str, frozenset[str]]] | None:
+    """RobustBench's model zoo as {dataset: {threat model: entry names}} (read once), or None when
+    robustbench cannot be imported."""
+    try:
+        importlib.import_module(f"{__package__}.compat")  # alias autoattack before robustbench imports it
+        from robustbench.model_zoo import model_dicts
+    except Exception:  # noqa: BLE001 - not installed, or broken: said in one line by the caller
+        return None
+    return {getattr(d, "value", str(d)): {getattr(t, "value", str(t)): frozenset(entries)
+                                          for t, entries in by_threat.items()}
+            for d, by_threat in model_dicts.items()}
+
+
 #: bounds on the values of ``model.architecture_kwargs`` (the build also counts parameters on the
 #: meta device before allocating anything: see ``harness.architectures``)
 MAX_KWARG_INT = 100_000
@@ -288,6 +400,15 @@ class ModelSpec(_Strict):
                     raise ValueError(f"{k}: strings are limited to 200 characters")
             else:
                 raise ValueError(f"{k} must be an integer, a number, a boolean or a string, got {type(x).__name__}")
+        return v
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, v: str | None) -> str | None:
+        if v is not None:
+            problem = architecture_problem(v)
+            if problem is not None:
+                raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -425,6 +546,12 @@ class Submission(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _printable(cls, data: Any) -> Any:
+        _no_control_characters(data)
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _default_threat(cls, data: Any) -> Any:
         if isinstance(data, dict) and "threat_model" not in data and isinstance(data.get("dataset"), str):
             d = datasets.find(data["dataset"])
@@ -457,6 +584,56 @@ class Submission(_Strict):
 
 
 # ---------------------------------------------------------------------------------------------
+#: the fields of a submission that change no result: who made it and how to cite it, the licence,
+#: free-text notes, how the checkpoint was trained as a shell command and its seed (the record's
+#: training FLOPs come from the other training fields, which do count), and the worker's resource
+#: limits (they cap a run, and a run over them fails instead of giving other numbers). Everything else
+#: (id, dataset, threat model, model and checkpoint, preprocessing, the other training fields,
+#: evaluation settings, files) is result-relevant and covered by ``provenance.results_sha256``.
+METADATA_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("name",), ("authors",), ("paper",), ("license",), ("notes",),
+    ("training", "command"), ("training", "seed"), ("evaluation", "limits"),
+)
+RESULTS_HASH_VERSION = 1
+
+
+def _drop_empty(v: Any) -> Any:
+    if isinstance(v, dict):
+        out = {k: _drop_empty(x) for k, x in v.items()}
+        return {k: x for k, x in out.items() if x != {}}
+    if isinstance(v, list):
+        return [_drop_empty(x) for x in v]
+    return v
+
+
+def results_fields(spec: Submission) -> dict[str, Any]:
+    """The result-relevant fields of a validated submission, as plain JSON data: every field other
+    than :data:`METADATA_FIELDS`, with values as validated (``eps: 8/255`` is a number) and fields
+    at their default left out (so writing a default out, or a new optional field of a later harness,
+    changes nothing)."""
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    for path in METADATA_FIELDS:
+        holder = data
+        for key in path[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            holder.pop(path[-1], None)
+    return _drop_empty(data)
+
+
+def canonical_json(data: Any) -> bytes:
+    """Sorted keys, no spaces, ASCII only, no NaN: the bytes :func:`results_sha256` hashes."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def results_sha256(spec: Submission) -> str:
+    """``provenance.results_sha256``: the SHA-256 of the canonical JSON (:func:`canonical_json`) of
+    ``{"results_fields_version": 1, "fields": results_fields(spec)}``. A metadata-only edit of
+    submission.yaml (a name, the licence, the paper, notes) keeps it, and so keeps the record valid."""
+    return hashlib.sha256(canonical_json({"results_fields_version": RESULTS_HASH_VERSION,
+                                          "fields": results_fields(spec)})).hexdigest()
+
+
 @dataclass(frozen=True)
 class Problem:
     field: str
@@ -474,6 +651,11 @@ class LoadedSubmission:
     yaml_sha256: str
     #: the folder digest (harness.manifest) when every file was verified at load time
     files_sha256: str | None = None
+
+    @property
+    def results_sha256(self) -> str:
+        """The hash of the result-relevant fields (:func:`results_sha256`)."""
+        return results_sha256(self.spec)
 
     def checkpoint_path(self) -> Path:
         return resolve_checkpoint(self.spec, self.folder)
@@ -532,7 +714,7 @@ def parse_submission(path: str | Path) -> tuple[LoadedSubmission | None, list[Pr
     except ValidationError as err:
         return None, validation_problems(err)
     except (ValueError, TypeError, RecursionError, OverflowError) as e:  # never a traceback
-        return None, [Problem("", f"invalid submission: {type(e).__name__}: {' '.join(str(e).split())[:200]}")]
+        return None, [Problem("", f"invalid submission: {type(e).__name__}: {one_line(e, 200)}")]
     try:
         loaded = LoadedSubmission(spec, path.parent.resolve(), path.resolve(), sha256_file(path))
     except (OSError, RuntimeError, ValueError) as e:
@@ -573,6 +755,38 @@ def resolve_checkpoint(spec: Submission, folder: Path) -> Path:
     return confine(package_root(ck.package), ck.path, field="model.checkpoint.path")
 
 
+#: a licence file in a submission folder: LICENSE, LICENCE, COPYING, optionally with a suffix
+LICENSE_FILE = re.compile(r"^(LICEN[CS]E|COPYING)([._-].*)?$", re.IGNORECASE)
+
+
+def license_problem(license_text: str, folder: Path) -> str | None:
+    """Why the submission has no usable licence, or None. A licence must be present: an SPDX
+    expression in ``license`` (e.g. MIT, Apache-2.0, CC-BY-4.0; checked with ``packaging.licenses``),
+    or a LICENSE file in the folder (needed anyway for a custom ``LicenseRef-...``)."""
+    from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
+
+    try:
+        has_file = any(LICENSE_FILE.match(p.name) and p.is_file() and not p.is_symlink() for p in folder.iterdir())
+    except OSError:
+        has_file = False
+    try:
+        canon = canonicalize_license_expression(license_text)
+    except InvalidLicenseExpression:
+        canon = None
+    if has_file or (canon is not None and "LicenseRef-" not in canon):
+        return None
+    shown = one_line(repr(license_text), 100)
+    what = (f"{shown} is a custom licence reference" if canon else
+            f"{shown} is not an SPDX licence expression (e.g. MIT, Apache-2.0, CC-BY-4.0)")
+    return f"{what} and the folder has no LICENSE file; name an SPDX licence or add the licence text"
+
+
+def license_problems(license_text: str, folder: Path) -> list[str]:
+    """:func:`license_problem` as the list of lines ``license: ...`` that pr-check reports."""
+    problem = license_problem(license_text, folder)
+    return [] if problem is None else [f"license: {problem}"]
+
+
 def check_files(sub: LoadedSubmission, *, check_hash: bool = True) -> list[Problem]:
     """Problems with the files a valid schema points at: folder name, paths, existence, hashes, and
     the coverage of every file of the folder by a hash (:mod:`harness.manifest`)."""
@@ -581,7 +795,10 @@ def check_files(sub: LoadedSubmission, *, check_hash: bool = True) -> list[Probl
     problems: list[Problem] = []
     spec = sub.spec
     if sub.folder.name != spec.id:
-        problems.append(Problem("id", f"must equal the folder name {sub.folder.name!r}, got {spec.id!r}"))
+        problems.append(Problem("id", f"must equal the folder name {one_line(repr(sub.folder.name), 100)}, "
+                                      f"got {spec.id!r}"))
+    if (why := license_problem(spec.license, sub.folder)) is not None:
+        problems.append(Problem("license", why))
     if spec.dataset == "custom":
         try:
             data = sub.dataset_path()

@@ -27,7 +27,7 @@ from yaml.constructor import ConstructorError
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .files import read_bytes_confined
 
 MAX_BYTES = 1 << 20  # 1 MiB; a submission.yaml is a couple of kilobytes
@@ -130,7 +130,7 @@ def load_yaml_text(text: str, name: str = "<yaml>") -> Any:
             problem = f"nested deeper than {MAX_DEPTH} levels"
         raise HarnessError(f"{name}: malformed YAML{where}: {problem}")
     except (ValueError, OverflowError, RecursionError, MemoryError) as e:  # belt and braces
-        raise HarnessError(f"{name}: malformed YAML: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        raise HarnessError(f"{name}: malformed YAML: {type(e).__name__}: {one_line(e, 200)}")
     finally:
         if loader is not None:
             loader.dispose()

@@ -528,11 +528,10 @@ def load_entries(repo_root: Path, *, local: bool = False, trust_keys: tuple[Path
                 f"{path}: checkpoint hash mismatch: the record was made with checkpoint sha256 "
                 f"{rec.provenance.checkpoint_sha256}, but {yaml_path} declares {want_ck}; "
                 "the checkpoint changed after the evaluation, re-run `harness eval` on it")
-        if rec.provenance.submission_sha256 != sub.yaml_sha256:
-            raise HarnessError(
-                f"{path}: submission hash mismatch: the record was made from a submission.yaml with sha256 "
-                f"{rec.provenance.submission_sha256}, but {yaml_path} has sha256 {sub.yaml_sha256}; "
-                "the submission changed after the evaluation, re-run `harness eval` on it")
+        from harness.record import submission_hash_problem  # results_sha256: a metadata edit keeps the record
+
+        if (why := submission_hash_problem(rec, sub)) is not None:
+            raise HarnessError(f"{path}: {why}")
         check_against_submission(rec, path, sub)  # data set, threat model, eps, folder digest (harness.record)
         entry = entry_from_record(rec, path, sub)
         entry.kind, entry.trust, entry.signed_by = kind, trust, signed_by

@@ -22,6 +22,9 @@ from .scaling import PAPER
 
 matplotlib.rcParams["svg.hashsalt"] = "robust-frontier"  # stable ids: the same data give the same file
 matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text (smaller files, selectable)
+# names come from strangers: `$\foo$` in a name must be drawn as it is, never parsed as mathtext
+# (a parse error would stop the build); no text of the figures uses mathtext
+matplotlib.rcParams["text.parse_math"] = False
 SVG_META = {"Date": None}
 
 RE_EVAL = {"marker": "o", "s": 28, "color": "#1f5fa8", "edgecolors": "#0b2f5c", "linewidths": 0.6,
@@ -55,6 +58,7 @@ FIG_W, FIG_H = 7.0, 4.4
 
 def _fig(width: float = FIG_W, height: float = FIG_H, bottom: float = 0.13) -> Figure:
     # fixed margins: a layout engine measures every tick label and costs more than the drawing
+    matplotlib.rcParams["text.parse_math"] = False  # again, in case something reset the defaults
     fig = Figure(figsize=(width, height), dpi=100)
     fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=bottom)
     return fig

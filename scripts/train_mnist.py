@@ -58,8 +58,12 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from harness.architectures import mnist_small_cnn  # noqa: E402
 
+#: the MNIST training set is not shipped (9.8 MB): the maintainers keep it in ../shared/data/ beside
+#: the checkout; anyone else passes --train-data (an .npz of uint8 x (60000, 28, 28) and y (60000,))
 DEFAULT_TRAIN = (REPO / ".." / "shared" / "data" / "mnist_train.npz").resolve()
-DEFAULT_TEST = (REPO / ".." / "shared" / "data" / "mnist_test.npz").resolve()
+TRAIN_SHA256 = "11bf48d67d8e90b9d940549ce9565b4921ad2ec150e4491e0c670aeb165169a9"
+#: the test set ships with the harness (identical to ../shared/data/mnist_test.npz)
+DEFAULT_TEST = REPO / "harness" / "data" / "mnist_test.npz"
 METHODS = ("standard", "pgd", "fgsm", "fgsm-co", "ibp")
 
 
@@ -147,11 +151,37 @@ CONFIGS: dict[str, Config] = {
 
 
 # --------------------------------------------------------------------------- data
+class DataError(Exception):
+    """A missing or unreadable data file: printed as one line, without a traceback."""
+
+
 def load_mnist(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    d = np.load(path)
-    x = torch.from_numpy(d["x"]).float().div(255).unsqueeze(1).contiguous()
-    y = torch.from_numpy(d["y"].astype(np.int64))
+    """uint8 images ``x`` (N, 28, 28) and labels ``y`` (N,) of an .npz, as floats in [0, 1] (N, 1, 28, 28)."""
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            xs, ys = d["x"], d["y"]
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        why = "no such file" if isinstance(e, FileNotFoundError) else " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise DataError(f"{path}: {why}")
+    if xs.dtype != np.uint8 or xs.ndim != 3 or xs.shape[1:] != (28, 28) or ys.shape != (xs.shape[0],):
+        raise DataError(f"{path}: not MNIST: x must be uint8 (N, 28, 28) and y (N,), got x {xs.dtype} {xs.shape} "
+                        f"and y {ys.shape}")
+    x = torch.from_numpy(xs).float().div(255).unsqueeze(1).contiguous()
+    y = torch.from_numpy(ys.astype(np.int64))
     return x, y
+
+
+def training_data_path(given: str | None) -> Path:
+    """The training set: ``--train-data``, else the maintainers' copy beside the checkout; one line
+    saying which file to pass when neither is there."""
+    path = Path(given).expanduser().resolve() if given else DEFAULT_TRAIN
+    if not path.is_file():
+        if given:
+            raise DataError(f"--train-data {given}: no such file")
+        raise DataError(f"the MNIST training set is not in this checkout: pass --train-data FILE, an .npz of uint8 x "
+                        f"(60000, 28, 28) and y (60000,) (the maintainers' copy is ../shared/data/mnist_train.npz "
+                        f"beside the checkout, 9.8 MB, sha256 {TRAIN_SHA256})")
+    return path
 
 
 # --------------------------------------------------------------------------- attacks
@@ -490,8 +520,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="epochs over which the training eps ramps up from 0 (default: per method)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="submission folder (default submissions/<id>)")
-    p.add_argument("--train-data", default=str(DEFAULT_TRAIN))
-    p.add_argument("--test-data", default=str(DEFAULT_TEST), help="for --check")
+    p.add_argument("--train-data", default=None,
+                   help="the MNIST training set, an .npz of uint8 x (60000, 28, 28) and y (60000,) "
+                   "(default: ../shared/data/mnist_train.npz beside the checkout, where the maintainers keep it)")
+    p.add_argument("--test-data", default=str(DEFAULT_TEST),
+                   help="for --check (default: the test set bundled in harness/data/)")
     p.add_argument("--check", action="store_true",
                    help="after training, print clean/FGSM/PGD-20/IBP accuracy on the first 1000 test images")
     p.add_argument("--check-only", action="store_true", help="evaluate the checkpoint in --out, no training")
@@ -506,6 +539,19 @@ def main(argv: list[str] | None = None) -> int:
                      or args.clean_weight is not None or args.ramp_epochs is not None):
         p.error("--all uses the committed settings; --out/--epochs and the overrides go with --method")
 
+    try:
+        # before the chdir below: a relative path names a file of the folder the script was started in
+        train_path = None if args.check_only else training_data_path(args.train_data)
+        test_path = Path(args.test_data).expanduser().resolve()
+        if (args.check or args.check_only) and not test_path.is_file():
+            raise DataError(f"--test-data {args.test_data}: no such file")
+        return _run(args, train_path, test_path)
+    except DataError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, train_path: Path | None, test_path: Path) -> int:
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     os.chdir(REPO)  # --out and the recorded commands are relative to the repo root
@@ -535,12 +581,13 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = float("nan")
         else:
             if x is None:
-                x, y = load_mnist(Path(args.train_data))
+                assert train_path is not None
+                x, y = load_mnist(train_path)
                 if args.limit:
                     x, y = x[:args.limit], y[:args.limit]
             monitor = None
             if args.check and method != "standard":
-                def monitor(m, _t=Path(args.test_data), method=method):
+                def monitor(m, _t=test_path, method=method):
                     r = check(m, _t, args.eps, args.seed, n=500, bs=500, certify=method == "ibp")
                     return "probe, first 500 test images at eps %g: " % args.eps + "  ".join(
                         f"{k} {v:.3f}" for k, v in r.items())
@@ -554,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"method": method, "out": out, "train_s": elapsed}
         if args.check or args.check_only:
             t0 = time.time()
-            row.update(check(model, Path(args.test_data), args.eps, args.seed))
+            row.update(check(model, test_path, args.eps, args.seed))
             print(f"[{method}] check at eps {args.eps} on 1000 test images: "
                   + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in ("method", "out", "train_s"))
                   + f"  ({time.time() - t0:.1f}s)", flush=True)
