@@ -844,7 +844,7 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
     if res.problems:  # a record for other files, another threat model or no test set: re-running proves nothing
         res.seconds = time.perf_counter() - t0
         return res
-    has_flops = "flops" in rec.stages and (rec.params is not None or rec.flops_error is not None)
+    has_flops = any(getattr(rec, f) is not None for f in (*FLOPS_FIELDS, "flops_error"))
     if rec.clean_accuracy is None and rec.robust_accuracy is None and not rec.certified and not has_flops:
         raise HarnessError(f"{record_path}: the record has no clean, certified, AutoAttack or FLOPs result to audit")
 
@@ -870,7 +870,7 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
         sizes = {k: check_sample_size(n, full[k]) for k in ("clean", *methods)}
         sizes["re-attack"] = reattack_sample_size_for(n, full["re-attack"], max_broken_fraction)
     else:
-        sizes = {k: int(sample) for k in pools}
+        sizes = {k: int(sample) if full[k] else 0 for k in pools}
     plan = plan_samples(arrays, n_here, seed, clean=sizes["clean"], reattack=sizes["re-attack"],
                         certify={m: sizes[m] for m in methods})
     clean_pos, attack_pos = plan["clean"], plan["attack"]
@@ -915,12 +915,14 @@ def audit_record(record_path: str | Path, *, submission: str | Path | None = Non
     res.attack_checked = [int(index[p]) for p in attack_pos]
     if rec.robust_accuracy is not None:
         _check_reattack(res, rec, attack_pos, index, out, pools["re-attack"], forged["re-attack"])
+    pool_of = {"clean": pools["clean"], "re-attack": pools["re-attack"],
+               **{f"certified {m}": pools[m] for m in methods}}
     for k in res.catch:
         if res.catch[k] < CATCH_PROBABILITY:
             res.note(f"{k}: this sample catches a {100 * FORGERY_FRACTION:g}% forgery with probability "
                      f"{res.catch[k]:.3f} only (< {CATCH_PROBABILITY}): "
                      + ("--sample is smaller than the default" if sample is not None
-                        else f"the record has only {pools[k]} such points"))
+                        else f"the record has only {pool_of[k]} such points here"))
     res.seconds = time.perf_counter() - t0
     return res
 

@@ -167,6 +167,7 @@ def test_the_sample_is_seeded_and_drawn_from_claimed_robust_points():
     assert clean.max() < 30 and len(clean) == 30 and attack.tolist() == [0, 10, 20]
 
 
+@pytest.mark.slow
 def test_the_model_runs_only_in_the_sandboxed_worker(tmp_path, monkeypatch):
     """The audit's model work (harness.audit.recompute) happens in the worker process: made to fail
     in this process, the audit still runs, and gives the in-process result (every check: clean,
@@ -190,6 +191,7 @@ def test_the_model_runs_only_in_the_sandboxed_worker(tmp_path, monkeypatch):
         audit_record(record, sample=3, seed=5, sandbox="none")
 
 
+@pytest.mark.slow
 def test_forged_flops_and_parameters_are_named(tmp_path, capsys):
     """FLOPs and parameters are recounted exactly with the flops stage: a record claiming 1,000 of each
     (the forged PR of issue 16) fails, naming both fields; a stranger's text in the record is printed
@@ -199,14 +201,14 @@ def test_forged_flops_and_parameters_are_named(tmp_path, capsys):
     rec["params"], rec["inference_flops"] = 1000, 1000.0
     rec["flops_error"] = "evil\x1b[2J\n::error ::forged\u202e"
     record.write_text(json.dumps(rec))
-    res = audit_record(record, sample=2, seed=0, sandbox="none", square_queries=0)
-    fields = sorted(p.split(":")[0] for p in res.problems)
-    assert fields == ["flops_error", "inference_flops", "params"]
-    assert "params: the record says 1000, the model has 166406 (recounted with the flops stage)" in res.problems
     assert main(["audit", str(record), "--sample", "2", "--seed", "0", "--square-queries", "0", "--no-progress"]) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert "FLOPs and parameters recomputed: 3 differ" in out and out.splitlines()[0].endswith("FAILED (3 problem(s))")
     assert err.count("\n") == 3 and "\x1b" not in err and "\u202e" not in err
     assert all(line.startswith("problem: ") for line in err.splitlines())
+    assert sorted(line.removeprefix("problem: ").split(":")[0] for line in err.splitlines()) == \
+        ["flops_error", "inference_flops", "params"]
+    assert "problem: params: the record says 1000, the model has 166406 (recounted with the flops stage)\n" in err
     assert "evil\\x1b[2J ::error ::forged\\u202e" in err  # escaped, on the line of its problem
 
 
@@ -242,6 +244,7 @@ def test_forged_certificates_are_named(tmp_path):
                               f"not certified by ibp at eps=0.3: indices {', '.join(map(str, caught))}")
 
 
+@pytest.mark.slow
 def test_forged_radii_are_named(tmp_path):
     """IBP radii raised from <= 0.03 to 0.25 (below eps, so no certificate is claimed): the recomputed
     radius is smaller by more than the tolerance (0.015)."""
@@ -284,6 +287,7 @@ def read_record_like(raw):
     return SimpleNamespace(dataset=raw["dataset"], n_examples=raw["n_examples"])
 
 
+@pytest.mark.slow
 def test_points_the_audit_cannot_see_fail_it(tmp_path, monkeypatch):
     """Only part of the record's points available (the 100 bundled CIFAR-10 images of a 10,000-point
     record): the audit checks what it can, and fails, saying so (it used to pass with a note)."""
@@ -313,3 +317,15 @@ def test_a_malformed_worker_result_is_one_line(tmp_path):
         with pytest.raises(HarnessError) as e:
             audit._read_recomputed(path, 2, 2, {})
         assert "\n" not in str(e.value) and "\x1b" not in str(e.value)
+
+
+def test_a_random_forward_pass_contradicts_the_record():
+    """The randomized probe: a record evaluated with the standard version, whose diagnostics call the model
+    deterministic, fails on both counts when repeated forward passes disagree."""
+    rec = read_record(REPO / "leaderboard" / "results" / "mnist-pgd.json", examples=False)
+    res = audit.AuditResult(REPO, rec.submission_id, 0, max_broken_fraction=0.05)
+    out = {"broken_by": np.array(["", ""], dtype=object), "zero_gradient": 0,
+           "randomized": {"randomized": True, "max_diff": 0.3, "prediction_changes": 1}}
+    audit._check_reattack(res, rec, np.array([0, 1]), np.arange(500), out, 435, 5 / 435)
+    assert [p.split(":")[0] for p in res.problems] == ["autoattack.version", "diagnostics.randomized"]
+    assert res.randomized is True and "forward pass random" in res.summary()

@@ -27,6 +27,8 @@ from harness.pipeline import evaluate
 from harness.stages import EvalOptions
 from harness.stats import clopper_pearson
 
+pytestmark = pytest.mark.slow  # an ONNX export, an evaluation and three audits: about 20 s on 2 cores
+
 N = 40
 EID = "mnist-masked"
 

@@ -262,7 +262,7 @@ def test_a_record_with_flipped_robust_flags_fails_naming_the_examples(repo, caps
     assert code == 1
     (problem,) = problems
     assert problem.startswith("problem: leaderboard/results/forged.json: audit: autoattack_robust: 4 of 4 sampled")
-    assert "at indices 3, 17, 42, 101 " in problem and "more than 2% of its robust points are not robust" in problem
+    assert "at indices 3, 17, 42, 101 " in problem and "more than 5% of its robust points are not robust" in problem
     assert "### Audit of the record" in out and "seed 5" in out
 
 
