@@ -259,13 +259,16 @@ def _print_problems(problems: list[str]) -> None:
 def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import audit_record
 
+    given = {k: v for k, v in (("max_broken_fraction", args.max_broken_fraction),
+                               ("square_queries", args.square_queries)) if v is not None}
     res = audit_record(args.record, submission=args.submission, sample=args.sample, seed=args.seed,
                        device=args.device, data_dir=args.data_dir, batch_size=args.batch_size,
-                       max_broken_fraction=args.max_broken_fraction, progress=not args.no_progress)
-    print(res.summary())
+                       progress=not args.no_progress, **given)
+    print(one_line(res.summary(), limit=20_000))
     for note in res.notes:
-        print(f"note: {note}")
-    _print_problems(res.problems)
+        print(f"note: {one_line(note)}")
+    for problem in res.problems:
+        print(f"problem: {one_line(problem)}", file=sys.stderr)
     return 0 if res.ok else 1
 
 
@@ -411,12 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="re-check a result record against its model (clean per example, re-attack)")
     a.add_argument("record", help="leaderboard/results/<id>.json")
     a.add_argument("--submission", help="its submission.yaml (default: submissions/<id>/ of the same repository)")
-    a.add_argument("--sample", type=int, default=64, help="points to re-classify and claimed-robust points to "
-                   "re-attack (default 64 each)")
+    a.add_argument("--sample", type=int, help="at most this many points per check (default: the sizes at which a "
+                   "1%% forgery is caught with probability 0.95, from harness.audit; docs/audit.md)")
     a.add_argument("--seed", type=int, help="sampling and attack seed (default: a fresh random one, printed)")
-    a.add_argument("--max-broken-fraction", type=float, default=0.02,
-                   help="fail when, at 95%% confidence, more than this fraction of the claimed-robust points "
-                   "can be broken (default 0.02)")
+    a.add_argument("--max-broken-fraction", type=float,
+                   help="the honest break rate p0: fail when, at 95%% confidence, more than this fraction of the "
+                   "claimed-robust points can be broken (default: harness.audit.HONEST_BREAK_RATE)")
+    a.add_argument("--square-queries", type=int,
+                   help="query budget of the Square attack in the re-attack (default: AutoAttack's; 0: none)")
     a.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
     a.add_argument("--batch-size", type=int, help="default: the submission's, at most 256")
     a.add_argument("--data-dir", help=DATA_DIR_HELP)

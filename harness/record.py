@@ -479,6 +479,9 @@ def record_problems(rec: ResultRecord) -> list[tuple[str, str]]:
     """Every broken invariant of a schema-valid record, as (field, message)."""
     n = rec.n_examples
     out: list[tuple[str, str]] = []
+    ds = datasets.find(rec.dataset)
+    if ds is not None and ds.n_test is not None and n > ds.n_test:
+        out.append(("n_examples", f"{n} exceeds the {ds.n_test} points of the {ds.title} test set"))
     if len(set(rec.stages)) != len(rec.stages):
         out.append(("stages", "lists a stage twice"))
     out += _accuracy_problems("clean_accuracy", rec.clean_accuracy, rec.clean_accuracy_ci95, n)

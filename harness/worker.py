@@ -130,7 +130,8 @@ def _preload(job: WorkerJob, spec) -> None:
             wanted += {"autoattack": ["pyautoattack"], "flops": ["fvcore.nn"],
                        "diagnostics": ["harness.diagnostics"]}[name]
     if job.kind == "audit":
-        wanted += ["pyautoattack", "harness.audit"]
+        wanted += ["pyautoattack", "pyautoattack.square", "harness.audit", "fvcore.nn", "harness.stages.flops",
+                   "harness.stages.certify", "harness.certifiers.bound_methods", "harness.diagnostics"]
     if job.kind == "forward" and (job.forward or {}).get("count_flops"):
         wanted.append("fvcore.nn")
     wanted.append("harness.schedule")
@@ -277,28 +278,13 @@ def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> N
 
 
 def run_audit(job: WorkerJob, proto: _Protocol, status: dict) -> None:
-    """The audit's model work (:func:`harness.audit.recompute`), its result saved in the state folder
-    for the supervisor to read back as untrusted data."""
-    from pathlib import Path
+    """The audit's model work (:func:`harness.audit.run_audit_job`: :func:`harness.audit.recompute`),
+    its result saved in the state folder for the supervisor to read back as untrusted data."""
+    from .audit import run_audit_job
 
-    import numpy as np
-
-    from .audit import recompute
-    from .files import atomic_savez
-
-    a = job.audit or {}
     status["phase"] = "audit"
     proto.send(event="phase", name="audit")
-    out = recompute(job.submission, np.asarray(a["clean_pos"], dtype=np.int64),
-                    np.asarray(a["attack_pos"], dtype=np.int64), eps=float(a["eps"]), norm=str(a["norm"]),
-                    seed=int(a["seed"]), device=job.device, batch_size=job.batch_size, data_dir=job.data_dir,
-                    eot_iter=int(a.get("eot_iter", 1)), progress=job.progress, trust_code=job.trust_code,
-                    max_model_bytes=job.max_model_bytes)
-    atomic_savez(Path(job.state_dir) / "audit.npz", {
-        "labels": np.asarray(out["labels"]), "n_available": np.asarray(out["n_available"]),
-        "clean_pred": np.asarray(out["clean_pred"]), "clean_margin": np.asarray(out["clean_margin"]),
-        "broken_by": np.asarray([str(b) for b in out["broken_by"]], dtype=str),
-    })
+    run_audit_job(job)
 
 
 def run_forward(job: WorkerJob, sub, proto: _Protocol, status: dict) -> None:
