@@ -155,7 +155,7 @@ def test_dev_null_is_left_alone():
 # ------------------------------------------------------------------------------- mathtext in names
 def test_a_name_with_mathtext_builds(tmp_path):
     from leaderboard.build import build_leaderboard
-    from leaderboard.synthetic import write_synthetic_repo
+    from leaderboard.synthetic import resign, write_synthetic_repo
 
     root = tmp_path / "repo"
     ids = write_synthetic_repo(root, 4)
@@ -164,6 +164,7 @@ def test_a_name_with_mathtext_builds(tmp_path):
         d = json.loads(p.read_text(encoding="utf-8"))
         d["name"] = name
         p.write_text(json.dumps(d), encoding="utf-8")
+        resign(root, p)  # as if the trusted evaluation had written the name
     out = build_leaderboard(root, tmp_path / "site")
     svgs = "".join(p.read_text(encoding="utf-8") for p in (out / "plots").glob("*.svg"))
     assert r"$\foo$" in svgs

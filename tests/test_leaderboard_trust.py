@@ -87,6 +87,7 @@ def rehash(d, yaml_path):
     """What a forger does: the provenance hashes of the new submission."""
     d["provenance"]["submission_sha256"] = sha256_file(yaml_path)
     d["provenance"]["files_sha256"] = verify_files(load_submission(yaml_path))
+    d["provenance"]["results_sha256"] = load_submission(yaml_path).results_sha256
 
 
 def _ci(k, n):

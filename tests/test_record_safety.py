@@ -34,6 +34,8 @@ def _copy_entry(root: Path, sid: str, *, record: bool = True) -> Path:
         res.mkdir(parents=True, exist_ok=True)
         for suffix in (".json", ".examples.npz"):
             shutil.copy(REPO / "leaderboard" / "results" / f"{sid}{suffix}", res / f"{sid}{suffix}")
+        if not (root / "leaderboard" / "keys").exists():  # the committed records are signed
+            shutil.copytree(REPO / "leaderboard" / "keys", root / "leaderboard" / "keys")
     return root / "submissions" / sid / "submission.yaml"
 
 
@@ -54,6 +56,7 @@ def _as_legacy(record_json: Path, yaml_path: Path) -> None:
     """The record as made before results_sha256 (and its folder digest of then)."""
     d = json.loads(record_json.read_text(encoding="utf-8"))
     d["provenance"].pop("results_sha256", None)
+    d.pop("signature", None)  # edited here, so no longer signed: the board reads it with --local
     d["provenance"]["submission_sha256"] = sha256_file(yaml_path)
     d["provenance"]["files_sha256"] = legacy_digest(load_submission(yaml_path))
     record_json.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
@@ -186,14 +189,14 @@ def test_a_metadata_edit_keeps_the_record_on_the_board(tmp_path):
     sub = load_submission(y)
     assert rec.provenance.results_sha256 == sub.results_sha256 and rec.provenance.files_sha256 == sub.files_sha256
     assert migrate.main(["--root", str(tmp_path), "--check"]) == 0  # up to date now
-    assert [e.id for e in load_entries(tmp_path).entries] == ["mnist-pgd"]
+    assert [e.id for e in load_entries(tmp_path, local=True).entries] == ["mnist-pgd"]
     # a licence typo fixed, a new name: the record stays valid
     _edit_yaml(y, lambda d: d.update(license="Apache-2.0", name="PGD-10 CNN (renamed)"))
-    assert [e.id for e in load_entries(tmp_path).entries] == ["mnist-pgd"]
+    assert [e.id for e in load_entries(tmp_path, local=True).entries] == ["mnist-pgd"]
     # a result-relevant edit: refused, naming the field
     _edit_yaml(y, lambda d: d["threat_model"].update(eps=0.25))
     with pytest.raises(HarnessError, match="provenance.results_sha256: results hash mismatch"):
-        load_entries(tmp_path)
+        load_entries(tmp_path, local=True)
 
 
 def test_migration_blesses_nothing_unverified(tmp_path, capsys):
@@ -208,7 +211,7 @@ def test_migration_blesses_nothing_unverified(tmp_path, capsys):
     assert record_json.read_bytes() == before
     # and a legacy record is still tied by the file's own hash: the edit is refused
     with pytest.raises(HarnessError, match="submission hash mismatch"):
-        load_entries(tmp_path)
+        load_entries(tmp_path, local=True)
 
 
 def test_a_metadata_edit_does_not_rerun_the_evaluation(tmp_path, monkeypatch):
