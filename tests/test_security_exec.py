@@ -319,23 +319,94 @@ def test_hang_becomes_wall_clock_error_and_finished_stages_are_kept(tmp_path, ca
     assert proc.returncode == 0 and "clean        resumed from" in proc.stdout, proc.stderr
 
 
-def test_command_line_limits_override_the_submission(make_submission):
-    from harness.cli import build_parser
+CAP_ENV = ("ROBUST_FRONTIER_MAX_MEMORY", "ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "ROBUST_FRONTIER_MAX_CPU_S")
+
+
+@pytest.fixture
+def no_cap_env(monkeypatch):
+    for name in CAP_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_submission_limits_only_lower_the_maintainers_caps(make_submission, no_cap_env):
+    """The issue's submission asks for 1 TiB and a week per stage: it runs under the maintainer's
+    caps (the defaults, the runner's environment, or the flags, which win); a submission's lower
+    limit applies; memory ``none`` is the maintainer's to give."""
+    import os
+
+    from harness.cli import _limit_flags, build_parser
+    from harness.limits import DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S
     from harness.pipeline import resolve_limits
     from harness.stages import EvalOptions
     from harness.submission import load_submission
 
-    sub = load_submission(make_submission("limits", evaluation={
-        "n_examples": 5, "limits": {"memory": "2G", "stage_timeout_s": 60, "cpu_seconds": 30}}))
-    assert resolve_limits(sub, EvalOptions()) == {"memory": 2 * 2**30, "stage_timeout": 60.0, "cpu": 30.0}
+    def limits(sub, **opts):
+        got = resolve_limits(sub, EvalOptions(**opts))
+        return got["memory"], got["stage_timeout"], got["cpu"]
+
+    greedy = load_submission(make_submission("greedy", evaluation={
+        "n_examples": 5, "limits": {"memory": "1T", "stage_timeout_s": 604800}}))
+    cores = os.cpu_count() or 1
+    assert limits(greedy) == (DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S, DEFAULT_MAX_STAGE_TIMEOUT_S * cores)
+    assert DEFAULT_MAX_MEMORY == 16 * 2**30 and DEFAULT_MAX_STAGE_TIMEOUT_S == 6 * 3600
+    assert resolve_limits(greedy, EvalOptions())["set_by"] == {"memory": "maintainer", "stage_timeout": "maintainer",
+                                                                "cpu": "maintainer"}
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_MEMORY", "4G")
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "100")
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_CPU_S", "50")
+    assert limits(greedy) == (4 * 2**30, 100.0, 50.0)
     args = build_parser().parse_args(["eval", "x.yaml", "--memory-limit", "512M", "--stage-timeout", "5",
                                       "--cpu-limit", "7"])
-    opts = EvalOptions(memory_limit=512 * 2**20, stage_timeout=args.stage_timeout, cpu_limit=args.cpu_limit)
-    assert args.memory_limit == "512M"
-    assert resolve_limits(sub, opts) == {"memory": 512 * 2**20, "stage_timeout": 5.0, "cpu": 7.0}
-    assert resolve_limits(sub, EvalOptions(memory_limit=0))["memory"] is None  # --memory-limit none
+    memory, timeout, cpu = _limit_flags(args)
+    assert limits(greedy, memory_limit=memory, stage_timeout=timeout, cpu_limit=cpu) == (512 * 2**20, 5.0, 7.0)
+    modest = load_submission(make_submission("modest", evaluation={
+        "n_examples": 5, "limits": {"memory": "2G", "stage_timeout_s": 60, "cpu_seconds": 30}}))
+    assert limits(modest) == (2 * 2**30, 60.0, 30.0)  # below the caps: the submission's own
+    assert resolve_limits(modest, EvalOptions())["set_by"]["memory"] == "submission"
+    assert limits(modest, memory_limit=0)[0] == 2 * 2**30  # the cap lifted: the submission's limit stays
+    assert limits(greedy, memory_limit=0)[0] == 2**40  # no cap: what the submission asked for
+    silent = load_submission(make_submission("silent", evaluation={"n_examples": 5}))
+    assert limits(silent, memory_limit=0)[0] is None  # --memory-limit none
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_MEMORY", "none")
+    assert limits(silent)[0] is None
     with pytest.raises(HarnessError, match="cannot lift the memory limit"):
         load_submission(make_submission("lift", evaluation={"limits": {"memory": "none"}}))
+
+
+@pytest.mark.parametrize("flag,value", [("--stage-timeout", "nan"), ("--stage-timeout", "inf"),
+                                        ("--stage-timeout", "-5"), ("--stage-timeout", "0"),
+                                        ("--stage-timeout", "soon"), ("--cpu-limit", "nan"),
+                                        ("--cpu-limit", "1e999"), ("--memory-limit", "-1G"),
+                                        ("--memory-limit", "lots")])
+def test_bad_limit_flags_are_one_line_errors_that_name_the_flag(make_submission, capfd, no_cap_env, flag, value):
+    path = make_submission("flags", evaluation={"n_examples": 5})
+    err = _one_line_error(_main(capfd, path, f"{flag}={value}"))
+    assert err.startswith(f"error: {flag}: must be") and "model" not in err, err
+
+
+@pytest.mark.parametrize("var,value", [("ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "nan"),
+                                       ("ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "-inf"),
+                                       ("ROBUST_FRONTIER_MAX_CPU_S", "-1"), ("ROBUST_FRONTIER_MAX_CPU_S", "1e999"),
+                                       ("ROBUST_FRONTIER_MAX_MEMORY", "1.5X"), ("ROBUST_FRONTIER_MAX_MEMORY", "-3")])
+def test_bad_limit_variables_are_one_line_errors_that_name_the_variable(make_submission, capfd, no_cap_env,
+                                                                         var, value):
+    path = make_submission("env", evaluation={"n_examples": 5})
+    no_cap_env.setenv(var, value)
+    err = _one_line_error(_main(capfd, path))
+    assert err.startswith(f"error: {var}: must be") and "model" not in err, err
+
+
+@pytest.mark.parametrize("limits", [{"stage_timeout_s": float("nan")}, {"stage_timeout_s": float("inf")},
+                                    {"stage_timeout_s": -1}, {"cpu_seconds": float("nan")},
+                                    {"memory": float("inf")}, {"memory": -1}, {"memory": "lots"}])
+def test_bad_submission_limits_are_refused_by_the_schema(make_submission, capsys, limits):
+    from harness.cli import main
+
+    path = make_submission("yaml-limits", evaluation={"limits": limits})
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and "evaluation.limits" in out, out
 
 
 def test_3_gib_forward_hits_the_memory_limit(tmp_path, capfd):
