@@ -155,7 +155,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             if ck.url is None:
                 print(f"{p}: nothing to fetch (the checkpoint is a local file)")
                 continue
-            got, downloaded = fetch(ck.url, ck.sha256, progress=not args.no_progress)
+            got, downloaded = fetch(ck.url, ck.sha256, progress=not args.no_progress, size_bytes=ck.size_bytes)
             print(f"{p}: {'downloaded and verified' if downloaded else 'already in the cache'}: {got}")
         except HarnessError as e:
             failed += 1

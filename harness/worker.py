@@ -229,6 +229,9 @@ def _one_line(e: BaseException, phase: str, job: WorkerJob, log_path: str) -> st
         limit = format_size(job.memory_limit) if job.memory_limit is not None else "unlimited"
         return (f"{where} ran out of memory (the worker's limit is {limit}; --memory-limit): {first}; "
                 f"finished stages are kept in {job.state_dir}")
+    if isinstance(e, PermissionError) and os.geteuid() != 0 and os.getuid() == 65534:
+        return (f"{where} failed: {first}: the evaluation worker runs as an unprivileged user (uid 65534), "
+                "so every file it reads must be readable by all (chmod o+rX)")
     if isinstance(e, RecursionError):
         return f"{where} failed: the model is nested too deeply (RecursionError); traceback in {log_path}"
     return f"{where} failed: {type(e).__name__}: {first} (traceback in {log_path})"
