@@ -58,10 +58,22 @@ def summary_table(rec) -> str:
     return tabulate(rows, headers=[f"{rec.submission_id} ({rec.n_examples} examples)", "value"], tablefmt="simple")
 
 
+def _limit_flags(args: argparse.Namespace) -> tuple[int | None, float | None, float | None]:
+    """The maintainer's caps given as flags (None: not given; memory 0: ``none``), checked: a NaN,
+    infinite, negative or unparsable value is one line naming the flag (harness.limits)."""
+    from .limits import parse_bytes, parse_seconds
+
+    memory = None
+    if args.memory_limit is not None:
+        memory = parse_bytes(args.memory_limit, "--memory-limit", allow_none=True) or 0  # 0: no limit
+    timeout = parse_seconds(args.stage_timeout, "--stage-timeout") if args.stage_timeout is not None else None
+    cpu = parse_seconds(args.cpu_limit, "--cpu-limit") if args.cpu_limit is not None else None
+    return memory, timeout, cpu
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .pipeline import evaluate
     from .stages import EvalOptions, select_stages
-    from .submission import parse_size
 
     if args.only is not None and not args.only.replace(",", "").strip():
         raise HarnessError("--only names no stage; stages are clean, flops, certify, autoattack, diagnostics")
@@ -75,17 +87,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     submission = Path(args.submission)
     if _exists(args.submission, want_dir=True):  # a submission folder, as validate and fetch take
         submission = submission / "submission.yaml"
-    memory = None
-    if args.memory_limit is not None:
-        try:
-            memory = parse_size(args.memory_limit) or 0  # 0: no limit
-        except ValueError as e:
-            raise HarnessError(f"--memory-limit: {e}")
+    memory, timeout, cpu = _limit_flags(args)
     opts = EvalOptions(device=args.device, batch_size=args.batch_size, n_examples=args.n_examples,
                        data_dir=Path(args.data_dir) if args.data_dir else None,
                        train_data=Path(args.train_data) if args.train_data else None, progress=show_progress(args),
                        sandbox=args.sandbox, trust_code=args.trust_code, memory_limit=memory,
-                       stage_timeout=args.stage_timeout, cpu_limit=args.cpu_limit)
+                       stage_timeout=timeout, cpu_limit=cpu)
     command = "harness " + " ".join(shlex.quote(a) for a in args.argv)
     try:
         outcome = evaluate(submission, opts, stages=stages, out=Path(args.out) if args.out else None,
@@ -200,7 +207,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             if ck.url is None:
                 print(f"{p}: nothing to fetch (the checkpoint is a local file)")
                 continue
-            got, downloaded = fetch(ck.url, ck.sha256, progress=not args.no_progress)
+            got, downloaded = fetch(ck.url, ck.sha256, progress=not args.no_progress, size_bytes=ck.size_bytes)
             print(f"{p}: {'downloaded and verified' if downloaded else 'already in the cache'}: {got}")
         except HarnessError as e:
             failed += 1
@@ -360,16 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skip", help="comma-separated stages to skip")
     e.add_argument("--restart", action="store_true", help="drop the saved state instead of resuming")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from . import limits as lim_defaults
+
     lim = e.add_argument_group(
         "sandbox", "The model is loaded and run only in a worker process: no network (where the OS allows), "
-        "and memory, CPU and wall-clock limits per stage (default: the submission's evaluation.limits).")
+        "and memory, CPU and wall-clock limits per stage. These flags (else the runner's environment: "
+        "ROBUST_FRONTIER_MAX_MEMORY, ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S, ROBUST_FRONTIER_MAX_CPU_S) are the "
+        "maintainer's caps; a submission's evaluation.limits can only lower them.")
     lim.add_argument("--sandbox", choices=("worker", "bwrap"), default="worker",
                      help="worker (default), or bwrap: the worker inside a bubblewrap jail that sees the "
                      "submission, the data and Python read-only and may write only the state folder")
     lim.add_argument("--memory-limit", metavar="SIZE",
-                     help="memory the worker may add beyond its libraries, e.g. 8G; 'none' for no limit")
-    lim.add_argument("--stage-timeout", type=float, metavar="S", help="wall-clock seconds per stage")
-    lim.add_argument("--cpu-limit", type=float, metavar="S", help="CPU seconds per stage (all threads)")
+                     help="memory the worker may add beyond its libraries, e.g. 8G "
+                     f"(default {lim_defaults.DEFAULT_MAX_MEMORY // 2**30}G); 'none' for no cap")
+    lim.add_argument("--stage-timeout", metavar="S",
+                     help=f"wall-clock seconds per stage (default {lim_defaults.DEFAULT_MAX_STAGE_TIMEOUT_S:g})")
+    lim.add_argument("--cpu-limit", metavar="S",
+                     help="CPU seconds per stage, all threads (default: the wall-clock limit x the CPU cores)")
     lim.add_argument("--trust-code", action="store_true",
                      help="UNSAFE: allow TorchScript checkpoints, which can read and write any file; "
                      "only for your own models, never for a submission from someone else")

@@ -20,6 +20,21 @@ Downloads use maintained libraries: pooch (over requests, with a tqdm progress b
 and huggingface_hub's ``hf_hub_download`` for ``hf://<org>/<repo>/<path/in/repo>@<commit>``
 (the revision must be a full 40-hex commit id, so the address cannot move; ``HF_ENDPOINT`` points
 it at a mirror). Nothing here is imported by ``harness eval`` except :func:`cached_checkpoint`.
+
+The runner fetches addresses a stranger wrote, so (:class:`GuardedDownloader`):
+
+- size: a download stops, with one line, past the smaller of the submission's declared
+  ``model.checkpoint.size_bytes`` and the maintainer's ``ROBUST_FRONTIER_MAX_DOWNLOAD_BYTES``
+  (default 8 GiB; :mod:`harness.limits`); a larger Content-Length is refused before reading. On the
+  Hub, the file's size in the Hub's own metadata is checked first;
+- addresses: the URL and every redirect must be ``https`` to a host whose every DNS address is
+  public (not loopback, private, link-local, shared, multicast, reserved or unspecified); the
+  connection goes to the address that was checked (no second lookup). Redirects are followed by
+  hand, at most :data:`MAX_REDIRECTS`. A maintainer may allow named ``host:port`` origins that are
+  not public (a local mirror; the tests' HTTPS server) with ``ROBUST_FRONTIER_FETCH_ALLOW_HOSTS``:
+  an environment variable of the runner, which no submission sets;
+- errors: one line with the status code or the kind of refusal; nothing of a response (its body,
+  size or hash) is echoed.
 """
 from __future__ import annotations
 
@@ -31,11 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .errors import HarnessError
+from .errors import HarnessError, one_line
 from .files import sha256_file
 
 CACHE_ENV = "ROBUST_FRONTIER_CACHE"
+ALLOW_HOSTS_ENV = "ROBUST_FRONTIER_FETCH_ALLOW_HOSTS"  # host:port origins allowed although not public
 DOWNLOAD_TIMEOUT_S = 60  # per network read, not for the whole file
+MAX_REDIRECTS = 5
+CHUNK = 1 << 20
 _HF_RE = re.compile(r"^hf://(?P<org>[A-Za-z0-9][A-Za-z0-9._-]*)/(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*)/"
                     r"(?P<file>[^@]+)@(?P<rev>[^@/]+)$")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -120,32 +138,172 @@ def _looks_like_html(path: Path) -> bool:
     return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml", b"<!--"))
 
 
-def _download_https(ref: HostedRef, staging: Path, progress: bool) -> Path:
+def _allowed_origins() -> set[str]:
+    raw = os.environ.get(ALLOW_HOSTS_ENV, "")
+    return {o.strip().lower() for o in raw.split(",") if o.strip()}
+
+
+def _address_problem(ip: str) -> str | None:
+    """Why a download may not connect to ``ip`` (None if it is a public address)."""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return "an unparsable address"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    for kind in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
+        if getattr(addr, f"is_{kind}"):
+            return f"a {kind.replace('_', '-')} address"
+    if not addr.is_global:
+        return "a non-public address"
+    return None
+
+
+class GuardedDownloader:
+    """A pooch downloader (``downloader(url, output_file, pooch)``) that enforces the policy of the
+    module docstring: https only, public addresses only (the one checked is the one connected to),
+    redirects by hand, and a size cap. Raises a one-line HarnessError naming the submission's URL."""
+
+    def __init__(self, max_bytes: int, cap_source: str, progress: bool, original: str):
+        self.max_bytes, self.cap_source, self.progress, self.original = max_bytes, cap_source, progress, original
+
+    def fail(self, why: str) -> HarnessError:
+        return HarnessError(f"download of {self.original} {why}", field="model.checkpoint.url")
+
+    def _resolve(self, host: str, port: int) -> str:
+        """The address to connect to: every address of ``host`` must be public (or the origin allowed)."""
+        import socket
+
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            raise self.fail(f"failed: cannot resolve the host {one_line(host, 200)}")
+        addrs = list(dict.fromkeys(info[4][0] for info in infos))
+        if not addrs:
+            raise self.fail(f"failed: the host {one_line(host, 200)} has no address")
+        if f"{host.lower()}:{port}" not in _allowed_origins():
+            for a in addrs:
+                if (why := _address_problem(a)) is not None:
+                    raise self.fail(f"refused: {one_line(host, 200)} resolves to {why}; downloads go to public "
+                                    "https addresses only")
+        return addrs[0]
+
+    def _get(self, session, url: str):
+        """One GET of ``url`` (already checked to be https), connected to the checked address."""
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port or 443
+        ip = self._resolve(host, port)
+
+        class Pinned(HTTPAdapter):  # SNI and certificate checked for the host name, not the address
+            def init_poolmanager(self, *args, **kwargs):
+                kwargs.update(server_hostname=host, assert_hostname=host)
+                super().init_poolmanager(*args, **kwargs)
+
+        netloc = f"[{ip}]" if ":" in ip else ip
+        target = parts._replace(netloc=f"{netloc}:{port}").geturl()
+        session.mount(f"https://{netloc}:{port}/", Pinned())
+        default_port = port == 443
+        headers = {"Host": host if default_port else f"{host}:{port}", "Accept-Encoding": "identity"}
+        try:
+            return session.get(target, headers=headers, stream=True, allow_redirects=False,
+                               timeout=DOWNLOAD_TIMEOUT_S)
+        except requests.exceptions.SSLError:
+            raise self.fail("failed: the TLS certificate of the server could not be verified")
+        except requests.exceptions.RequestException as e:
+            raise self.fail(f"failed: {type(e).__name__} (connecting to {one_line(host, 200)})")
+
+    def __call__(self, url: str, output_file, pooch=None) -> None:
+        import requests
+
+        from .submission import format_size
+
+        current = url
+        with requests.Session() as session:
+            for _hop in range(MAX_REDIRECTS + 1):
+                parts = urlsplit(current)
+                if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+                    raise self.fail("refused: a redirect to an address that is not plain https://<host>/... "
+                                    "(plain http, credentials or another scheme)")
+                resp = self._get(session, current)
+                if resp.status_code in (301, 302, 303, 307, 308):
+                    location = resp.headers.get("Location")
+                    resp.close()
+                    if not location:
+                        raise self.fail(f"failed: the server answered HTTP {resp.status_code} without a Location")
+                    from urllib.parse import urljoin
+
+                    current = urljoin(current, location)
+                    continue
+                break
+            else:
+                raise self.fail(f"failed: more than {MAX_REDIRECTS} redirects")
+            with resp:
+                if resp.status_code != 200:
+                    raise self.fail(f"failed: the server answered HTTP {resp.status_code}")
+                cap = f"{format_size(self.max_bytes)} ({self.cap_source})"
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.strip().isdigit() and int(length) > self.max_bytes:
+                    raise self.fail(f"refused: the server announces a file larger than the cap of {cap}")
+                bar = None
+                if self.progress:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=int(length) if length and length.strip().isdigit() else None, unit="B",
+                               unit_scale=True, desc=self.original.rsplit("/", 1)[-1][:40], leave=True)
+                got = 0
+                try:
+                    with open(output_file, "wb") as out:
+                        for chunk in resp.iter_content(CHUNK):
+                            got += len(chunk)
+                            if got > self.max_bytes:
+                                raise self.fail(f"stopped: the file is larger than the cap of {cap}; nothing was "
+                                                "cached")
+                            out.write(chunk)
+                            if bar is not None:
+                                bar.update(len(chunk))
+                except (requests.exceptions.RequestException, OSError) as e:
+                    if isinstance(e, HarnessError):
+                        raise
+                    raise self.fail(f"was cut short ({type(e).__name__}); nothing was cached, run the fetch again")
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if length is not None and length.strip().isdigit() and got < int(length) and \
+                        resp.headers.get("Content-Encoding", "identity") == "identity":
+                    raise self.fail("was cut short (the server sent fewer bytes than it announced); nothing was "
+                                    "cached, run the fetch again")
+
+
+def download_cap(size_bytes: int | None) -> tuple[int, str]:
+    """The size cap of one download and where it comes from: the submission's declared size, if
+    smaller than the maintainer's maximum."""
+    from .limits import DOWNLOAD_ENV, max_download_bytes
+
+    cap = max_download_bytes()
+    if size_bytes is not None and size_bytes < cap:
+        return size_bytes, "the submission's model.checkpoint.size_bytes"
+    return cap, f"{DOWNLOAD_ENV}" if os.environ.get(DOWNLOAD_ENV) else f"{DOWNLOAD_ENV}'s default"
+
+
+def _download_https(ref: HostedRef, staging: Path, progress: bool, max_bytes: int, cap_source: str) -> Path:
     import pooch
-    import requests
 
     pooch.get_logger().setLevel("WARNING")  # it logs the URL and the hash we check ourselves
-    downloader = pooch.HTTPDownloader(progressbar=progress, timeout=DOWNLOAD_TIMEOUT_S)
-    try:
-        # known_hash=None: we check the hash ourselves below, so that a mismatch can be explained
-        # (an HTML page instead of the file) before the bytes are thrown away.
-        got = pooch.retrieve(ref.url, known_hash=None, fname=ref.basename, path=staging,
-                             downloader=downloader, progressbar=progress)
-    except requests.exceptions.HTTPError as e:
-        code = e.response.status_code if e.response is not None else "?"
-        raise HarnessError(f"download of {ref.url} failed: the server answered HTTP {code}",
-                           field="model.checkpoint.url")
-    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
-        raise HarnessError(f"download of {ref.url} was cut short (the server sent fewer bytes than it announced): "
-                           f"{type(e).__name__}; nothing was cached, run the fetch again", field="model.checkpoint.url")
-    except requests.exceptions.RequestException as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise HarnessError(f"download of {ref.url} failed: {reason}", field="model.checkpoint.url")
+    downloader = GuardedDownloader(max_bytes, cap_source, progress, ref.url)
+    # known_hash=None: we check the hash ourselves below, so that a mismatch can be explained
+    # (an HTML page instead of the file) before the bytes are thrown away.
+    got = pooch.retrieve(ref.url, known_hash=None, fname=ref.basename, path=staging, downloader=downloader,
+                         progressbar=False)
     return Path(got)
 
 
-def _download_hf(ref: HostedRef, staging: Path, progress: bool) -> Path:
-    from huggingface_hub import constants, hf_hub_download
+def _download_hf(ref: HostedRef, staging: Path, progress: bool, max_bytes: int, cap_source: str) -> Path:
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
@@ -163,8 +321,19 @@ def _download_hf(ref: HostedRef, staging: Path, progress: bool) -> Path:
     bars_were_off = are_progress_bars_disabled()
     if not progress:
         disable_progress_bars()
+    from .submission import format_size
+
+    cap = f"{format_size(max_bytes)} ({cap_source})"
     try:
+        # the Hub's own record of the file's size, before a byte of it is read
+        meta = get_hf_file_metadata(hf_hub_url(ref.repo_id, ref.filename, revision=ref.revision, endpoint=endpoint))
+        if meta.size is not None and meta.size > max_bytes:
+            raise HarnessError(f"download of {ref.url} refused: the Hub lists the file as larger than the cap of "
+                               f"{cap}", field="model.checkpoint.url")
         got = hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, local_dir=staging, endpoint=endpoint)
+        if Path(got).stat().st_size > max_bytes:
+            raise HarnessError(f"download of {ref.url} stopped: the file is larger than the cap of {cap}; nothing "
+                               "was cached", field="model.checkpoint.url")
     except OfflineModeIsEnabled:
         raise HarnessError(f"cannot download {ref.url}: huggingface_hub is in offline mode (HF_HUB_OFFLINE is set)",
                            field="model.checkpoint.url")
@@ -180,17 +349,21 @@ def _download_hf(ref: HostedRef, staging: Path, progress: bool) -> Path:
     except HfHubHTTPError as e:
         code = e.response.status_code if getattr(e, "response", None) is not None else "?"
         raise HarnessError(f"download of {ref.url} failed: the Hub answered HTTP {code}", field="model.checkpoint.url")
-    except (OSError, ValueError) as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise HarnessError(f"download of {ref.url} failed: {reason}", field="model.checkpoint.url")
+    except HarnessError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the HTTP client's own errors (a refused connection, TLS): one line
+        raise HarnessError(f"download of {ref.url} failed: {type(e).__name__}", field="model.checkpoint.url")
     finally:
         if not progress and not bars_were_off:
             enable_progress_bars()
     return Path(got)
 
 
-def fetch(url: str, sha256: str, *, cache: str | os.PathLike | None = None, progress: bool = True) -> tuple[Path, bool]:
+def fetch(url: str, sha256: str, *, cache: str | os.PathLike | None = None, progress: bool = True,
+          size_bytes: int | None = None) -> tuple[Path, bool]:
     """Download ``url`` into the cache unless a verified copy is there; returns (path, downloaded).
+    ``size_bytes``: the submission's declared size (``model.checkpoint.size_bytes``), a cap below the
+    maintainer's (:func:`download_cap`).
 
     Raises a one-line HarnessError on any failure, leaving nothing in the cache but verified files."""
     try:
@@ -202,20 +375,26 @@ def fetch(url: str, sha256: str, *, cache: str | os.PathLike | None = None, prog
         if sha256_file(final) == sha256:
             return final, False
         final.unlink()  # a cached file that no longer matches (disk corruption, tampering): fetch again
+    max_bytes, cap_source = download_cap(size_bytes)
     root = cache_dir(cache)
     (root / "tmp").mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix="fetch-", dir=root / "tmp"))
     try:
-        got = (_download_hf if ref.kind == "hf" else _download_https)(ref, staging, progress)
+        got = (_download_hf if ref.kind == "hf" else _download_https)(ref, staging, progress, max_bytes, cap_source)
         actual = sha256_file(got)
         if actual != sha256:
             if _looks_like_html(got):
                 raise HarnessError(
                     f"{url} returned an HTML page, not the checkpoint (a login, consent or download-warning page?); "
                     "host the file where a plain GET returns its bytes", field="model.checkpoint.url")
-            raise HarnessError(f"hash mismatch for {url}: the download has sha256 {actual}, the submission "
-                               f"says {sha256}; nothing was cached", field="model.checkpoint.sha256")
+            # the download's own hash and size are not echoed: they describe whatever the server sent
+            raise HarnessError(f"hash mismatch for {url}: the download's SHA-256 is not the submission's "
+                               f"{sha256}; nothing was cached", field="model.checkpoint.sha256")
         final.parent.mkdir(parents=True, exist_ok=True)
+        # readable by all, as a checked-out file is: the evaluation worker runs as an unprivileged user
+        os.chmod(got, 0o644)
+        for d in (final.parent, final.parent.parent, final.parent.parent.parent):
+            os.chmod(d, 0o755)
         os.replace(got, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

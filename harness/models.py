@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from .errors import HarnessError, one_line
 from .files import sha256_file
+from .limits import DEFAULT_MAX_MEMORY
 from .submission import LoadedSubmission, verify_files
 
 
@@ -193,7 +194,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 #: largest model (parameters and buffers) the harness builds when no memory limit says otherwise
-MAX_MODEL_BYTES = 16 * 2**30
+MAX_MODEL_BYTES = DEFAULT_MAX_MEMORY  # the maintainer's default memory cap (harness.limits)
 
 
 def _build_state_dict_model(sub: LoadedSubmission, path: Path, max_bytes: int) -> nn.Module:

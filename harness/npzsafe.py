@@ -2,11 +2,21 @@
 
 ``np.load(..., allow_pickle=False)`` already refuses object arrays (no pickle runs), but it allocates
 whatever shape an array's header declares before reading a byte of data: a 15 KB file whose header
-says 2500x2500 (or 10^12) elements costs that much memory. :func:`read_npz` reads every member's
-header first (a few hundred bytes, decompressed on their own), refuses object, structured and
-non-numeric dtypes, bounds each array's and the file's total size, lets the caller refuse a name or
-a shape (``check``), and only then reads exactly the declared number of bytes. Any malformed zip
-or header is one :class:`~harness.errors.HarnessError` line.
+says 2500x2500 (or 10^12) elements costs that much memory, and a 2 MB zip of zeros really expands
+to 2 GB. :func:`read_npz` reads every member's header first (a few hundred bytes, decompressed on
+their own), refuses object, structured and non-numeric dtypes, and checks each array's decompressed
+size (shape x itemsize) before anything is allocated:
+
+- the total against the caller's bound and against half of the memory available now
+  (:func:`available_memory`: MemAvailable, and the cgroup's limit where there is one);
+- against the zip's own declared uncompressed size of the member (a header that claims more data
+  than the member holds is refused, not allocated and left to come up short);
+- against the member's compressed size: an array above :data:`BOMB_FLOOR` bytes compressed more than
+  :data:`MAX_RATIO`:1 is a zip bomb (real image data compresses a few times at most).
+
+It lets the caller refuse a name or a shape (``check``), and only then reads exactly the declared
+number of bytes into memory that grows as bytes arrive. Any malformed zip or header is one
+:class:`~harness.errors.HarnessError` line.
 
 Hand-written over ``numpy.lib.format``'s public header readers because numpy has no "read the
 header, then decide" entry point for members of an ``.npz``.
@@ -29,6 +39,32 @@ from .files import open_confined
 Check = Callable[[str, tuple[int, ...], np.dtype], "str | None"]
 
 NAME = re.compile(r"[A-Za-z0-9_.+-]{1,100}")
+#: an array larger than this (decompressed) may not be compressed more than MAX_RATIO:1
+BOMB_FLOOR = 16 << 20
+MAX_RATIO = 200
+#: the share of the available memory the arrays of one file may take
+MEMORY_SHARE = 0.5
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (Linux: MemAvailable, within the cgroup v2
+    limit if one is set), or None where unknown."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cg = Path("/sys/fs/cgroup")
+        limit = (cg / "memory.max").read_text().strip()
+        if limit.isdigit():
+            free = int(limit) - int((cg / "memory.current").read_text().strip())
+            avail = free if avail is None else min(avail, free)
+    except (OSError, ValueError):
+        pass
+    return avail
 
 
 def _header(f, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -56,6 +92,10 @@ def read_npz(
     read), after checking all headers (see the module docstring)."""
     path = Path(path)
     where = f"{path}: {what}"
+    avail = available_memory()
+    bound, why_bound = max_total_bytes, ""
+    if avail is not None and int(avail * MEMORY_SHARE) < bound:
+        bound, why_bound = max(int(avail * MEMORY_SHARE), 0), f" ({MEMORY_SHARE:.0%} of the memory available now)"
     with open_confined(path, max_bytes=max_file_bytes, what=what) as fh:
         try:
             # numpy decides by these first bytes whether a file is an .npz, and treats anything else
@@ -81,6 +121,7 @@ def read_npz(
                         continue
                     with zf.open(info) as f:
                         shape, fortran, dtype = _header(f, name)
+                        header_len = f.tell()
                     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None \
                             or dtype.kind not in "biuf":
                         raise HarnessError(f"{where}: array {name} has dtype {str(dtype)[:60]}; only an array of "
@@ -90,15 +131,23 @@ def read_npz(
                         raise HarnessError(f"{where}: array {name} has an invalid shape {shape}")
                     nbytes = math.prod(shape) * dtype.itemsize
                     total += nbytes
-                    if total > max_total_bytes:
-                        raise HarnessError(f"{where}: its arrays declare more than {max_total_bytes} bytes "
+                    if total > bound:
+                        raise HarnessError(f"{where}: its arrays declare more than {bound} bytes{why_bound} "
                                            f"(array {name} has shape {shape[:8]})")
+                    if info.file_size != header_len + nbytes:
+                        raise HarnessError(f"{where}: array {name} declares {nbytes} bytes of data (shape "
+                                           f"{shape[:8]}) but its zip member holds {info.file_size - header_len}")
+                    if nbytes > BOMB_FLOOR and info.compress_size * MAX_RATIO < info.file_size:
+                        raise HarnessError(f"{where}: array {name} expands from {info.compress_size} to {nbytes} "
+                                           f"bytes, more than {MAX_RATIO}:1 (a zip bomb?); not decompressed")
                     if check is not None and (why := check(name, shape, dtype)):
                         raise HarnessError(f"{where}: array {name}: {why}")
                     headers.append((info, name, shape, fortran, dtype, nbytes))
                 arrays: dict[str, np.ndarray] = {}
                 for info, name, shape, fortran, dtype, nbytes in headers:
-                    buf = bytearray(nbytes)  # the declared size, already bounded above
+                    # the declared size, bounded above; np.empty leaves the pages untouched, so memory
+                    # grows only as data arrives (a bytearray would zero, and so commit, all of it)
+                    buf = np.empty(nbytes, dtype=np.uint8)
                     view, got = memoryview(buf), 0
                     with zf.open(info) as f:
                         _header(f, name)
@@ -106,7 +155,7 @@ def read_npz(
                             got += r
                     if got != nbytes:
                         raise HarnessError(f"{where}: array {name} is truncated ({got} of {nbytes} bytes)")
-                    arrays[name] = np.frombuffer(buf, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+                    arrays[name] = buf.view(dtype).reshape(shape, order="F" if fortran else "C")
                 return arrays
         except HarnessError:
             raise

@@ -269,20 +269,16 @@ def runtime_info(device: torch.device) -> dict:
 
 
 def resolve_limits(sub: LoadedSubmission, options: EvalOptions) -> dict:
-    """The worker's limits: the submission's ``evaluation.limits``, overridden by the maintainer's
-    options (``memory_limit`` 0 = no limit). The CPU budget per stage defaults to the wall-clock
-    limit times the number of CPU cores."""
-    import os
+    """The worker's limits: the maintainer's caps (``options``' memory_limit / stage_timeout /
+    cpu_limit from the flags, ``memory_limit`` 0 = no memory cap; else the runner's
+    ROBUST_FRONTIER_MAX_* variables; else the defaults), each lowered, never raised, by the
+    submission's ``evaluation.limits`` (:mod:`harness.limits`). Returns ``{"memory": bytes | None,
+    "stage_timeout": s, "cpu": s per stage, "set_by": {limit: "maintainer" | "submission"}}``; a NaN,
+    infinite, negative or unparsable cap is a one-line HarnessError naming its flag or variable."""
+    from .limits import effective_limits, maintainer_caps
 
-    lim = sub.spec.evaluation.limits
-    memory = lim.memory if options.memory_limit is None else (options.memory_limit or None)
-    timeout = float(options.stage_timeout if options.stage_timeout is not None else lim.stage_timeout_s)
-    cpu = options.cpu_limit if options.cpu_limit is not None else lim.cpu_seconds
-    if cpu is None:
-        cpu = timeout * (os.cpu_count() or 1)
-    if timeout <= 0 or cpu <= 0:
-        raise HarnessError("--stage-timeout and --cpu-limit must be positive")
-    return {"memory": memory, "stage_timeout": timeout, "cpu": float(cpu)}
+    caps = maintainer_caps(options.memory_limit, options.stage_timeout, options.cpu_limit)
+    return effective_limits(sub.spec.evaluation.limits, caps)
 
 
 def _read_runtime(state_dir: Path, device: torch.device) -> dict:
@@ -424,6 +420,7 @@ def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stage
     started = now()
     sub = load_submission(submission_path)
     spec = sub.spec
+    limits = resolve_limits(sub, options)  # before any data: a bad cap is the maintainer's one-line error
     selected = ordered(stages) if stages is not None else list(STAGE_ORDER)
 
     n = options.n_examples or spec.evaluation.n_examples
@@ -433,7 +430,6 @@ def _evaluate(dist: Distributed, submission_path, options: EvalOptions, *, stage
     device = dist.device(resolve_device(options.device))
     dist.init(device)
     batch_size = options.batch_size or spec.evaluation.batch_size
-    limits = resolve_limits(sub, options)
     main = dist.is_main
     say = echo if main else (lambda line: None)
 
@@ -602,6 +598,10 @@ def _run_in_worker(sub, options: EvalOptions, data, device, batch_size: int, lim
     if isinstance(runtime["sandbox"], dict):
         runtime["sandbox"]["mode"] = options.sandbox
         runtime["sandbox"]["stage_timeout_s"] = limits["stage_timeout"]
+        runtime["sandbox"]["cpu_seconds_per_stage"] = limits["cpu"]
+        # the effective limits, as the supervisor set them (not as the worker reports them)
+        runtime["sandbox"]["limits"] = {"memory_bytes": limits["memory"], "stage_timeout_s": limits["stage_timeout"],
+                                        "cpu_seconds_per_stage": limits["cpu"], "set_by": limits.get("set_by")}
     if not isinstance(runtime.get("device_name"), str):
         blocks = runtime.get("blocks")
         runtime = {**_read_runtime(state_dir, device), "sandbox": runtime.get("sandbox"), "blocks": blocks}

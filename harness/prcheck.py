@@ -611,7 +611,7 @@ def _check_entry(rep: PRCheckReport, root: Path, eid: str, opts: PRCheckOptions,
 
         say(f"pr-check: fetching {ck.url}")
         try:
-            path, downloaded = fetch(ck.url, ck.sha256, progress=opts.bars)
+            path, downloaded = fetch(ck.url, ck.sha256, progress=opts.bars, size_bytes=ck.size_bytes)
         except HarnessError as e:
             rep.problem(f"{rel_yaml}: {e}")
             return

@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from . import certifiers, datasets
 from .errors import HarnessError, one_line
 from .files import confine, sha256_file
+from .limits import DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S
 from .yamlsafe import read_yaml
 
 #: the dataset names a submission may give (the registry, harness.datasets, at import time; the
@@ -226,6 +227,9 @@ class Checkpoint(_Strict):
                     "`harness fetch` downloads it into the local cache and checks `sha256`",
     )
     sha256: Sha256 = Field(description="lower-case hex SHA-256 of the file")
+    size_bytes: int | None = Field(default=None, ge=1, le=2**40,
+                                   description="the file's size in bytes: `harness fetch` reads no more than this "
+                                   "(nor more than the maintainer's ROBUST_FRONTIER_MAX_DOWNLOAD_BYTES)")
     package: str | None = Field(
         default=None, description=f"an installed package that ships the file; one of: {', '.join(ALLOWED_PACKAGES)}"
     )
@@ -479,21 +483,27 @@ def format_size(n: int | None) -> str:
 
 
 class Limits(_Strict):
-    """Resource limits of the sandboxed evaluation worker (see README, "The sandbox"). The maintainer
-    overrides them with ``harness eval --memory-limit/--stage-timeout/--cpu-limit``."""
+    """Resource limits the submission asks for in the sandboxed evaluation worker (see README, "The
+    sandbox"). They can only LOWER the maintainer's caps (harness.limits: ``--memory-limit``,
+    ``--stage-timeout``, ``--cpu-limit`` or the runner's ROBUST_FRONTIER_MAX_* variables); a field
+    left out asks for nothing."""
 
-    memory: int = Field(
-        default=16 * 2**30, ge=2**20, le=2**40, description="address space the worker may add after loading "
-        "its libraries, e.g. '16G' (on CUDA: the worker's resident host memory)")
-    stage_timeout_s: float = Field(default=6 * 3600, gt=0, le=7 * 24 * 3600,
-                                   description="wall-clock seconds per stage (and for loading the model)")
+    memory: int | None = Field(
+        default=None, ge=2**20, le=2**40, description="address space the worker may add after loading "
+        "its libraries, e.g. '8G' (on CUDA: the worker's resident host memory); at most the maintainer's cap "
+        f"({DEFAULT_MAX_MEMORY // 2**30}G unless the runner sets another)")
+    stage_timeout_s: float | None = Field(
+        default=None, gt=0, le=7 * 24 * 3600, description="wall-clock seconds per stage (and for loading the "
+        f"model); at most the maintainer's cap ({DEFAULT_MAX_STAGE_TIMEOUT_S:g} s unless the runner sets another)")
     cpu_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600 * 1024,
-                                      description="CPU seconds per stage (all threads); default: "
-                                      "stage_timeout_s x the number of CPU cores")
+                                      description="CPU seconds per stage (all threads); default: the wall-clock "
+                                      "limit x the number of CPU cores; at most the maintainer's cap")
 
     @field_validator("memory", mode="before")
     @classmethod
     def _memory(cls, v: Any) -> Any:
+        if v is None:
+            return None
         size = parse_size(v)
         if size is None:
             raise ValueError("a submission cannot lift the memory limit (the maintainer can: --memory-limit none)")

@@ -3,20 +3,23 @@ blocks of the stages (or, for ``harness audit``, the audit's model work; for ``h
 forward pass on random inputs), inside the sandbox the supervisor (:mod:`harness.sandbox`) set up.
 
 It reads one :class:`WorkerJob` (JSON) on stdin, then, before importing anything large:
-dies with its parent (Linux), moves into a new network namespace, and keeps its stdout for the
-protocol (anything else printed goes to stderr). Then it imports torch and the stages' libraries,
+dies with its parent (Linux), confines itself (:func:`harness.sandbox.confine`: a new network
+namespace; started as root, a private view of the folders it needs and an unprivileged user), sets
+the hard ``RLIMIT_CPU`` to the whole job's budget, and keeps its stdout for the protocol (anything
+else printed goes to stderr). Then it imports torch and the stages' libraries,
 sets its memory limit (``RLIMIT_AS`` above what the libraries take; not on CUDA), loads the model,
 and takes blocks from the shared queue (:func:`harness.schedule.run_blocks`) until none is left:
 for each it announces the phase (the stage), keeps ``RLIMIT_CPU`` within the stage's CPU budget
 (counted over all the stage's blocks this worker computes), computes it and saves it in the state
 folder (atomically; finished AutoAttack attacks within a block too). Protocol lines, one JSON object each:
 
-    {"event": "sandbox", "sandbox": {"network": ..., "memory": ..., "cpu_seconds_per_stage": ...}}
+    {"event": "sandbox", "sandbox": {"network": ..., "user": ..., "memory": ..., "cpu": ...}}
     {"event": "phase", "name": "load" | "<stage>" | "wait", "block": b}
     {"event": "loaded", "runtime": {"device": ..., "device_name": ..., "torch_threads": ...}}
     {"event": "block", "stage": "<stage>", "block": b, "seconds": 1.5}
     {"event": "error", "message": "<one line>", "aborted": false}   (then exit status 3; aborted:
                                                          another rank failed first)
+    {"event": "probe", "report": {...}}                  (job kind "probe" only: harness.sandbox.probe)
     {"event": "finished", "blocks": k}                   (then exit status 0)
 
 A Python traceback never reaches the terminal: it goes to ``<state>/worker.log`` (``worker.rank<r>.log``
@@ -55,10 +58,12 @@ class WorkerJob:
     rank: int = 0  # torchrun: this worker's rank, and how many ranks share the blocks
     world_size: int = 1
     plan: dict | None = None  # harness.schedule.Plan (attempt, stages to compute, their inputs)
-    kind: str = "eval"  # "eval", "audit" (harness.audit.recompute) or "forward" (pr-check: run_forward)
+    kind: str = "eval"  # "eval"; "audit" (harness.audit.recompute); "forward" (pr-check: run_forward);
+    #                     "probe": report what code in the worker can see and do (harness.sandbox.probe)
     audit: dict | None = None  # the audit's inputs (kind "audit")
     forward: dict | None = None  # pr-check's forward pass (kind "forward"): input_shape, num_classes, n_inputs,
     # seed, count_flops
+    read_only: list[str] = field(default_factory=list)  # folders the worker reads (its view when root)
     extra: dict = field(default_factory=dict)  # room for launchers
 
     def to_json(self) -> str:
@@ -175,6 +180,32 @@ def _cpu_now() -> float:
     return used.ru_utime + used.ru_stime
 
 
+def job_cpu_budget(job: WorkerJob) -> float | None:
+    """CPU seconds the whole job may use, the worker's hard ``RLIMIT_CPU`` (None: no CPU limit): a
+    phase's budget for loading and for each stage (and one more), plus the waiting allowance. The
+    soft limit moves per phase within it; the supervisor checks each phase's own budget."""
+    if job.cpu_limit is None:
+        return None
+    return job.cpu_limit * (len(job.stages) + 2) + WAIT_CPU_S
+
+
+def _cpu_hard_limit(job: WorkerJob) -> str:
+    """Set ``RLIMIT_CPU``'s hard limit to what is used so far plus the job's budget. Without
+    CAP_SYS_RESOURCE (an unprivileged worker) it cannot be raised again."""
+    import math
+    import resource
+
+    budget = job_cpu_budget(job)
+    if budget is None:
+        return "no limit"
+    hard = int(math.ceil(_cpu_now() + budget))
+    _, old = resource.getrlimit(resource.RLIMIT_CPU)
+    if old != resource.RLIM_INFINITY:
+        hard = min(hard, old)
+    resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+    return f"{budget:g} s for the job (hard RLIMIT_CPU), {job.cpu_limit:g} s per stage"
+
+
 def _cpu_budget(seconds: float | None) -> None:
     """Let this phase use ``seconds`` more CPU time (all threads); the kernel sends SIGXCPU after."""
     import math
@@ -203,6 +234,9 @@ def _one_line(e: BaseException, phase: str, job: WorkerJob, log_path: str) -> st
         limit = format_size(job.memory_limit) if job.memory_limit is not None else "unlimited"
         return (f"{where} ran out of memory (the worker's limit is {limit}; --memory-limit): {first}; "
                 f"finished stages are kept in {job.state_dir}")
+    if isinstance(e, PermissionError) and os.geteuid() != 0 and os.getuid() == 65534:
+        return (f"{where} failed: {first}: the evaluation worker runs as an unprivileged user (uid 65534), "
+                "so every file it reads must be readable by all (chmod o+rX)")
     if isinstance(e, RecursionError):
         return f"{where} failed: the model is nested too deeply (RecursionError); traceback in {log_path}"
     return f"{where} failed: {type(e).__name__}: {first} (traceback in {log_path})"
@@ -333,7 +367,7 @@ def run_forward(job: WorkerJob, sub, proto: _Protocol, status: dict) -> None:
 
 
 def main() -> int:
-    from .sandbox import die_with_parent, isolate_network
+    from .sandbox import confine, die_with_parent
 
     die_with_parent()
     proto = _Protocol(os.fdopen(os.dup(1), "w", encoding="utf-8"))
@@ -345,12 +379,37 @@ def main() -> int:
         return 3
     if job.parent_pid is not None and os.getppid() != job.parent_pid:
         return 3  # the supervisor is already gone
-    network = isolate_network() if job.isolate_network else "isolated (bubblewrap)"
+    held = None  # probe only: a descriptor of the host's network namespace, as if one had leaked
+    if job.kind == "probe" and job.extra.get("hold_host_netns") and os.path.exists("/proc/self/ns/net"):
+        held = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:  # before anything the submission gave is read: no network; as root, an unprivileged user
+        confined = confine(job.state_dir, job.read_only) if job.isolate_network else {
+            "network": "isolated (bubblewrap)", "user": "bubblewrap (no capabilities)"}
+        die_with_parent()  # a change of user clears the parent-death signal
+        if job.parent_pid is not None and os.getppid() != job.parent_pid:
+            return 3
+        cpu = _cpu_hard_limit(job)
+    except OSError as e:
+        proto.send(event="error", message=f"the evaluation worker could not confine itself: {e.strerror or e}")
+        return 3
+    network = confined["network"]
     log_path = os.path.join(job.state_dir, log_name(job.rank))
     status = {"phase": "load"}
     log = None
     try:
         log = _setup_log(job.state_dir, job.rank)
+        if job.kind == "probe":
+            from .sandbox import probe
+
+            sandbox = {"network": network, "user": confined["user"], "memory": _set_memory_limit(job), "cpu": cpu}
+            proto.send(event="sandbox", sandbox=sandbox)
+            status["phase"] = "probe"
+            proto.send(event="phase", name="probe")
+            _cpu_budget(job.cpu_limit)
+            proto.send(event="probe", report=probe(job.extra, held))
+            _spin(job.extra.get("spin_cpu_s"))
+            proto.send(event="finished", blocks=0)
+            return 0
         from .errors import HarnessError
         from .submission import load_submission
 
@@ -358,8 +417,8 @@ def main() -> int:
         if sub.yaml_sha256 != job.submission_sha256:
             raise HarnessError(f"{job.submission} changed while the evaluation started; run it again")
         _preload(job, sub.spec)
-        sandbox = {"network": network, "memory": _set_memory_limit(job),
-                   "cpu_seconds_per_stage": job.cpu_limit}
+        sandbox = {"network": network, "user": confined["user"], "memory": _set_memory_limit(job),
+                   "cpu_seconds_per_stage": job.cpu_limit, "cpu": cpu}
         proto.send(event="sandbox", sandbox=sandbox)
         log.info("job %s; sandbox %s", job.to_json(), sandbox)
         proto.send(event="phase", name="load")
@@ -395,6 +454,20 @@ def main() -> int:
         except Exception:  # noqa: BLE001
             pass
         return 3
+
+
+def _spin(seconds) -> None:
+    """Probe only: use ``seconds`` of CPU time after lifting the soft CPU limit to the hard one, as
+    code that ignores its per-stage budget would (the supervisor's own accounting must stop it)."""
+    import resource
+
+    if not isinstance(seconds, (int, float)) or seconds <= 0:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+    end = _cpu_now() + seconds
+    while _cpu_now() < end:
+        pass
 
 
 if __name__ == "__main__":

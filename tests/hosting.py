@@ -5,17 +5,23 @@ the full Content-Length and closes the connection after half the bytes; ``mode="
 with an HTML page (what Google Drive and login walls do). TLS uses a throw-away certificate
 authority made by ``trustme``; ``REQUESTS_CA_BUNDLE`` points requests (and so pooch) at it, so the
 harness's https-only rule is exercised as it is, with no test-only exception in the code.
+``mode="redirect"`` answers 302 to the route's body (a URL); ``mode="unsized"`` sends the body with
+no Content-Length and closes the connection. The harness connects only to public addresses unless
+the runner allows an origin (``ROBUST_FRONTIER_FETCH_ALLOW_HOSTS``): the server allows its own
+``127.0.0.1:<port>`` while it runs, as a maintainer would allow a local mirror.
 It also answers like the Hugging Face Hub for ``/<org>/<repo>/resolve/<commit>/<file>`` (HEAD with
 ``X-Repo-Commit`` and ``ETag``), so ``hf://`` downloads run against it through ``HF_ENDPOINT``.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import ssl
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+ALLOW_HOSTS_ENV = "ROBUST_FRONTIER_FETCH_ALLOW_HOSTS"
 HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
              b"<body>Google Drive can't scan this file for viruses. <a href='?confirm=t'>Download "
              b"anyway</a></body></html>")
@@ -24,7 +30,7 @@ HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Sign in</title></head>"
 @dataclass
 class Route:
     body: bytes
-    mode: str = "ok"  # ok | truncate | html | hf
+    mode: str = "ok"  # ok | truncate | html | hf | redirect | unsized
     hits: int = 0
 
 
@@ -62,6 +68,24 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         route.hits += 1
+        if route.mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", route.body.decode())
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if route.mode == "unsized":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            try:
+                for i in range(0, len(route.body), 1 << 16):
+                    self.wfile.write(route.body[i:i + (1 << 16)])
+            except OSError:  # the client stopped reading
+                pass
+            return
         if route.mode == "html":
             self._headers(route, len(HTML_PAGE), "text/html; charset=utf-8")
             self.wfile.write(HTML_PAGE)
@@ -108,8 +132,14 @@ class FileServer:
 
     def __enter__(self) -> "FileServer":
         self._thread.start()
+        self._allowed = os.environ.get(ALLOW_HOSTS_ENV)
+        os.environ[ALLOW_HOSTS_ENV] = ",".join(filter(None, [self._allowed, f"127.0.0.1:{self.port}"]))
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._allowed is None:
+            os.environ.pop(ALLOW_HOSTS_ENV, None)
+        else:
+            os.environ[ALLOW_HOSTS_ENV] = self._allowed
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -35,6 +35,9 @@ def server(tmp_path, monkeypatch):
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(srv.ca_file))  # requests, so pooch
         monkeypatch.setenv("SSL_CERT_FILE", str(srv.ca_file))  # huggingface_hub's HTTP client
         monkeypatch.setenv("HF_ENDPOINT", srv.base)
+        from huggingface_hub.utils import close_session
+
+        close_session()  # huggingface_hub keeps one HTTP client: a fresh one trusts this server's CA
         yield srv
 
 
@@ -209,3 +212,131 @@ def test_the_contributing_guide_example_is_a_valid_hosted_submission():
     readme = (REPO / "README.md").read_text()
     assert ".github/CONTRIBUTING.md" in readme
     assert "robustbench.zoo:<dataset>/<threat_model>/<name>" in readme
+
+
+# ---------------------------------------------------------------- redirects, addresses and size caps
+class _InternalServer:
+    """A plain-http server on 127.0.0.1, as an internal service beside the runner would be."""
+
+    SECRET = b"internal metadata: token=s3cr3t"
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        hits = self.hits = []
+        secret = self.SECRET
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(secret)))
+                self.end_headers()
+                self.wfile.write(secret)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/latest/meta-data"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _no_trace_of(line: str, body: bytes) -> None:
+    assert hashlib.sha256(body).hexdigest() not in line and str(len(body)) not in line
+    assert body.decode(errors="replace")[:20] not in line
+
+
+def test_redirect_from_https_to_plain_http_on_loopback_is_refused(tmp_path, server, cache, capsys):
+    """The issue's SSRF: an https checkpoint address that redirects to an internal plain-http
+    service. The redirect is not followed, and nothing of the internal answer is printed."""
+    with _InternalServer() as internal:
+        url = server.add("/r/model.safetensors", internal.url.encode(), mode="redirect")
+        yml = hosted_submission(tmp_path, "ssrf", url)
+        assert main(["fetch", str(yml), "--no-progress"]) == 2
+        line = one_line_error(capsys)
+    assert "refused" in line and "redirect" in line and "https" in line, line
+    assert internal.hits == [] and server.hits("/r/model.safetensors") == 1
+    _no_trace_of(line, _InternalServer.SECRET)
+    assert cached_files(cache) == []
+
+
+def test_redirects_go_only_to_public_or_allowed_https_origins(tmp_path, server, cache):
+    good = server.add("/files/model.safetensors", CKPT)
+    moved = server.add("/old/model.safetensors", good.encode(), mode="redirect")
+    path, downloaded = fetch(moved, SHA, progress=False)  # within the allowed origin: followed
+    assert downloaded and path.read_bytes() == CKPT
+    elsewhere = f"https://localhost:{server.port}/files/model.safetensors"  # same server, another origin
+    sneaky = server.add("/sneaky/model.safetensors", elsewhere.encode(), mode="redirect")
+    with pytest.raises(HarnessError, match="refused: localhost resolves to a loopback address"):
+        fetch(sneaky, SHA, cache=tmp_path / "other-cache", progress=False)
+    loop = server.add("/loop/model.safetensors", server.base.encode() + b"/loop/model.safetensors", mode="redirect")
+    with pytest.raises(HarnessError, match="more than 5 redirects"):
+        fetch(loop, SHA, cache=tmp_path / "other-cache", progress=False)
+
+
+def test_the_submission_url_itself_must_be_a_public_address(tmp_path, server, monkeypatch):
+    url = server.add("/files/model.safetensors", CKPT)
+    monkeypatch.delenv("ROBUST_FRONTIER_FETCH_ALLOW_HOSTS")  # as on a runner: no origin allowed
+    with pytest.raises(HarnessError, match="refused: 127.0.0.1 resolves to a loopback address"):
+        fetch(url, SHA, cache=tmp_path / "c", progress=False)
+    for addr in ("10.0.0.7", "169.254.169.254", "[::1]", "[::ffff:127.0.0.1]", "100.64.0.1", "0.0.0.0"):
+        with pytest.raises(HarnessError, match="refused: .* resolves to a .*address"):
+            fetch(f"https://{addr}/model.safetensors", SHA, cache=tmp_path / "c", progress=False)
+    assert server.hits("/files/model.safetensors") == 0
+
+
+@pytest.mark.parametrize("addr,problem", [
+    ("127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"), ("172.16.5.4", "private"),
+    ("169.254.169.254", "link-local"), ("100.64.0.1", "non-public"), ("224.0.0.251", "multicast"),
+    ("240.0.0.1", "reserved"), ("0.0.0.0", "unspecified"), ("::1", "loopback"), ("fe80::1%eth0", "link-local"),
+    ("fc00::1", "private"), ("::ffff:10.0.0.1", "private"), ("ff02::1", "multicast"),
+    ("8.8.8.8", None), ("2606:4700:4700::1111", None)])
+def test_address_policy(addr, problem):
+    from harness.hosted import _address_problem
+
+    got = _address_problem(addr)
+    assert (got is None) if problem is None else (problem in got), got
+
+
+def test_download_size_cap_from_the_submission_and_the_maintainer(tmp_path, server, cache, capsys, monkeypatch):
+    url = server.add("/files/model.safetensors", CKPT)
+    yml = hosted_submission(tmp_path, "declared", url)
+    spec = yaml.safe_load(yml.read_text())
+    spec["model"]["checkpoint"]["size_bytes"] = len(CKPT) - 1  # declared smaller than the file
+    yml.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert main(["fetch", str(yml), "--no-progress"]) == 2
+    line = one_line_error(capsys)
+    assert "larger than the cap" in line and "size_bytes" in line, line
+    assert cached_files(cache) == []
+    # no Content-Length: the download stops while reading, past the maintainer's cap
+    unsized = server.add("/unsized/model.safetensors", CKPT * 8, mode="unsized")
+    monkeypatch.setenv("ROBUST_FRONTIER_MAX_DOWNLOAD_BYTES", "1M")
+    with pytest.raises(HarnessError, match=r"stopped: the file is larger than the cap of 1 MiB "
+                                           r"\(ROBUST_FRONTIER_MAX_DOWNLOAD_BYTES\)"):
+        fetch(unsized, SHA, progress=False)
+    assert cached_files(cache) == []
+    spec["model"]["checkpoint"]["size_bytes"] = len(CKPT)  # the exact size passes
+    yml.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert main(["fetch", str(yml), "--no-progress"]) == 0
+    monkeypatch.setenv("ROBUST_FRONTIER_MAX_DOWNLOAD_BYTES", "lots")
+    with pytest.raises(HarnessError, match="ROBUST_FRONTIER_MAX_DOWNLOAD_BYTES: must be a size"):
+        fetch(url, SHA, cache=tmp_path / "c2", progress=False)
+
+
+def test_hf_size_cap_from_the_hubs_metadata(tmp_path, server, cache, monkeypatch):
+    url = server.add_hf("org/repo", COMMIT, "model.safetensors", CKPT)
+    monkeypatch.setenv("ROBUST_FRONTIER_MAX_DOWNLOAD_BYTES", "100K")
+    with pytest.raises(HarnessError, match="refused: the Hub lists the file as larger than the cap of 100 KiB"):
+        fetch(url, SHA, progress=False)
+    assert server.hits(f"/org/repo/resolve/{COMMIT}/model.safetensors") == 0  # not a byte of it was read
+    assert cached_files(cache) == []

@@ -319,23 +319,117 @@ def test_hang_becomes_wall_clock_error_and_finished_stages_are_kept(tmp_path, ca
     assert proc.returncode == 0 and "clean        resumed from" in proc.stdout, proc.stderr
 
 
-def test_command_line_limits_override_the_submission(make_submission):
-    from harness.cli import build_parser
+CAP_ENV = ("ROBUST_FRONTIER_MAX_MEMORY", "ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "ROBUST_FRONTIER_MAX_CPU_S")
+
+
+@pytest.fixture
+def no_cap_env(monkeypatch):
+    for name in CAP_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_submission_limits_only_lower_the_maintainers_caps(make_submission, no_cap_env):
+    """The issue's submission asks for 1 TiB and a week per stage: it runs under the maintainer's
+    caps (the defaults, the runner's environment, or the flags, which win); a submission's lower
+    limit applies; memory ``none`` is the maintainer's to give."""
+    import os
+
+    from harness.cli import _limit_flags, build_parser
+    from harness.limits import DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S
     from harness.pipeline import resolve_limits
     from harness.stages import EvalOptions
     from harness.submission import load_submission
 
-    sub = load_submission(make_submission("limits", evaluation={
-        "n_examples": 5, "limits": {"memory": "2G", "stage_timeout_s": 60, "cpu_seconds": 30}}))
-    assert resolve_limits(sub, EvalOptions()) == {"memory": 2 * 2**30, "stage_timeout": 60.0, "cpu": 30.0}
+    def limits(sub, **opts):
+        got = resolve_limits(sub, EvalOptions(**opts))
+        return got["memory"], got["stage_timeout"], got["cpu"]
+
+    greedy = load_submission(make_submission("greedy", evaluation={
+        "n_examples": 5, "limits": {"memory": "1T", "stage_timeout_s": 604800}}))
+    cores = os.cpu_count() or 1
+    assert limits(greedy) == (DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S, DEFAULT_MAX_STAGE_TIMEOUT_S * cores)
+    assert DEFAULT_MAX_MEMORY == 16 * 2**30 and DEFAULT_MAX_STAGE_TIMEOUT_S == 6 * 3600
+    assert resolve_limits(greedy, EvalOptions())["set_by"] == {"memory": "maintainer", "stage_timeout": "maintainer",
+                                                                "cpu": "maintainer"}
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_MEMORY", "4G")
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "100")
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_CPU_S", "50")
+    assert limits(greedy) == (4 * 2**30, 100.0, 50.0)
     args = build_parser().parse_args(["eval", "x.yaml", "--memory-limit", "512M", "--stage-timeout", "5",
                                       "--cpu-limit", "7"])
-    opts = EvalOptions(memory_limit=512 * 2**20, stage_timeout=args.stage_timeout, cpu_limit=args.cpu_limit)
-    assert args.memory_limit == "512M"
-    assert resolve_limits(sub, opts) == {"memory": 512 * 2**20, "stage_timeout": 5.0, "cpu": 7.0}
-    assert resolve_limits(sub, EvalOptions(memory_limit=0))["memory"] is None  # --memory-limit none
+    memory, timeout, cpu = _limit_flags(args)
+    assert limits(greedy, memory_limit=memory, stage_timeout=timeout, cpu_limit=cpu) == (512 * 2**20, 5.0, 7.0)
+    modest = load_submission(make_submission("modest", evaluation={
+        "n_examples": 5, "limits": {"memory": "2G", "stage_timeout_s": 60, "cpu_seconds": 30}}))
+    assert limits(modest) == (2 * 2**30, 60.0, 30.0)  # below the caps: the submission's own
+    assert resolve_limits(modest, EvalOptions())["set_by"]["memory"] == "submission"
+    assert limits(modest, memory_limit=0)[0] == 2 * 2**30  # the cap lifted: the submission's limit stays
+    assert limits(greedy, memory_limit=0)[0] == 2**40  # no cap: what the submission asked for
+    silent = load_submission(make_submission("silent", evaluation={"n_examples": 5}))
+    assert limits(silent, memory_limit=0)[0] is None  # --memory-limit none
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_MEMORY", "none")
+    assert limits(silent)[0] is None
     with pytest.raises(HarnessError, match="cannot lift the memory limit"):
         load_submission(make_submission("lift", evaluation={"limits": {"memory": "none"}}))
+
+
+def test_record_shows_the_effective_limits(tmp_path, capfd, no_cap_env):
+    """The issue's greedy submission, evaluated for real under the runner's caps: the record's
+    sandbox provenance shows the limits the worker ran under, and who set them."""
+    import os
+
+    w, b = _linear_weights()
+    path = _submission(tmp_path, "greedy", "onnx", lambda p: _onnx_flatten_gemm(p, "lin", w, b), "model.onnx",
+                       evaluation={"limits": {"memory": "1T", "stage_timeout_s": 604800}})
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_MEMORY", "3G")
+    no_cap_env.setenv("ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "900")
+    out = tmp_path / "results" / "rec.json"
+    proc = _main(capfd, path, "--only", "clean", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sandbox = json.loads(out.read_text())["provenance"]["sandbox"]
+    assert sandbox["limits"] == {"memory_bytes": 3 * 2**30, "stage_timeout_s": 900.0,
+                                 "cpu_seconds_per_stage": 900.0 * (os.cpu_count() or 1),
+                                 "set_by": {"memory": "maintainer", "stage_timeout": "maintainer",
+                                            "cpu": "maintainer"}}
+    assert sandbox["stage_timeout_s"] == 900.0 and "3 GiB" in sandbox["memory"]
+    if os.geteuid() == 0 and not sandbox["user"].startswith("root"):
+        assert sandbox["user"].startswith("uid 65534")
+
+
+@pytest.mark.parametrize("flag,value", [("--stage-timeout", "nan"), ("--stage-timeout", "inf"),
+                                        ("--stage-timeout", "-5"), ("--stage-timeout", "0"),
+                                        ("--stage-timeout", "soon"), ("--cpu-limit", "nan"),
+                                        ("--cpu-limit", "1e999"), ("--memory-limit", "-1G"),
+                                        ("--memory-limit", "lots")])
+def test_bad_limit_flags_are_one_line_errors_that_name_the_flag(make_submission, capfd, no_cap_env, flag, value):
+    path = make_submission("flags", evaluation={"n_examples": 5})
+    err = _one_line_error(_main(capfd, path, f"{flag}={value}"))
+    assert err.startswith(f"error: {flag}: must be") and "model" not in err, err
+
+
+@pytest.mark.parametrize("var,value", [("ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "nan"),
+                                       ("ROBUST_FRONTIER_MAX_STAGE_TIMEOUT_S", "-inf"),
+                                       ("ROBUST_FRONTIER_MAX_CPU_S", "-1"), ("ROBUST_FRONTIER_MAX_CPU_S", "1e999"),
+                                       ("ROBUST_FRONTIER_MAX_MEMORY", "1.5X"), ("ROBUST_FRONTIER_MAX_MEMORY", "-3")])
+def test_bad_limit_variables_are_one_line_errors_that_name_the_variable(make_submission, capfd, no_cap_env,
+                                                                         var, value):
+    path = make_submission("env", evaluation={"n_examples": 5})
+    no_cap_env.setenv(var, value)
+    err = _one_line_error(_main(capfd, path))
+    assert err.startswith(f"error: {var}: must be") and "model" not in err, err
+
+
+@pytest.mark.parametrize("limits", [{"stage_timeout_s": float("nan")}, {"stage_timeout_s": float("inf")},
+                                    {"stage_timeout_s": -1}, {"cpu_seconds": float("nan")},
+                                    {"memory": float("inf")}, {"memory": -1}, {"memory": "lots"}])
+def test_bad_submission_limits_are_refused_by_the_schema(make_submission, capsys, limits):
+    from harness.cli import main
+
+    path = make_submission("yaml-limits", evaluation={"limits": limits})
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and "evaluation.limits" in out, out
 
 
 def test_3_gib_forward_hits_the_memory_limit(tmp_path, capfd):
@@ -464,6 +558,91 @@ def test_worker_network_namespace_has_no_network(tmp_path):
     assert runs["isolate"].startswith("refused; isolated"), runs
 
 
+# ------------------------------------------------------------------ what code in the worker can do
+def _probe(tmp_path, mode="worker", cpu_limit=30.0, **extra) -> dict:
+    """Run the worker's probe job (harness.sandbox.probe) as the supervisor would run a model:
+    the same environment, confinement and limits. Returns the worker's runtime with its report."""
+    import os
+
+    from harness.sandbox import run_worker
+    from harness.worker import WorkerJob
+
+    folder = tmp_path / "submissions" / "probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "submission.yaml").write_text("id: probe\n")
+    state = tmp_path / "results" / ".state" / "probe" / "key"
+    state.mkdir(parents=True, exist_ok=True)
+    job = WorkerJob(submission=str(folder / "submission.yaml"), submission_sha256="", state_dir=str(state),
+                    stages=[], device="cpu", n_examples=1, batch_size=1, cpu_limit=cpu_limit, kind="probe",
+                    isolate_network=mode != "bwrap", parent_pid=None if mode == "bwrap" else os.getpid(),
+                    extra={"hold_host_netns": True, **extra})
+    return run_worker(job, mode=mode, stage_timeout=120, echo=lambda line: None)
+
+
+def test_worker_environment_is_scrubbed_and_imports_this_harness(tmp_path, monkeypatch):
+    """A secret in the supervisor's environment (a CI token, a signing key) is invisible to code in
+    the worker; the worker still imports the very harness package the supervisor runs."""
+    import harness
+
+    monkeypatch.setenv("ROBUST_FRONTIER_SIGNING_KEY", "-----BEGIN PRIVATE KEY----- not really")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_secret")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    report = _probe(tmp_path)["probe"]
+    assert "ROBUST_FRONTIER_SIGNING_KEY" not in report["env"] and "GITHUB_TOKEN" not in report["env"]
+    assert "OMP_NUM_THREADS" in report["env"] and "PATH" in report["env"]
+    assert report["harness"] == str(Path(harness.__file__).resolve().parent)
+
+
+def _root_only():
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("the worker drops root only when started as root (CI runs as root)")
+
+
+def test_root_worker_is_an_unprivileged_user_that_cannot_rejoin_the_host(tmp_path):
+    """Started as root, the worker runs as an unprivileged user with no capability: it cannot join
+    the host's network namespace (not through /proc, not with a descriptor opened before it was
+    confined), raise its hard CPU limit, reach the network, or touch files beside its submission;
+    its state folder stays writable."""
+    _root_only()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    secret, owned = tmp_path / "secret.txt", tmp_path / "results" / "record.json"
+    secret.write_text("secret")
+    owned.parent.mkdir(parents=True)
+    owned.write_text("{}")  # root's file, mode 0644: writable by its owner only
+    state = tmp_path / "results" / ".state" / "probe" / "key"
+    try:
+        rt = _probe(tmp_path, connect=["127.0.0.1", server.getsockname()[1]], read=[str(secret)],
+                    write=[str(secret), str(owned), "/etc/passwd", str(state / "mine.txt")])
+    finally:
+        server.close()
+    sandbox, report = rt["sandbox"], rt["probe"]
+    if sandbox["user"].startswith("root (not dropped") or sandbox["network"].startswith("not isolated"):
+        pytest.skip(f"this kernel refuses the namespaces: {sandbox}")
+    assert report["uid"] == [65534] * 3 and report["gid"] == [65534] * 3 and report["groups"] == []
+    assert int(report["cap_eff"], 16) == 0
+    assert report["setns"]["held descriptor"] == "setns: EPERM"
+    assert all(v in ("open: EACCES", "open: EPERM", "setns: EPERM") for v in report["setns"].values()), report
+    assert report["raise_hard"].startswith("refused") and report["rlimit_cpu"][1] != -1
+    assert report["connect"].startswith("refused")
+    assert report["read"][str(secret)] in ("ENOENT", "EACCES")
+    assert all(report["write"][p] in ("ENOENT", "EACCES", "EROFS") for p in (str(secret), str(owned), "/etc/passwd"))
+    assert report["write"][str(state / "mine.txt")] == "written"
+    assert owned.read_text() == "{}" and secret.read_text() == "secret"
+
+
+def test_a_phase_that_lifts_its_soft_cpu_limit_is_stopped_by_the_supervisor(tmp_path):
+    """The probe raises its soft RLIMIT_CPU to the hard one (which only the job's total bounds) and
+    spins: the supervisor's own accounting stops the phase at its budget."""
+    from harness.sandbox import WorkerFailed
+
+    with pytest.raises(WorkerFailed, match=r"the sandbox probe exceeded its CPU-time limit of 2 s \(--cpu-limit\)"):
+        _probe(tmp_path, cpu_limit=2.0, spin_cpu_s=60)
+
+
 # ------------------------------------------------------------------------------- bubblewrap
 def _bwrap_skip():
     from harness.sandbox import bwrap_problem
@@ -518,6 +697,19 @@ def test_bwrap_runs_an_honest_submission(tmp_path, capfd):
     rec = json.loads(out.read_text())
     assert rec["provenance"]["sandbox"]["mode"] == "bwrap"
     assert rec["provenance"]["sandbox"]["network"] == "isolated (bubblewrap)"
+
+
+def test_bwrap_jail_has_no_capability(tmp_path, monkeypatch):
+    """As root, bubblewrap keeps every capability inside its jail unless told otherwise (enough to
+    remount its read-only folders writable): the worker's jail has none, and no user namespace of its
+    own; its environment is the scrubbed one."""
+    _bwrap_skip()
+    monkeypatch.setenv("GITHUB_TOKEN", "ghs_secret")
+    report = _probe(tmp_path, mode="bwrap")["probe"]
+    assert int(report["cap_eff"], 16) == 0
+    assert report["raise_hard"].startswith("refused")
+    assert all(v.startswith(("open: ", "setns: EPERM")) for v in report["setns"].values()), report
+    assert "GITHUB_TOKEN" not in report["env"]
 
 
 # ------------------------------------------------------------------------ worker's results

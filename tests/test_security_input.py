@@ -495,6 +495,103 @@ def test_custom_data_set_must_be_hashed_and_plain(make_submission, capsys):
         load_test_data("custom", None, custom_path=folder / "bomb.npz")
 
 
+def _zip_of_zeros(path: Path, members: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """A real, valid .npz whose arrays are all zeros, written as raw deflate without ever holding
+    the zeros: 16 MiB of zeros compress to 16 KB, and after a full flush the compressor repeats
+    itself, so the stream is that block repeated (the zip bomb of the issue)."""
+    import struct
+    import zlib
+
+    chunk = bytes(16 << 20)
+    out, central = bytearray(), bytearray()
+    for name, (shape, dtype) in members.items():
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+        head = header.getvalue()
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        full, rest = divmod(nbytes, len(chunk))
+        co = zlib.compressobj(9, zlib.DEFLATED, -15)
+        stream = [co.compress(head) + co.flush(zlib.Z_FULL_FLUSH)]
+        block = co.compress(chunk) + co.flush(zlib.Z_FULL_FLUSH) if full else b""
+        stream += [block] * full
+        stream.append(co.compress(bytes(rest)) + co.flush(zlib.Z_FINISH))
+        crc = zlib.crc32(head)
+        for _ in range(full):
+            crc = zlib.crc32(chunk, crc)
+        crc = zlib.crc32(bytes(rest), crc)
+        data = b"".join(stream)
+        fname = f"{name}.npy".encode()
+        size = len(head) + nbytes
+        assert size < 2**32 and len(data) < 2**32  # no zip64 needed
+        offset = len(out)
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), size, len(fname), 0)
+        out += fname + data
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), size,
+                               len(fname), 0, 0, 0, 0, 0, offset) + fname
+    cd_offset = len(out)
+    out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central),
+                                 cd_offset, 0)
+    path.write_bytes(bytes(out))
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+from pathlib import Path
+from harness.data import load_test_data
+from harness.errors import HarnessError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_test_data("custom", None, custom_path=Path(sys.argv[1]))
+    msg = "read"
+except HarnessError as e:
+    msg = str(e)
+print(json.dumps({"grew_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, "message": msg}))
+"""
+
+
+def _read_in_a_fresh_process(path: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_npz_zip_bomb_is_refused_before_the_memory_grows(tmp_path):
+    """A 2 MB .npz that really expands to 2 GiB of images (a valid file: np.load would read it) is
+    refused from its sizes, in one line, and the reader's memory does not grow."""
+    n = (2 << 30) // (32 * 32 * 3)
+    bomb = tmp_path / "bomb.npz"
+    _zip_of_zeros(bomb, {"x": ((n, 32, 32, 3), "|u1"), "y": ((n,), "|u1")})
+    assert bomb.stat().st_size < 3 << 20
+    with np.load(bomb, allow_pickle=False) as z:  # guard: a well-formed archive whose arrays numpy accepts
+        assert z["y"].shape == (n,)
+    got = _read_in_a_fresh_process(bomb)
+    assert "zip bomb" in got["message"] and "\n" not in got["message"], got
+    assert got["grew_kb"] < 100 * 1024, got  # the supervisor did not allocate the 2 GiB
+
+
+def test_npz_header_claiming_more_data_than_its_member_holds_is_not_allocated(tmp_path):
+    """A 1 KB file whose header declares 1.5 GB of images (under the size bound): refused from the
+    zip's own declared size, before the 1.5 GB are allocated and zero-filled."""
+    forged = tmp_path / "forged.npz"
+    forged.write_bytes(forged_header_npz({"x": ((500_000, 32, 32, 3), "|u1"), "y": ((500_000,), "|u1")}))
+    got = _read_in_a_fresh_process(forged)
+    assert "declares 1536000000 bytes of data" in got["message"] and "holds 0" in got["message"], got
+    assert got["grew_kb"] < 100 * 1024, got
+
+
+def test_npz_arrays_are_bounded_by_the_available_memory(tmp_path, monkeypatch):
+    from harness import npzsafe
+
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=g.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8), y=np.zeros(2000, np.int64))
+    got = npzsafe.read_npz(tmp_path / "data.npz", max_file_bytes=1 << 30, max_total_bytes=1 << 30)
+    assert got["x"].shape[0] == 2000 and got["x"].flags.writeable
+    monkeypatch.setattr(npzsafe, "available_memory", lambda: 8 << 20)  # 8 MiB free: 6 MiB of images is too much
+    with pytest.raises(HarnessError, match=r"declare more than 4194304 bytes \(50% of the memory available now\)"):
+        npzsafe.read_npz(tmp_path / "data.npz", max_file_bytes=1 << 30, max_total_bytes=1 << 30)
+
+
 # ---------------------------------------------------------------------------------------------
 # forged records: the build refuses each, with one line naming the record and the field
 @pytest.fixture
