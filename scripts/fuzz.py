@@ -1,9 +1,9 @@
 """The large fuzzing campaign over the readers of untrusted input (issue 12).
 
-    python scripts/fuzz.py --n 10000 [--seed 0] [--targets yaml,schema,record,npz]
+    python scripts/fuzz.py --n 10000 [--seed 0] [--targets yaml,schema,record,npz,signed]
 
 Feeds ``--n`` generated inputs in all, split evenly over the targets of ``tests/fuzzing.py``
-(YAML documents, mutated submissions, mutated result records, mutated ``.examples.npz`` files),
+(YAML documents, mutated submissions, mutated result records, mutated ``.examples.npz`` files, mutated signed records),
 and prints, per target and in total: inputs, one-line errors (refused), tracebacks (target 0),
 acceptances, and false acceptances (an accepted record that breaks an invariant; target 0). Exits 1
 if there is any traceback or false acceptance, printing a few of them. ``tests/test_fuzz.py`` runs the
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-TARGETS = ("yaml", "schema", "record", "npz")
+TARGETS = ("yaml", "schema", "record", "npz", "signed")
 
 
 def campaign(target, strategy, runner, tally, work: Path, n: int, seed_value: int) -> None:
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     import fuzzing
 
     strategies = {"yaml": fuzzing.yaml_documents(), "schema": fuzzing.specs(), "record": fuzzing.records(),
-                  "npz": fuzzing.examples_files()}
+                  "npz": fuzzing.examples_files(), "signed": fuzzing.signed_records()}
     runners = {"yaml": fuzzing.run_yaml, "schema": fuzzing.run_schema, "record": fuzzing.run_record,
-               "npz": fuzzing.run_npz}
+               "npz": fuzzing.run_npz, "signed": fuzzing.run_signed}
     per_target = max(1, args.n // len(targets))
     tally = fuzzing.Tally()
     t0 = time.perf_counter()

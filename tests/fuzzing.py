@@ -403,6 +403,81 @@ def run_npz(tally: Tally, workdir: Path, npz: bytes) -> None:
     run_record(tally, workdir, json.dumps(_base_record()[0]).encode(), npz, target="npz")
 
 
+# ---------------------------------------------------------------------------------------------
+# signed records (harness.signing): a mutated signed record either verifies as the very record that
+# was signed, or is refused with one line
+_FUZZ_KEY_SEED = bytes(range(32))  # a throw-away key of the fuzzing, never a real one
+
+
+@functools.lru_cache(maxsize=1)
+def _signed_base() -> tuple[bytes, bytes, dict]:
+    """The base record signed with the fuzzing key: (json bytes, npz bytes, the key's public entry)."""
+    import tempfile
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from harness.signing import load_public_key, public_pem, sign_record
+
+    key = Ed25519PrivateKey.from_private_bytes(_FUZZ_KEY_SEED)
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "fz.json").write_text(json.dumps(_base_record()[0], indent=2))
+        (d / "fz.examples.npz").write_bytes(_base_npz())
+        sign_record(d / "fz.json", key, signed_at="2026-01-01T00:00:00Z")
+        (d / "fz.pub.pem").write_bytes(public_pem(key))
+        trusted = load_public_key(d / "fz.pub.pem")
+        return (d / "fz.json").read_bytes(), (d / "fz.examples.npz").read_bytes(), {trusted.key_id: trusted}
+
+
+@st.composite
+def signed_records(draw) -> tuple[bytes, bytes]:
+    """(record json, examples npz): byte flips, re-dumped field edits with the signature kept, edits of
+    the signature block itself, or the examples file changed under a good record."""
+    text, npz, _ = _signed_base()
+    rec = json.loads(text)
+    kind = draw(st.sampled_from(["bytes", "fields", "signature", "npz", "reindent"]))
+    if kind == "bytes":
+        return draw(byte_mutations(text)), npz
+    if kind == "npz":
+        return text, draw(byte_mutations(npz))
+    if kind == "reindent":  # the same record in another layout: must still verify
+        return json.dumps(rec, indent=draw(st.sampled_from([None, 1, 4]))).encode(), npz
+    if kind == "signature":
+        sig = dict(rec["signature"])
+        name = draw(st.sampled_from(sorted(sig) + ["extra"]))
+        sig[name] = draw(hostile_values())
+        return json.dumps({**rec, "signature": sig}, default=str).encode(), npz
+    body = {k: v for k, v in rec.items() if k != "signature"}
+    mutated = _apply_all(body, draw(mutations(body)))
+    if isinstance(mutated, dict):
+        mutated = {**mutated, "signature": rec["signature"]}
+    return json.dumps(mutated, default=str).encode(), npz
+
+
+def _verify_signed(json_path: Path) -> str:
+    from harness.signing import canonical_json, verify_record
+
+    text, npz, keys = _signed_base()
+    verify_record(json_path, keys)
+    # accepted: it must be the record that was signed, with the examples that were signed
+    got = json.loads(json_path.read_bytes())
+    want = json.loads(text)
+    same = (canonical_json({k: v for k, v in got.items() if k != "signature"})
+            == canonical_json({k: v for k, v in want.items() if k != "signature"}))
+    if not same or json_path.with_name("fz.examples.npz").read_bytes() != npz:
+        return "false-accept: a changed record or examples file verified"
+    return "accepted"
+
+
+def run_signed(tally: Tally, workdir: Path, pair: tuple[bytes, bytes]) -> None:
+    folder = workdir / "signed"
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = folder / "fz.json"
+    json_path.write_bytes(pair[0])
+    json_path.with_name("fz.examples.npz").write_bytes(pair[1])
+    _classify(tally, "signed", lambda: _verify_signed(json_path))
+
+
 def check_base_inputs(workdir: Path) -> None:
     """The unmutated inputs are accepted (so refusals come from the mutations, not a broken base)."""
     tally = Tally()
@@ -411,7 +486,10 @@ def check_base_inputs(workdir: Path) -> None:
     assert tally.counts[("record", "accepted")] == 1, tally.examples
     run_schema(tally, workdir, BASE_SPEC)
     assert tally.counts[("schema", "accepted")] == 1, tally.counts
+    text, npz, _ = _signed_base()
+    run_signed(tally, workdir, (text, npz))
+    assert tally.counts[("signed", "accepted")] == 1, tally.examples
 
 
 __all__ = ["OUTCOMES", "Tally", "check_base_inputs", "examples_files", "records", "run_npz", "run_record",
-           "run_schema", "run_yaml", "specs", "yaml_documents"]
+           "run_schema", "run_signed", "run_yaml", "signed_records", "specs", "yaml_documents"]

@@ -75,3 +75,18 @@ def test_examples_files(workdir):
     run()
     _assert_clean(tally)
     assert tally.total("refused") > 0
+
+
+def test_signed_records(workdir):
+    """A signed record, mutated anywhere (bytes, fields, the signature block, its examples file), is
+    refused in one line unless it is the very record that was signed (a new layout of the JSON)."""
+    tally = Tally()
+
+    @SETTINGS
+    @given(fuzzing.signed_records())
+    def run(pair):
+        fuzzing.run_signed(tally, workdir / "signed", pair)
+
+    run()
+    _assert_clean(tally)
+    assert tally.total("refused") > 0 and tally.total("accepted") > 0
