@@ -281,6 +281,8 @@ def scope_problems(root: Path, base: str, changes: list[Change], allow_update: t
             other.append(c.path)
         else:
             ids.setdefault(eid, []).append(c)
+    if not ids and other and records_only(changes):
+        return None, "records", [], False
     if not ids:
         shown = f" ({_few(other)})" if other else ""
         return None, None, [f"not a submission PR: it changes {len(other)} file(s){shown} and no "
@@ -311,6 +313,63 @@ def scope_problems(root: Path, base: str, changes: list[Change], allow_update: t
     own = new[0] if len(new) == 1 else (sorted(ids)[0] if len(ids) == 1 else None)
     kind = None if own is None else ("new" if own in new else "update")
     return own, kind, problems, True
+
+
+RECORD_PATH = re.compile(rf"leaderboard/results/({ENTRY_ID})(\.json|\.examples\.npz)")
+
+
+def records_only(changes: list[Change]) -> bool:
+    """A records PR: it adds or replaces only ``leaderboard/results/<id>.json`` and
+    ``<id>.examples.npz`` files (what the evaluation's sign job pushes to a ``records/...`` branch)."""
+    return all(c.status in ("A", "M") and RECORD_PATH.fullmatch(c.path) for c in changes)
+
+
+def check_records(rep: PRCheckReport, root: Path, base: str) -> None:
+    """A records PR: every record it adds or replaces verifies against the BASE branch's
+    ``leaderboard/keys/`` (a key the PR adds vouches for nothing), belongs to its submission as that
+    submission is on the base branch, and has no fewer examples or stages than the record it replaces."""
+    from .record import check_against_submission, read_record
+    from .signing import load_trusted_keys, verify_record
+    from .submission import load_submission
+
+    ids = sorted({m.group(1) for c in rep.changes if (m := RECORD_PATH.fullmatch(c.path))})
+    names = [n.decode("utf-8", "replace") for n in _git_bytes(root, "ls-tree", "-r", "-z", "--name-only", base,
+                                                               "--", "leaderboard/keys").split(b"\0") if n]
+    with tempfile.TemporaryDirectory(prefix="pr-check-keys-") as tmp:
+        for path, data in _blobs(root, base, [n for n in names if n.endswith(".pub.pem")]).items():
+            (Path(tmp) / Path(path).name).write_bytes(data)
+        keys = load_trusted_keys(tmp)
+        for eid in ids:
+            rel = f"leaderboard/results/{eid}.json"
+            json_path = root / rel
+            yaml_rel = f"submissions/{eid}/submission.yaml"
+            if not exists_at(root, base, yaml_rel):
+                rep.problem(f"{rel}: its submission {yaml_rel} is not on the base branch; the entry is merged first")
+                continue
+            try:
+                verify_record(json_path, keys, keys_from=f"{base}:leaderboard/keys/")
+                rec = read_record(json_path)
+                if rec.submission_id != eid:
+                    raise HarnessError(f"{rel}: claims submission {rec.submission_id!r}")
+                check_against_submission(rec, json_path, load_submission(root / yaml_rel))
+            except HarnessError as e:
+                rep.problem(str(e).replace(str(root) + os.sep, ""))
+                continue
+            old = _blobs(root, base, [rel]).get(rel) if exists_at(root, base, rel) else None
+            if old is not None:
+                try:
+                    was = json.loads(old)
+                    fewer = int(was.get("n_examples") or 0) > rec.n_examples
+                    lost = sorted(set(was.get("stages") or []) - set(rec.stages))
+                except (ValueError, TypeError, AttributeError):
+                    fewer, lost = False, []
+                if fewer or lost:
+                    rep.problem(f"{rel}: would replace the record on the base branch with a smaller one "
+                                f"({rec.n_examples} examples" + (f", without stages {', '.join(lost)}" if lost else "")
+                                + "); a record is never shrunk")
+                    continue
+            rep.check(f"record {eid}", f"signed by a key of the base branch, belongs to {yaml_rel}, "
+                                       f"{rec.n_examples} examples")
 
 
 def base_checkpoints(root: Path, base: str) -> dict[str, set[str]]:
@@ -540,6 +599,9 @@ def run_pr_check(opts: PRCheckOptions) -> PRCheckReport:
                                                                       tuple(opts.allow_update))
     for p in scope:
         rep.problem(p)
+    if rep.kind == "records":
+        check_records(rep, root, opts.base)
+        return rep
     if rep.problems:  # nothing is checked further until the PR holds one entry and nothing else
         return rep
     eid = rep.entry_id
@@ -703,7 +765,9 @@ def md(text: object) -> str:
 def render_report(rep: PRCheckReport) -> str:
     n = len(rep.problems)
     status = "passed" if rep.ok else f"failed ({n} problem{'s' if n != 1 else ''})"
-    if rep.entry_id is not None:
+    if rep.kind == "records":
+        head = f"## pr-check: records PR: {status}"
+    elif rep.entry_id is not None:
         head = f"## pr-check: {md(rep.entry_id)} ({rep.kind}): {status}"
     else:
         head = f"## pr-check: {'no entry' if rep.submission_pr else 'not a submission PR'}: {status}"

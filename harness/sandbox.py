@@ -218,14 +218,42 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
                 pass
 
 
+def _readable_copies(folder: Path, state: Path, uid: int, gid: int) -> int:
+    """In this process's private mount namespace (still root): each regular file directly in
+    ``folder`` that uid:gid may not read (safetensors' ``save_file`` writes 0600 files, so a model
+    saved by root is one) is copied into ``<state>/.readable/`` (0444, root's) and that copy is bound,
+    read-only, over the file's path. The worker then reads the same bytes (the checkpoint's hash is
+    checked after loading as always); the host's file and its mode are never touched. Returns the
+    number of files copied."""
+    n = 0
+    if not folder.is_dir():
+        return 0
+    for f in sorted(folder.iterdir()):
+        st = os.lstat(f)
+        if not stat.S_ISREG(st.st_mode) or _may(st, uid, gid, 4):
+            continue
+        copies = state / ".readable"
+        copies.mkdir(mode=0o755, exist_ok=True)
+        os.chown(copies, 0, 0)
+        dst = copies / str(n)
+        shutil.copyfile(f, dst, follow_symlinks=False)
+        os.chmod(dst, 0o444)
+        _mount(str(dst), str(f), None, MS_BIND)
+        _mount(None, str(f), None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        n += 1
+    return n
+
+
 def confine(state_dir: str | os.PathLike, read_only: list[str | os.PathLike] = (), *, uid: int = WORKER_UID,
-            gid: int = WORKER_GID) -> dict[str, str]:
+            gid: int = WORKER_GID, submission_folder: str | os.PathLike | None = None) -> dict[str, str]:
     """The worker's confinement, applied to itself before it reads anything the submission gave it
     (single-threaded, Linux). Returns ``{"network": ..., "user": ...}`` (short descriptions).
 
     Not root: a new user and network namespace (:func:`isolate_network`). Root: a new mount and
     network namespace, the folders it needs made reachable (:func:`_reachable_view`: Python, the
-    harness, ``read_only``, and ``state_dir`` writable, given to uid:gid), then the supplementary
+    harness, ``read_only``, and ``state_dir`` writable, given to uid:gid; files of
+    ``submission_folder`` only root may read bound as read-only copies, :func:`_readable_copies`),
+    then the supplementary
     groups, the gid and the uid dropped to ``uid``:``gid`` and ``no_new_privs`` set. The worker then
     has no capability in any namespace: it cannot ``setns`` back into the host's network namespace,
     raise a hard resource limit, or write a file it does not own. Raises OSError (one line) if root
@@ -256,6 +284,9 @@ def confine(state_dir: str | os.PathLike, read_only: list[str | os.PathLike] = (
     home = state / "home"
     home.mkdir(exist_ok=True)
     _chown_tree(state, uid, gid)
+    if submission_folder is not None and not view.startswith("no private view"):
+        if copied := _readable_copies(Path(submission_folder).resolve(), state, uid, gid):
+            view += f"; {copied} file(s) of the submission readable only by root bound as read-only copies"
     for p, _ in sorted(needed):
         if not _may(os.stat(p), uid, gid, 5):
             raise OSError(f"the evaluation worker runs as uid {uid} and may not read {p} "

@@ -383,8 +383,10 @@ def main() -> int:
     if job.kind == "probe" and job.extra.get("hold_host_netns") and os.path.exists("/proc/self/ns/net"):
         held = os.open("/proc/self/ns/net", os.O_RDONLY)
     try:  # before anything the submission gave is read: no network; as root, an unprivileged user
-        confined = confine(job.state_dir, job.read_only) if job.isolate_network else {
-            "network": "isolated (bubblewrap)", "user": "bubblewrap (no capabilities)"}
+        if job.isolate_network:
+            confined = confine(job.state_dir, job.read_only, submission_folder=os.path.dirname(job.submission))
+        else:
+            confined = {"network": "isolated (bubblewrap)", "user": "bubblewrap (no capabilities)"}
         die_with_parent()  # a change of user clears the parent-death signal
         if job.parent_pid is not None and os.getppid() != job.parent_pid:
             return 3

@@ -100,6 +100,10 @@ def test_a_pr_that_changes_no_submission_is_not_passed(repo, capsys, path):
     code, out, problems, _ = pr_check(repo, capsys)
     assert code == 1
     (problem,) = problems
+    if path.endswith(".json") and "/.state/" not in path:  # a records PR: the record itself is refused
+        assert problem.startswith(f"problem: {path}: cannot read result record")  # (tests/test_prcheck_records.py)
+        assert out.startswith("## pr-check: records PR: failed (1 problem)")
+        return
     assert problem.startswith("problem: not a submission PR") and path in problem and "maintainer's review" in problem
     assert out.startswith("## pr-check: not a submission PR: failed (1 problem)")
     assert "### Checks" not in out
@@ -142,12 +146,13 @@ def test_the_forged_cifar10_record_pr_is_refused_naming_the_record(repo, capsys)
                               "submissions/<id>/ folder")
     assert "records come only from the trusted GPU evaluation" in problem and "(and 1 more file(s)" in problem
     assert "### Checks" not in out  # nothing of the PR is run
-    # the record alone, without a submission folder: not a submission PR either
+    # the record alone, without a submission folder: a records PR whose record is refused
     shutil.rmtree(repo / "submissions" / "forged")
     commit(repo)
     code, _, problems, _ = pr_check(repo, capsys)
-    assert code == 1 and len(problems) == 1 and problems[0].startswith("problem: not a submission PR")
-    assert "leaderboard/results/forged.examples.npz" in problems[0]
+    assert code == 1 and len(problems) == 1
+    assert problems[0].startswith("problem: leaderboard/results/forged.json: its submission "
+                                  "submissions/forged/submission.yaml is not on the base branch")
 
 
 @pytest.mark.parametrize("path", [
