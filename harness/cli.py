@@ -391,10 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check submissions without running a model")
     v.add_argument("paths", nargs="+", help="submission.yaml files or their folders")
-    v.set_defaults(func=cmd_validate)
+    v.set_defaults(func=cmd_validate, torch_free=True)
 
     s = sub.add_parser("schema", help="print the submission JSON Schema")
-    s.set_defaults(func=cmd_schema)
+    s.set_defaults(func=cmd_schema, torch_free=True)
 
     f = sub.add_parser("fetch", help="download hosted checkpoints (model.checkpoint.url) into the local cache")
     f.add_argument("paths", nargs="+", help="submission.yaml files or their folders")
@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--trust-key", action="append", metavar="PUB_PEM",
                    help="with --local: show records signed by this public key as 'local, signed by <key id>' "
                    "(repeatable)")
-    b.set_defaults(func=cmd_leaderboard)
+    b.set_defaults(func=cmd_leaderboard, torch_free=True)
     ir = lbs.add_parser("import-robustbench",
                         help="regenerate leaderboard/reported.csv from a RobustBench checkout's model_info/ JSON files")
     ir.add_argument("path", help="a RobustBench checkout, its model_info/ folder, or the snapshot CSV")
@@ -482,9 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from . import compat  # noqa: F401  (quiet robustbench's import warnings, alias autoattack)
-
     args = build_parser().parse_args(argv)
+    if not getattr(args, "torch_free", False):  # validate, schema and leaderboard build import no torch
+        from . import compat  # noqa: F401  (quiet robustbench's import warnings, alias autoattack)
     args.argv = argv
     if not _stderr_is_terminal():  # no progress bar (tqdm, pooch's downloads) into a log or a pipe
         os.environ.setdefault("TQDM_DISABLE", "1")

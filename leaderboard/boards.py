@@ -415,7 +415,7 @@ def entry_from_record(rec: ResultRecord, path: Path, sub: LoadedSubmission) -> E
 
 
 def _record_method(spec) -> str:
-    from harness.flops import describe_method
+    from harness.training_cost import describe_method
     t = spec.training
     if t is None:
         return ""

@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.flops import STEP_METHODS, MethodCost, RecipeFacts, describe_method, reported_method_cost, train_set_size
+from harness.training_cost import (
+    STEP_METHODS,
+    MethodCost,
+    RecipeFacts,
+    describe_method,
+    reported_method_cost,
+    train_set_size,
+)
 
 RECIPE_COLUMNS = [
     "robustbench_id", "dataset", "threat_model", "method", "attack_steps", "awp", "epochs",
