@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from slowcheck import threshold_s
 
 pytest_plugins = ["pytester"]
 
@@ -21,29 +22,21 @@ def test_quick():
 
 @pytest.fixture
 def slow_fixture():
-    time.sleep(0.5)
+    time.sleep(0.2)
 
 def test_slow_setup(slow_fixture):
     pass
 
 def test_slow_and_failing():
-    time.sleep(0.5)
+    time.sleep(0.2)
     assert False, "its own failure"
 """
 
 
-SHORT = """
-import time
-
-def test_unmarked():
-    time.sleep(0.3)
-"""
-
-
-def run(pytester: pytest.Pytester, monkeypatch, *args: str, threshold: str | None = "0.1", body: str = BODY):
+def run(pytester: pytest.Pytester, monkeypatch, *args: str, threshold: str | None = "0.1"):
     monkeypatch.delenv("ROBUST_FRONTIER_SLOW_THRESHOLD_S", raising=False)
     monkeypatch.delenv("ROBUST_FRONTIER_SLOW_CHECK", raising=False)
-    pytester.makepyfile(test_body=body)
+    pytester.makepyfile(test_body=BODY)
     pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n"
                      + (f"slow_threshold = {threshold}\n" if threshold is not None else ""))
     return pytester.runpytest_inprocess("-p", "slowcheck", "-p", "no:cacheprovider", *args)
@@ -63,13 +56,29 @@ def test_an_unmarked_slow_test_fails_naming_it_and_a_marked_one_passes(pytester,
     assert "its own failure" in text and "test_slow_and_failing took" not in text  # its own failure is kept
 
 
-def test_the_environment_overrides_and_switches_off_the_check(pytester, monkeypatch):
-    # without slow_threshold in the ini, the default (8 s) lets the 0.3-s test pass
-    run(pytester, monkeypatch, threshold=None, body=SHORT).assert_outcomes(passed=1)
+class Ini:
+    def __init__(self, value: str):
+        self.value = value
+
+    def getini(self, name: str) -> str:
+        assert name == "slow_threshold"
+        return self.value
+
+
+def test_the_environment_overrides_and_switches_off_the_check(monkeypatch):
+    monkeypatch.delenv("ROBUST_FRONTIER_SLOW_THRESHOLD_S", raising=False)
+    monkeypatch.delenv("ROBUST_FRONTIER_SLOW_CHECK", raising=False)
+    assert threshold_s(Ini("8")) == 8.0
+    assert threshold_s(Ini("0")) is None
     monkeypatch.setenv("ROBUST_FRONTIER_SLOW_THRESHOLD_S", "0.1")
-    pytester.runpytest_inprocess("-p", "slowcheck", "-p", "no:cacheprovider").assert_outcomes(failed=1)
+    assert threshold_s(Ini("8")) == 0.1
     monkeypatch.setenv("ROBUST_FRONTIER_SLOW_CHECK", "0")
-    pytester.runpytest_inprocess("-p", "slowcheck", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert threshold_s(Ini("8")) is None
     monkeypatch.setenv("ROBUST_FRONTIER_SLOW_CHECK", "1")
     monkeypatch.setenv("ROBUST_FRONTIER_SLOW_THRESHOLD_S", "soon")
-    assert pytester.runpytest_inprocess("-p", "slowcheck", "-p", "no:cacheprovider").ret == pytest.ExitCode.USAGE_ERROR
+    with pytest.raises(pytest.UsageError, match="'soon'"):
+        threshold_s(Ini("8"))
+
+
+def test_the_repository_sets_the_threshold(pytestconfig):
+    assert float(pytestconfig.getini("slow_threshold")) == 8.0
