@@ -101,6 +101,7 @@ def test_onnx_node_name_payload_is_live_without_the_harness(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_onnx_node_name_cannot_run_code(tmp_path):
     """Through the CLI: the payload node is renamed, nothing runs, and the model still computes
     its graph (predictions equal an independent numpy evaluation of Flatten -> Gemm)."""
@@ -301,6 +302,7 @@ def _ts_submission(tmp_path, source, name, sub_id, **evaluation):
                        evaluation=evaluation)
 
 
+@pytest.mark.slow
 def test_hang_becomes_wall_clock_error_and_finished_stages_are_kept(tmp_path, capfd):
     """The submission's own limit (evaluation.limits.stage_timeout_s) applies; the worker's process
     tree is killed; the stage that finished is kept and a rerun resumes from it."""
@@ -499,6 +501,7 @@ def _three_rows(path: Path) -> None:
         numpy_helper.from_array(np.array([0], np.int64), "A")])
 
 
+@pytest.mark.slow
 def test_nan_only_on_real_images_names_the_first_bad_example(tmp_path, capfd):
     with np.load(MNIST) as d:
         blank = d["x"][:100].reshape(100, -1)[:, PATCH].astype(int).sum(1) == 0
@@ -510,6 +513,7 @@ def test_nan_only_on_real_images_names_the_first_bad_example(tmp_path, capfd):
     assert err.endswith(f"model returned NaN logits for example {first_blank} (stage clean)"), err
 
 
+@pytest.mark.slow
 def test_wrong_batch_dimension_on_real_batches_is_caught(tmp_path, capfd):
     path = _submission(tmp_path, "three-rows", "onnx", _three_rows, "model.onnx")
     err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", tmp_path / "rec.json"))
