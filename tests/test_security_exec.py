@@ -399,6 +399,48 @@ def test_record_shows_the_effective_limits(tmp_path, capfd, no_cap_env):
         assert sandbox["user"].startswith("uid 65534")
 
 
+def _cli_options(monkeypatch, *argv: str):
+    """What ``harness eval ARGV`` hands the pipeline: the CLI's own translation of its flags (the
+    evaluation itself is replaced; it returns None, as a torchrun rank other than 0 does)."""
+    import harness.pipeline
+    from harness.cli import main
+
+    seen = {}
+
+    def fake_evaluate(submission, opts, **kw):
+        seen.update(submission=submission, opts=opts, **kw)
+
+    monkeypatch.setattr(harness.pipeline, "evaluate", fake_evaluate)
+    assert main(["eval", *argv]) == 0
+    return seen
+
+
+def test_the_cli_turns_its_eval_flags_into_the_options(make_submission, tmp_path, no_cap_env):
+    from harness.stages import EvalOptions
+
+    path = make_submission("flags", evaluation={"n_examples": 5})
+    data, train = tmp_path / "data", tmp_path / "train.npz"
+    data.mkdir()
+    train.write_bytes(b"")
+    out = tmp_path / "rec.json"
+    seen = _cli_options(no_cap_env, str(path.parent), "--device", "cpu", "--n-examples", "7", "--batch-size", "3",
+                        "--data-dir", str(data), "--train-data", str(train), "--sandbox", "bwrap", "--trust-code",
+                        "--memory-limit", "512M", "--stage-timeout", "90", "--cpu-limit", "30.5", "--no-progress",
+                        "--only", "clean,autoattack", "--out", str(out), "--restart")
+    assert seen["opts"] == EvalOptions(device="cpu", batch_size=3, n_examples=7, data_dir=data, train_data=train,
+                                       progress=False, sandbox="bwrap", trust_code=True, memory_limit=512 * 2**20,
+                                       stage_timeout=90.0, cpu_limit=30.5)
+    assert seen["submission"] == path  # the folder names its submission.yaml
+    assert (seen["stages"], seen["out"], seen["restart"]) == (["clean", "autoattack"], out, True)
+    assert seen["command"].startswith("harness eval ") and "--memory-limit 512M" in seen["command"]
+    # no flags: the submission's own counts and limits, the sandboxed worker, no TorchScript
+    seen = _cli_options(no_cap_env, str(path), "--skip", "diagnostics", "--no-progress")
+    assert seen["opts"] == EvalOptions(progress=False)
+    assert seen["opts"].sandbox == "worker" and seen["opts"].memory_limit is None
+    assert seen["stages"] == ["clean", "flops", "certify", "autoattack"] and seen["restart"] is False
+    assert _cli_options(no_cap_env, str(path), "--memory-limit", "none", "--no-progress")["opts"].memory_limit == 0
+
+
 @pytest.mark.parametrize("flag,value", [("--stage-timeout", "nan"), ("--stage-timeout", "inf"),
                                         ("--stage-timeout", "-5"), ("--stage-timeout", "0"),
                                         ("--stage-timeout", "soon"), ("--cpu-limit", "nan"),
