@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from slowcheck import pytest_addoption, pytest_configure, pytest_runtest_makereport  # noqa: F401  (fail unmarked slow tests)
 
 from harness import compat  # noqa: F401  (alias autoattack; quiet robustbench warnings)
 from harness.files import sha256_file

@@ -57,6 +57,7 @@ def edit_examples(record, **changes):
     return arrays
 
 
+@pytest.mark.slow
 def test_an_honest_robust_record_passes(capsys):
     """mnist-pgd's record as shipped (500 points, 87% robust): a few points per check, re-classified,
     re-certified (IBP, CROWN-IBP) and re-attacked (APGD-CE, APGD-T, Square) under another seed, and
@@ -75,6 +76,7 @@ def test_an_honest_robust_record_passes(capsys):
     assert "note: clean: this sample catches a 1% forgery with probability 0.039 only" in out
 
 
+@pytest.mark.slow
 def test_flipped_clean_flags_are_named(tmp_path, capsys):
     record = copy_entry(tmp_path)
     with np.load(REPO / "leaderboard" / "results" / "mnist-standard.examples.npz") as z:
@@ -104,6 +106,7 @@ def test_flipped_robust_flags_are_named(tmp_path):
         "36.8%; an honest record fails with 2 or more broken at most 5% of the time)"]
 
 
+@pytest.mark.slow
 def test_the_re_attack_tolerance_is_a_confidence_bound(tmp_path):
     """One broken point among 16 claimed robust is within AutoAttack's own variance: listed, tolerated."""
     record = copy_entry(tmp_path, "mnist-pgd")

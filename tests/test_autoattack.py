@@ -36,6 +36,7 @@ def std_run(repo, tmp_path_factory):
     return _eval(repo, "mnist-standard", tmp_path_factory.mktemp("std") / "rec.json")
 
 
+@pytest.mark.slow
 def test_robust_accuracy_at_most_clean(std_run, pgd_run):
     for run in (std_run, pgd_run):
         rec, arr = run.record, run.arrays
@@ -48,6 +49,7 @@ def test_robust_accuracy_at_most_clean(std_run, pgd_run):
         assert rec.autoattack.seed == 0
 
 
+@pytest.mark.slow
 def test_standard_model_is_broken_pgd_model_is_not(std_run, pgd_run):
     assert std_run.record.clean_accuracy > 0.95
     assert std_run.record.robust_accuracy <= 0.02
@@ -70,6 +72,7 @@ def _pgd20(model, x, y, eps, seed=0):
         return model(x_adv).argmax(1) == y
 
 
+@pytest.mark.slow
 def test_autoattack_at_least_as_strong_as_pgd20(repo, pgd_run):
     from safetensors.torch import load_file
 
@@ -115,6 +118,7 @@ def test_checks_land_in_the_record(make_submission):
     assert any("probability distribution" in m for m in res.record.autoattack.checks)
 
 
+@pytest.mark.slow
 def test_killed_evaluation_resumes_without_redoing_attacks(repo, tmp_path, monkeypatch):
     """Attack-level resumption inside a block (one block of 40 points here; the distributed tests
     cover resuming at the block level)."""
@@ -170,6 +174,7 @@ def test_killed_evaluation_resumes_without_redoing_attacks(repo, tmp_path, monke
         assert (resumed.arrays[key] == fresh.arrays[key]).all()
 
 
+@pytest.mark.slow
 def test_one_block_equals_a_plain_autoattack_run(repo, tmp_path):
     """With N <= batch_size there is one block, seeded with the submission's seed: the harness's
     per-example flags are exactly those of a plain pyautoattack ``run_standard_evaluation`` (all

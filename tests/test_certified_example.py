@@ -3,6 +3,7 @@ radii keep their promise on the real model (certified at r, not at r + tol)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from harness.bounds import BoundedModel
@@ -10,6 +11,7 @@ from harness.pipeline import evaluate
 from harness.stages import EvalOptions
 
 
+@pytest.mark.slow
 def test_ibp_example_certified_accuracy_well_above_zero(repo, tmp_path):
     sub = repo / "submissions" / "mnist-ibp" / "submission.yaml"
     res = evaluate(sub, EvalOptions(device="cpu", n_examples=100, progress=False),

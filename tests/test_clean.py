@@ -14,6 +14,7 @@ from harness.stages import EvalOptions
 from harness.stats import clopper_pearson
 
 
+@pytest.mark.slow
 def test_clean_accuracy_equals_independent_loop(repo, tmp_path):
     sub = repo / "submissions" / "mnist-standard"
     out = tmp_path / "rec.json"

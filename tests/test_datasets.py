@@ -283,6 +283,7 @@ def _resnet18_flops(size: int) -> float:
     return count_inference_flops(torchvision.models.resnet18(), (3, size, size), "cpu").total
 
 
+@pytest.mark.slow
 def test_imagenet_zoo_model_at_224(tmp_path, make_submission):
     """A RobustBench ImageNet zoo architecture (Salman2020Do_R18) with a local checkpoint, on the
     standard subset's first points with the default preprocessing (Res256Crop224) and the default
@@ -307,6 +308,7 @@ def test_imagenet_zoo_model_at_224(tmp_path, make_submission):
     assert ref <= rec.inference_flops < ref * 1.001
 
 
+@pytest.mark.slow
 def test_imagenet_zoo_model_runs_every_stage(tmp_path, make_submission):
     """The same zoo model through every stage (clean, FLOPs, certify, AutoAttack, diagnostics) in
     the sandboxed worker, on 64x64 JPEGs read with the declared preprocessing "none"."""

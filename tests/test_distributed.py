@@ -31,6 +31,8 @@ import yaml
 
 from harness.files import sha256_file
 
+pytestmark = pytest.mark.slow  # every test runs real multi-process evaluations: 9-40 s each on 2 cores
+
 REPO = Path(__file__).resolve().parents[1]
 N, BATCH = 48, 16
 

@@ -105,6 +105,7 @@ def toy_world(monkeypatch, make_submission):
         datasets.unregister("toy-grid")
 
 
+@pytest.mark.slow
 def test_a_toy_dataset_operator_and_certifier_run_through_the_pipeline(toy_world, tmp_path, monkeypatch):
     path, net, x, y = toy_world
     built = []

@@ -2,6 +2,7 @@
 state_dict they came from."""
 from __future__ import annotations
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -19,6 +20,7 @@ def _export(fmt: str, net: torch.nn.Module, path):
         torch.jit.trace(net, torch.rand(1, 1, 28, 28)).save(str(path))
 
 
+@pytest.mark.slow
 def test_onnx_and_torchscript_match_state_dict(repo, tmp_path):
     net = mnist_small_cnn()
     net.load_state_dict(load_file(str(repo / "submissions" / "mnist-standard" / "model.safetensors")))

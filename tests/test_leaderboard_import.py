@@ -185,8 +185,10 @@ def test_committed_reported_csv_has_every_snapshot_row():
     for e in entries:
         # counted, or the reason it is not
         assert (e.inference_flops is not None and e.params is not None) or e.compute_note.startswith("not counted")
-    counted = [e for e in entries if e.inference_flops is not None]
-    assert len(counted) >= 180
+    # every row is counted but these three, each with its reason above
+    uncounted = {(e.dataset, e.norm, e.reported["robustbench_id"]) for e in entries if e.inference_flops is None}
+    assert uncounted == {("cifar10", "Linf", "Kang2021Stable"), ("cifar10", "Linf", "Zhang2020Towards"),
+                         ("cifar10", "Linf", "Xiao2020Enhancing")}
     by_id = {(e.dataset, e.norm, e.reported["robustbench_id"]): e for e in entries}
     # ImageNet at the model's own resolution: a ResNet-50 is 4.11 G at 224 and (288/224)^2 times that at 288
     r50 = by_id[("imagenet", "Linf", "Salman2020Do_R50")]

@@ -289,7 +289,7 @@ def test_local_board_shows_unsigned_and_scratch_records_marked_local(repo, tmp_p
     md = (out / "leaderboard.md").read_text(encoding="utf-8")
     assert "local board" in md and md.count("local, unsigned \\(n=") == 2  # Markdown-escaped
     index = (out / "index.html").read_text(encoding="utf-8")
-    assert 'id="local-board"' in index and index.count('<span class="badge local"') >= 2
+    assert 'id="local-board"' in index and index.count('<span class="badge local" title=') == 2  # one per local row
     assert "Local evaluation, not re-evaluated" in (out / "entries" / "cifar10-mine.html").read_text(encoding="utf-8")
 
 

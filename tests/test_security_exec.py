@@ -101,6 +101,7 @@ def test_onnx_node_name_payload_is_live_without_the_harness(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_onnx_node_name_cannot_run_code(tmp_path):
     """Through the CLI: the payload node is renamed, nothing runs, and the model still computes
     its graph (predictions equal an independent numpy evaluation of Flatten -> Gemm)."""
@@ -301,6 +302,7 @@ def _ts_submission(tmp_path, source, name, sub_id, **evaluation):
                        evaluation=evaluation)
 
 
+@pytest.mark.slow
 def test_hang_becomes_wall_clock_error_and_finished_stages_are_kept(tmp_path, capfd):
     """The submission's own limit (evaluation.limits.stage_timeout_s) applies; the worker's process
     tree is killed; the stage that finished is kept and a rerun resumes from it."""
@@ -395,6 +397,48 @@ def test_record_shows_the_effective_limits(tmp_path, capfd, no_cap_env):
     assert sandbox["stage_timeout_s"] == 900.0 and "3 GiB" in sandbox["memory"]
     if os.geteuid() == 0 and not sandbox["user"].startswith("root"):
         assert sandbox["user"].startswith("uid 65534")
+
+
+def _cli_options(monkeypatch, *argv: str):
+    """What ``harness eval ARGV`` hands the pipeline: the CLI's own translation of its flags (the
+    evaluation itself is replaced; it returns None, as a torchrun rank other than 0 does)."""
+    import harness.pipeline
+    from harness.cli import main
+
+    seen = {}
+
+    def fake_evaluate(submission, opts, **kw):
+        seen.update(submission=submission, opts=opts, **kw)
+
+    monkeypatch.setattr(harness.pipeline, "evaluate", fake_evaluate)
+    assert main(["eval", *argv]) == 0
+    return seen
+
+
+def test_the_cli_turns_its_eval_flags_into_the_options(make_submission, tmp_path, no_cap_env):
+    from harness.stages import EvalOptions
+
+    path = make_submission("flags", evaluation={"n_examples": 5})
+    data, train = tmp_path / "data", tmp_path / "train.npz"
+    data.mkdir()
+    train.write_bytes(b"")
+    out = tmp_path / "rec.json"
+    seen = _cli_options(no_cap_env, str(path.parent), "--device", "cpu", "--n-examples", "7", "--batch-size", "3",
+                        "--data-dir", str(data), "--train-data", str(train), "--sandbox", "bwrap", "--trust-code",
+                        "--memory-limit", "512M", "--stage-timeout", "90", "--cpu-limit", "30.5", "--no-progress",
+                        "--only", "clean,autoattack", "--out", str(out), "--restart")
+    assert seen["opts"] == EvalOptions(device="cpu", batch_size=3, n_examples=7, data_dir=data, train_data=train,
+                                       progress=False, sandbox="bwrap", trust_code=True, memory_limit=512 * 2**20,
+                                       stage_timeout=90.0, cpu_limit=30.5)
+    assert seen["submission"] == path  # the folder names its submission.yaml
+    assert (seen["stages"], seen["out"], seen["restart"]) == (["clean", "autoattack"], out, True)
+    assert seen["command"].startswith("harness eval ") and "--memory-limit 512M" in seen["command"]
+    # no flags: the submission's own counts and limits, the sandboxed worker, no TorchScript
+    seen = _cli_options(no_cap_env, str(path), "--skip", "diagnostics", "--no-progress")
+    assert seen["opts"] == EvalOptions(progress=False)
+    assert seen["opts"].sandbox == "worker" and seen["opts"].memory_limit is None
+    assert seen["stages"] == ["clean", "flops", "certify", "autoattack"] and seen["restart"] is False
+    assert _cli_options(no_cap_env, str(path), "--memory-limit", "none", "--no-progress")["opts"].memory_limit == 0
 
 
 @pytest.mark.parametrize("flag,value", [("--stage-timeout", "nan"), ("--stage-timeout", "inf"),
@@ -499,6 +543,7 @@ def _three_rows(path: Path) -> None:
         numpy_helper.from_array(np.array([0], np.int64), "A")])
 
 
+@pytest.mark.slow
 def test_nan_only_on_real_images_names_the_first_bad_example(tmp_path, capfd):
     with np.load(MNIST) as d:
         blank = d["x"][:100].reshape(100, -1)[:, PATCH].astype(int).sum(1) == 0
@@ -510,6 +555,7 @@ def test_nan_only_on_real_images_names_the_first_bad_example(tmp_path, capfd):
     assert err.endswith(f"model returned NaN logits for example {first_blank} (stage clean)"), err
 
 
+@pytest.mark.slow
 def test_wrong_batch_dimension_on_real_batches_is_caught(tmp_path, capfd):
     path = _submission(tmp_path, "three-rows", "onnx", _three_rows, "model.onnx")
     err = _one_line_error(_main(capfd, path, "--only", "clean", "--out", tmp_path / "rec.json"))

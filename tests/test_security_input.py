@@ -594,11 +594,28 @@ def test_npz_arrays_are_bounded_by_the_available_memory(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # forged records: the build refuses each, with one line naming the record and the field
+# the kinds of record the forgeries below start from; every synthetic board they use must hold each
+KINDS = {
+    "robust": lambda d: d["robust_accuracy"] is not None and d["clean_accuracy"] is not None,
+    "certified": lambda d: bool(d["certified"]) and d["robust_accuracy"] is not None
+    and d["certified"]["ibp"]["certified_accuracy"] > 0,
+    "mnist": lambda d: d["dataset"] == "mnist",
+}
+
+
+def synthetic_board(root: Path, **kw) -> list[str]:
+    """A synthetic board that holds a record of every kind in KINDS (fails the test otherwise)."""
+    ids = write_synthetic_repo(root, 8, seed=3, **kw)
+    records = [json.loads(_rec_path(root, sid).read_text()) for sid in ids]
+    missing = [kind for kind, pred in KINDS.items() if not any(pred(d) for d in records)]
+    assert not missing, f"the synthetic board lacks a record of kind {missing}: change its seed or size"
+    return ids
+
+
 @pytest.fixture
 def board_repo(tmp_path):
     root = tmp_path / "repo"
-    ids = write_synthetic_repo(root, 8, gallery=2, seed=3)
-    return root, ids
+    return root, synthetic_board(root, gallery=2)
 
 
 def _rec_path(root, sid):
@@ -634,12 +651,13 @@ def _ci(k, n):
     return list(clopper_pearson(k, n))
 
 
-def _first(root, ids, pred):
+def _first(root, ids, kind: str):
+    """The first record of ``kind`` (a key of KINDS); synthetic_board guarantees there is one."""
     for sid in ids:
         d = json.loads(_rec_path(root, sid).read_text())
-        if pred(d):
+        if KINDS[kind](d):
             return sid, d
-    pytest.skip("no synthetic record of that kind")
+    pytest.fail(f"no synthetic record of kind {kind!r}")
 
 
 def test_the_synthetic_board_builds(board_repo):
@@ -649,7 +667,7 @@ def test_the_synthetic_board_builds(board_repo):
 
 def test_rank_one_robust_accuracy_contradicted_by_the_examples(board_repo):
     root, ids = board_repo
-    sid, d = _first(root, ids, lambda d: d["robust_accuracy"] is not None)
+    sid, d = _first(root, ids, "robust")
     n = d["n_examples"]
 
     def forge(d):
@@ -688,14 +706,15 @@ def test_nan_and_infinite_numbers(board_repo, literal, field):
 
 def test_robust_above_clean_and_certified_above_robust(board_repo):
     root, ids = board_repo
-    sid, d = _first(root, ids, lambda d: d["robust_accuracy"] is not None and d["clean_accuracy"] is not None)
+    sid, d = _first(root, ids, "robust")
     n = d["n_examples"]
     k = round(d["clean_accuracy"] * n) + 1
     _edit(root, sid, lambda d: d.update(robust_accuracy=k / n, robust_accuracy_ci95=_ci(k, n)))
     refused(root, sid, "robust_accuracy")
-    root2, ids2 = root.parent / "r2", None
-    ids2 = write_synthetic_repo(root2, 8, seed=3)
-    sid, d = _first(root2, ids2, lambda d: d["certified"] and d["robust_accuracy"] is not None)
+    root2 = root.parent / "r2"
+    ids2 = synthetic_board(root2)
+    sid, d = _first(root2, ids2, "certified")
+    n = d["n_examples"]  # this record's own count, not the first board's
     k = round(d["robust_accuracy"] * n) + 1
 
     def forge(d):
@@ -759,7 +778,7 @@ def test_duplicate_json_keys(board_repo):
 
 def test_mnist_record_claiming_the_cifar_board(board_repo):
     root, ids = board_repo
-    sid, d = _first(root, ids, lambda d: d["dataset"] == "mnist")
+    sid, d = _first(root, ids, "mnist")
 
     def forge(d):
         d["dataset"] = "cifar10"
@@ -840,8 +859,7 @@ def test_npz_bombs_object_arrays_and_garbage(board_repo):
 
 def test_per_example_sandwich_is_checked(board_repo):
     root, ids = board_repo
-    sid, d = _first(root, ids, lambda d: d["certified"] and d["robust_accuracy"]
-                    and d["certified"]["ibp"]["certified_accuracy"] > 0)
+    sid, d = _first(root, ids, "certified")
 
     def forge(a):
         cert, rob = a["certified_ibp"], a["autoattack_robust"]
@@ -886,7 +904,11 @@ def test_committed_records_pass_every_check(repo):
     from leaderboard.boards import load_entries
 
     inputs = load_entries(repo)
-    assert sum(e.kind == "re-evaluated" for e in inputs.entries) >= 6
+    # every committed record is on the board as re-evaluated: none is dropped or demoted
+    committed = {p.stem for p in (repo / "leaderboard" / "results").glob("*.json")}
+    assert committed == {"cifar10-autoattack-resnet18", "mnist-fgsm", "mnist-fgsm-co", "mnist-ibp", "mnist-pgd",
+                         "mnist-standard"}
+    assert sorted(e.id for e in inputs.entries if e.kind == "re-evaluated") == sorted(committed)
 
 
 def test_bound_methods_are_sound_certifiers_of_the_registry():
