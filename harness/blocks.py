@@ -47,6 +47,14 @@ def n_blocks(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size) if n > 0 else 0
 
 
+def unit_count(n: int, batch_size: int, per_example: bool) -> int:
+    """How many units of work a stage has (the per-example rule, written only here): a per-example
+    stage has one block per ``batch_size`` consecutive examples; any other stage (FLOPs) is one unit
+    of work, "block" 0 of 1 spanning every example. Whether a stage is per example is its entry in
+    :mod:`harness.stages.registry`."""
+    return n_blocks(n, batch_size) if per_example else 1
+
+
 def block_seed(seed: int, b: int) -> int:
     """The seed of block ``b``: ``seed`` itself for block 0, else 63 bits of SHA-256("seed/b")."""
     if b == 0:
@@ -74,10 +82,6 @@ class Block:
         return slice(self.start, self.stop)
 
     @property
-    def indices(self) -> np.ndarray:
-        return np.arange(self.start, self.stop)
-
-    @property
     def last(self) -> bool:
         return self.index == self.count - 1
 
@@ -88,11 +92,11 @@ class Block:
 
 
 def make_block(n: int, batch_size: int, b: int, seed: int, *, per_example: bool = True) -> Block:
-    if not per_example:  # one unit of work (FLOPs): "block" 0 of 1 spans every example
-        return Block(0, 0, n, 1, int(seed))
-    count = n_blocks(n, batch_size)
+    count = unit_count(n, batch_size, per_example)
     if not 0 <= b < count:
         raise IndexError(f"block {b} of {count}")
+    if not per_example:
+        return Block(0, 0, n, 1, int(seed))
     return Block(b, b * batch_size, min((b + 1) * batch_size, n), count, block_seed(seed, b))
 
 

@@ -74,12 +74,13 @@ def _limit_flags(args: argparse.Namespace) -> tuple[int | None, float | None, fl
 def cmd_eval(args: argparse.Namespace) -> int:
     from .pipeline import evaluate
     from .stages import EvalOptions, select_stages
+    from .stages.registry import STAGE_NAMES
 
     if args.only is not None and not args.only.replace(",", "").strip():
-        raise HarnessError("--only names no stage; stages are clean, flops, certify, autoattack, diagnostics")
+        raise HarnessError(f"--only names no stage; stages are {', '.join(STAGE_NAMES)}")
     stages = select_stages(args.only, args.skip)
     if not stages:
-        raise HarnessError("--skip leaves no stage to run; stages are clean, flops, certify, autoattack, diagnostics")
+        raise HarnessError(f"--skip leaves no stage to run; stages are {', '.join(STAGE_NAMES)}")
     check_device(args.device)
     for flag, value in (("--train-data", args.train_data), ("--data-dir", args.data_dir)):
         if value is not None and not _exists(value, want_dir=flag == "--data-dir"):
@@ -352,7 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="robust-frontier evaluation harness")
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("eval", help="evaluate a submission and write its result record")
+    from .stages.registry import STAGE_NAMES, help_text
+
+    e = sub.add_parser("eval", help="evaluate a submission and write its result record",
+                       epilog="stages:\n" + help_text(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("submission", help="path to submissions/<id>/submission.yaml")
     e.add_argument("--n-examples", type=_count(10**8), help="first N test points (default: the submission's)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
@@ -363,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="record path, a regular file or a new path (default: the scratch path "
                    "leaderboard/results/local/<id>.json); a run with fewer examples or stages than the record "
                    "there writes <dir>/.partial/<id>.json instead")
-    e.add_argument("--only", help="comma-separated stages: clean,flops,certify,autoattack,diagnostics")
+    e.add_argument("--only", help=f"comma-separated stages: {','.join(STAGE_NAMES)}")
     e.add_argument("--skip", help="comma-separated stages to skip")
     e.add_argument("--restart", action="store_true", help="drop the saved state instead of resuming")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")

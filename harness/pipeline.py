@@ -299,15 +299,14 @@ def make_plan(state_dir: Path, selected: list[str], n: int, batch_size: int, see
               world_size: int) -> tuple[Plan, dict[str, int]]:
     """Rank 0's plan for this attempt: a new generation, the selected stages not finished yet, and
     the stages whose per-example arrays are there; with the blocks already done, per stage."""
-    single = [s for s in STAGE_ORDER if not stage_class(s).per_example]
-    probe = Plan(n, batch_size, seed, 0, [], [], single, world_size)
+    probe = Plan(n, batch_size, seed, 0, [], [], world_size)
     finished = {s for s in STAGE_ORDER if stage_finished(state_dir, s, probe)}
     todo = [s for s in ordered(selected) if s not in finished]
     available = [s for s in STAGE_ORDER if s in selected or s in finished]
     resumed = {s: len(StageStore(state_dir, s).done()) for s in todo}
     generation = new_generation(state_dir, {"world_size": world_size, "host": socket.gethostname(),
                                             "pid": os.getpid(), "started": now(), "todo": todo})
-    return Plan(n, batch_size, seed, generation, todo, available, single, world_size), {
+    return Plan(n, batch_size, seed, generation, todo, available, world_size), {
         s: k for s, k in resumed.items() if k}
 
 

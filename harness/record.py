@@ -33,6 +33,7 @@ from . import certifiers, datasets
 from .errors import HarnessError
 from .files import atomic_savez, atomic_write_text, read_bytes_confined
 from .signing import RecordSignature
+from .stages.registry import STAGE_NAMES, STAGES
 
 if TYPE_CHECKING:
     from .submission import LoadedSubmission
@@ -202,6 +203,10 @@ class Provenance(_Rec):
     resumed_blocks: dict[str, Count] = Field(default_factory=dict)
 
 
+#: a stage's name: one of the registry's (harness.stages.registry)
+StageName = Literal[STAGE_NAMES]  # type: ignore[valid-type]
+
+
 # Each stage writes one part of the record, a sub-model of its own: the stage's summary is validated
 # against its part (extra fields refused), so a stage can never write another stage's field. The
 # record's JSON stays flat (schema_version 1): ResultRecord inherits the parts' fields.
@@ -212,7 +217,7 @@ class RecordHead(_Rec):
     dataset: Annotated[str, Field(max_length=64), AfterValidator(_dataset_name)]
     threat_model: ThreatModelRecord
     n_examples: int = Field(ge=1, le=10**9)
-    stages: list[Literal["clean", "flops", "certify", "autoattack", "diagnostics"]] = Field(max_length=5)
+    stages: list[StageName] = Field(max_length=len(STAGE_NAMES))
 
 
 class CleanPart(_Rec):
@@ -255,11 +260,18 @@ class DiagnosticsPart(_Rec):
     diagnostics: dict[str, Any] | None = None
 
 
-#: the part of the record each stage writes
-STAGE_PARTS: dict[str, type[_Rec]] = {
-    "clean": CleanPart, "flops": FlopsPart, "certify": CertifyPart, "autoattack": AutoAttackPart,
-    "diagnostics": DiagnosticsPart,
-}
+def _stage_parts() -> dict[str, type[_Rec]]:
+    parts: dict[str, type[_Rec]] = {}
+    for e in STAGES:
+        part = globals().get(e.record_part)
+        if not (isinstance(part, type) and issubclass(part, _Rec)):
+            raise AssertionError(f"stage {e.name}: its record part {e.record_part} is not a class of harness.record")
+        parts[e.name] = part
+    return parts
+
+
+#: the part of the record each stage writes (named by the stage registry)
+STAGE_PARTS: dict[str, type[_Rec]] = _stage_parts()
 
 
 def _check_parts_disjoint() -> None:
@@ -305,6 +317,16 @@ class ResultRecord(DiagnosticsPart, CertifyPart, FlopsPart, AutoAttackPart, Clea
         if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.npz", v):
             raise ValueError("must be a plain file name ending in .npz (no '/', no '..'), beside the record")
         return v
+
+
+def _check_record_has_parts() -> None:
+    missing = [f"{stage} ({part.__name__})" for stage, part in STAGE_PARTS.items()
+               if part not in ResultRecord.__mro__]
+    if missing:
+        raise AssertionError(f"ResultRecord lacks the record part of stage(s) {', '.join(missing)}")
+
+
+_check_record_has_parts()
 
 
 def record_paths(out: Path) -> tuple[Path, Path]:

@@ -571,13 +571,12 @@ UNLIMITED_PHASES = ("wait",)
 
 def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None = None,
                read_only: list[Path] = (), echo: Callable[[str], None] = print,
-               on_block: Callable[[str, int, float], None] | None = None,
                tick: Callable[[], None] | None = None) -> dict:
     """Run ``job`` (a :class:`harness.worker.WorkerJob`) in a worker process and supervise it.
 
     The wall-clock limit ``stage_timeout`` applies to loading the model and to each stage: the time
-    the worker spends in a stage's blocks adds up. ``on_block`` is called for each block the worker
-    finishes, ``tick`` about twice a second (rank 0's progress bar and reductions).
+    the worker spends in a stage's blocks adds up. ``tick`` is called about twice a second (rank 0's
+    progress bar and reductions).
 
     Returns the worker's runtime description (device, device name, threads, sandbox, blocks
     computed). Raises a one-line :class:`WorkerFailed` when a stage runs past ``stage_timeout``
@@ -704,11 +703,6 @@ def run_worker(job, *, mode: str, stage_timeout: float, watch_memory: int | None
                     runtime["probe"] = msg["report"]
                 elif event == "loaded" and isinstance(msg.get("runtime"), dict):
                     runtime.update(msg["runtime"])
-                elif event == "block" and isinstance(msg.get("stage"), str) and isinstance(msg.get("block"), int):
-                    seconds = msg.get("seconds")
-                    if on_block is not None:
-                        on_block(msg["stage"][:40], msg["block"],
-                                 float(seconds) if isinstance(seconds, (int, float)) else 0.0)
                 elif event == "error":
                     error = str(msg.get("message", "the evaluation worker failed"))[:MAX_ERROR_CHARS]
                     aborted = msg.get("aborted") is True

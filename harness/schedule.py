@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .blocks import StageStore, first_error, make_block, n_blocks
+from .blocks import StageStore, first_error, make_block, unit_count
 from .errors import HarnessError
+from .stages.registry import entry
 
 #: seconds between two looks at the state folder while a worker or a supervisor waits
 POLL_S = 0.2
@@ -34,15 +35,14 @@ class Plan:
     generation: int
     todo: list[str]  # stages to compute, in order (selected and not finished before)
     available: list[str]  # stages whose per-example arrays exist or will exist in this run
-    single_unit: list[str]  # stages that are one unit of work, not per example (Stage.per_example)
     world_size: int = 1
 
     def count(self, stage: str) -> int:
         """How many blocks (units of work) ``stage`` has."""
-        return 1 if stage in self.single_unit else n_blocks(self.n, self.batch_size)
+        return unit_count(self.n, self.batch_size, entry(stage).per_example)
 
     def block(self, stage: str, b: int):
-        return make_block(self.n, self.batch_size, b, self.seed, per_example=stage not in self.single_unit)
+        return make_block(self.n, self.batch_size, b, self.seed, per_example=entry(stage).per_example)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

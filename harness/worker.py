@@ -121,22 +121,22 @@ def _preload(job: WorkerJob, spec) -> None:
     import torch
 
     from . import compat  # noqa: F401
-    from .stages import _CLASSES
+    from .stages.registry import STAGE_NAMES, entry
 
-    wanted = [f"harness.stages.{_CLASSES[name][0]}" for name in job.stages if name in _CLASSES]
+    stages = [entry(name) for name in job.stages if name in STAGE_NAMES]
+    wanted = [e.module for e in stages]
     wanted += {"onnx": ["onnx", "onnx2torch"], "state_dict": ["safetensors.torch", "harness.architectures"]
                }.get(spec.model.format, [])
     if (spec.model.architecture or "").startswith("robustbench."):
         wanted += ["robustbench.model_zoo.architectures.resnet", "robustbench.model_zoo.architectures.wide_resnet"]
         if spec.model.architecture.startswith("robustbench.zoo:"):
             wanted.append("robustbench.model_zoo")
-    for name in ("autoattack", "flops", "diagnostics"):
-        if name in job.stages:
-            wanted += {"autoattack": ["pyautoattack"], "flops": ["fvcore.nn"],
-                       "diagnostics": ["harness.diagnostics"]}[name]
+    for e in stages:  # each stage's libraries, after its module (harness.stages.registry)
+        wanted += e.preload[1:]
     if job.kind == "audit":
-        wanted += ["pyautoattack", "pyautoattack.square", "harness.audit", "fvcore.nn", "harness.stages.flops",
-                   "harness.stages.certify", "harness.certifiers.bound_methods", "harness.diagnostics"]
+        # the audit recounts FLOPs and re-checks certificates with the stages' own code
+        wanted += ["pyautoattack", "pyautoattack.square", "harness.audit", *entry("flops").preload,
+                   *entry("certify").preload, "harness.certifiers.bound_methods", "harness.diagnostics"]
     if job.kind == "forward" and (job.forward or {}).get("count_flops"):
         wanted.append("fvcore.nn")
     wanted.append("harness.schedule")

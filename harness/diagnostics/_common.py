@@ -120,26 +120,3 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     out = [model(x[s]).argmax(dim=1) for s in batches(x.shape[0], batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)
-
-
-def as_inputs(x, y, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float inputs in [0, 1] and long labels as tensors; checks shapes."""
-    x = torch.as_tensor(x)
-    y = torch.as_tensor(y)
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    x = x.float()
-    y = y.long()
-    if device is not None:
-        x, y = x.to(device), y.to(device)
-    if x.shape[0] != y.shape[0]:
-        raise HarnessError(f"x has {x.shape[0]} examples but y has {y.shape[0]}", field="y")
-    return x, y
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")

@@ -5,27 +5,35 @@ block, needed by ``map``; ``uses``: reduced results, needed by ``reduce``): ``au
 ``clean`` (skips misclassified points) and ``certify`` (skips certified points); ``diagnostics``
 uses ``clean`` (its ladder counts only correct points) and ``autoattack`` (the attack gap).
 :func:`ordered` sorts stages topologically by those edges, ties broken by :data:`STAGE_ORDER`.
+
+The stages themselves are listed once, in :mod:`harness.stages.registry`. Importing this package
+imports no torch: the stage interface (:mod:`harness.stages.base`) and the stage classes load on
+first use.
 """
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from ..errors import HarnessError
-from .base import BlockResult, EvalContext, EvalOptions, Stage, StageResult
+from .registry import STAGE_NAMES, entry
 
-STAGE_ORDER = ("clean", "flops", "certify", "autoattack", "diagnostics")
-_CLASSES = {
-    "clean": ("clean", "CleanStage"),
-    "flops": ("flops", "FlopsStage"),
-    "certify": ("certify", "CertifyStage"),
-    "autoattack": ("autoattack", "AutoAttackStage"),
-    "diagnostics": ("diagnostics", "DiagnosticsStage"),
-}
+if TYPE_CHECKING:
+    from .base import BlockResult, EvalContext, EvalOptions, Stage, StageResult
+
+#: the stages in registry order (harness.stages.registry)
+STAGE_ORDER = STAGE_NAMES
+_BASE_NAMES = ("BlockResult", "EvalContext", "EvalOptions", "Stage", "StageResult")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def stage_class(name: str) -> type[Stage]:
-    module, cls = _CLASSES[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    return entry(name).load()
 
 
 def get_stage(name: str) -> Stage:

@@ -37,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks import Block, StageStore, make_block, n_blocks
+from ..blocks import Block, StageStore, make_block, unit_count
 from ..data import EvalData
 from ..models import LoadedModel
 from ..submission import LoadedSubmission, Submission
+from .registry import entry
 
 
 @dataclass
@@ -114,11 +115,6 @@ class EvalContext:
     def store(self, name: str) -> StageStore:
         return StageStore(self.state_dir, name)
 
-    def stage_dir(self, name: str) -> Path:
-        d = self.state_dir / name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
     def array(self, stage: str, name: str) -> np.ndarray | None:
         """A per-example array from an earlier stage's reduced result, or None if it did not run."""
         res = self.results.get(stage)
@@ -134,16 +130,19 @@ class EvalContext:
 class Stage:
     """Base class of the stages (see the module docstring)."""
 
+    #: the stage's name in the registry (harness.stages.registry), which says how it splits into blocks
     name: str = ""
     #: stages whose per-example arrays ``map`` needs for the same block (they come first)
     reads: tuple[str, ...] = ()
     #: stages whose reduced results ``reduce`` uses when they are part of the run (they come first)
     uses: tuple[str, ...] = ()
-    #: False: the stage is one unit of work, not per example (FLOPs)
-    per_example: bool = True
+    @property
+    def per_example(self) -> bool:
+        """False: the stage is one unit of work, not per example (FLOPs); from the registry."""
+        return entry(self.name).per_example
 
     def blocks(self, n: int, batch_size: int) -> int:
-        return n_blocks(n, batch_size) if self.per_example else 1
+        return unit_count(n, batch_size, self.per_example)
 
     def prepare(self, ctx: EvalContext) -> Any:
         return None

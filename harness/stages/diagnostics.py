@@ -94,14 +94,6 @@ def separation_summary(dist: np.ndarray) -> dict:
     return summary
 
 
-def separation_for(ctx: EvalContext) -> tuple[dict | None, np.ndarray | None, str | None]:
-    """(summary, per-point distances, reason if unavailable) for all the evaluated points."""
-    dist, reason = separation_distances(ctx, slice(None))
-    if dist is None:
-        return None, None, reason
-    return separation_summary(dist), dist, None
-
-
 class DiagnosticsStage(Stage):
     name = "diagnostics"
     uses = ("clean", "autoattack")

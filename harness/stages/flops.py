@@ -10,7 +10,6 @@ from .base import BlockResult, EvalContext, Stage, StageResult
 
 class FlopsStage(Stage):
     name = "flops"
-    per_example = False
 
     def map(self, ctx: EvalContext, block: Block, prepared) -> BlockResult:
         passes = ctx.spec.model.forward_passes
