@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.architectures import mnist_small_cnn
 from harness.bounds import BoundedModel, certified_radius, estimate_cost
+from harness.models.architectures import mnist_small_cnn
 
 
 class Normalized(nn.Module):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from leaderboard.boards import load_entries, make_boards
 from leaderboard.build import build_leaderboard, render_plots
-from leaderboard.render_html import render_site
+from leaderboard.render.html import render_site
 from leaderboard.synthetic import write_synthetic_repo
 
 

@@ -37,7 +37,7 @@ def main() -> int:
     from hosting import FileServer
     from prcheck_repo import commit, make_repo, wrn_70_16_entry
 
-    from harness.prcheck import PRCheckOptions, run_pr_check
+    from harness.review.prcheck import PRCheckOptions, run_pr_check
 
     work = Path(tempfile.mkdtemp(prefix="bench-prcheck-"))
     try:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.pipeline import evaluate
+from harness.runner.evaluate import evaluate
 from harness.stages import STAGE_ORDER, EvalOptions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import HarnessError, one_line
+from harness.core.errors import HarnessError, one_line
 
 DATA_DIR_HELP = ("a local copy of the dataset: MNIST/CIFAR in torchvision's folder layout, ImageNet as "
                  "DIR/val/<wnid>/<file>.JPEG, TinyImageNet's official folder (DIR/wnids.txt, DIR/val/...)")
@@ -60,8 +60,8 @@ def summary_table(rec) -> str:
 
 def _limit_flags(args: argparse.Namespace) -> tuple[int | None, float | None, float | None]:
     """The maintainer's caps given as flags (None: not given; memory 0: ``none``), checked: a NaN,
-    infinite, negative or unparsable value is one line naming the flag (harness.limits)."""
-    from .limits import parse_bytes, parse_seconds
+    infinite, negative or unparsable value is one line naming the flag (harness.core.settings)."""
+    from harness.core.settings import parse_bytes, parse_seconds
 
     memory = None
     if args.memory_limit is not None:
@@ -72,7 +72,8 @@ def _limit_flags(args: argparse.Namespace) -> tuple[int | None, float | None, fl
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .pipeline import evaluate
+    from harness.runner.evaluate import evaluate
+
     from .stages import EvalOptions, select_stages
     from .stages.registry import STAGE_NAMES
 
@@ -149,7 +150,7 @@ def _stderr_is_terminal() -> bool:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .submission import check_files, parse_submission
+    from harness.submission.load import check_files, parse_submission
 
     bad = 0
     for path in args.paths:
@@ -176,7 +177,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .submission import json_schema
+    from harness.submission.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
@@ -185,14 +186,14 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _cache_dir_arg(args: argparse.Namespace) -> None:
     """--cache-dir applies to the whole process (and its children), as $ROBUST_FRONTIER_CACHE does."""
     if getattr(args, "cache_dir", None):
-        from .hosted import CACHE_ENV
+        from harness.submission.hosted import CACHE_ENV
 
         os.environ[CACHE_ENV] = str(Path(args.cache_dir).expanduser().resolve())
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .hosted import cache_dir, fetch
-    from .submission import parse_submission
+    from harness.submission.hosted import cache_dir, fetch
+    from harness.submission.load import parse_submission
 
     _cache_dir_arg(args)
     failed = 0
@@ -221,7 +222,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_pr_check(args: argparse.Namespace) -> int:
     import math
 
-    from .prcheck import REMOVED_FLAGS, PRCheckOptions, run_pr_check
+    from harness.review.prcheck import REMOVED_FLAGS, PRCheckOptions, run_pr_check
 
     _cache_dir_arg(args)
     if not (args.max_file_mb > 0 and math.isfinite(args.max_file_mb)):
@@ -265,7 +266,7 @@ def _print_problems(problems: list[str]) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit_record
+    from harness.review.audit import audit_record
 
     given = {k: v for k, v in (("max_broken_fraction", args.max_broken_fraction),
                                ("square_queries", args.square_queries)) if v is not None}
@@ -280,9 +281,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
-# --- signing (harness.signing) -----------------------------------------------------------------
+# --- signing (harness.record.signing) -----------------------------------------------------------------
 def cmd_sign(args: argparse.Namespace) -> int:
-    from .signing import load_signing_key, sign_record
+    from harness.record.signing import load_signing_key, sign_record
 
     key = load_signing_key(args.key)
     failed = 0
@@ -306,7 +307,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from .signing import keygen
+    from harness.record.signing import keygen
 
     priv, pub, kid = keygen(Path(args.out), args.name)
     print(f"key {kid}\nprivate key: {one_line(priv, 300)} (mode 0600; keep it out of the repository)\n"
@@ -339,7 +340,7 @@ def _count(limit: int):
 
 
 def cmd_import_robustbench(args: argparse.Namespace) -> int:
-    from leaderboard.robustbench_import import import_robustbench, main_log
+    from leaderboard.importers.robustbench import import_robustbench, main_log
 
     out = Path(args.out) if args.out else Path(args.root).resolve() / "leaderboard" / "reported.csv"
     rows = import_robustbench(Path(args.path), out, count=not args.no_count, recount=args.recount,
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--skip", help="comma-separated stages to skip")
     e.add_argument("--restart", action="store_true", help="drop the saved state instead of resuming")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from . import limits as lim_defaults
+    from harness.core import settings as lim_defaults
 
     lim = e.add_argument_group(
         "sandbox", "The model is loaded and run only in a worker process: no network (where the OS allows), "
@@ -407,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=cmd_fetch)
 
-    from . import prcheck as prc
+    from harness.review import prcheck as prc
 
     pc = sub.add_parser("pr-check", help="check a pull request's submission on a CPU, with no dataset (what CI runs "
                         "on a PR)")
@@ -434,11 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("record", help="leaderboard/results/<id>.json")
     a.add_argument("--submission", help="its submission.yaml (default: submissions/<id>/ of the same repository)")
     a.add_argument("--sample", type=int, help="at most this many points per check (default: the sizes at which a "
-                   "1%% forgery is caught with probability 0.95, from harness.audit; docs/audit.md)")
+                   "1%% forgery is caught with probability 0.95, from harness.review.audit; docs/audit.md)")
     a.add_argument("--seed", type=int, help="sampling and attack seed (default: a fresh random one, printed)")
     a.add_argument("--max-broken-fraction", type=float,
                    help="the honest break rate p0: fail when, at 95%% confidence, more than this fraction of the "
-                   "claimed-robust points can be broken (default: harness.audit.HONEST_BREAK_RATE)")
+                   "claimed-robust points can be broken (default: harness.review.audit.HONEST_BREAK_RATE)")
     a.add_argument("--square-queries", type=int,
                    help="query budget of the Square attack in the re-attack (default: AutoAttack's; 0: none)")
     a.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
@@ -447,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(func=cmd_audit)
 
-    from . import signing as sg
+    from harness.record import signing as sg
 
     sg_p = sub.add_parser("sign", help="sign result records (and their .examples.npz) in place with an Ed25519 key")
     sg_p.add_argument("records", nargs="+", metavar="RECORD.json", help="leaderboard/results/<id>.json files")
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if not getattr(args, "torch_free", False):  # validate, schema and leaderboard build import no torch
-        from . import compat  # noqa: F401  (quiet robustbench's import warnings, alias autoattack)
+        from harness.models import compat  # noqa: F401  (quiet robustbench's import warnings, alias autoattack)
     args.argv = argv
     if not _stderr_is_terminal():  # no progress bar (tqdm, pooch's downloads) into a log or a pipe
         os.environ.setdefault("TQDM_DISABLE", "1")

@@ -3,7 +3,7 @@
 :func:`load_entries` reads ``submissions/*/submission.yaml``, ``leaderboard/results/*.json`` and
 ``leaderboard/reported.csv`` and refuses, with a one-line :class:`HarnessError`, anything it cannot
 vouch for: a record whose signature does not verify against a trusted key of ``leaderboard/keys/``
-(:mod:`harness.signing`; unsigned, an unknown key, changed after signing), a record whose checkpoint
+(:mod:`harness.record.signing`; unsigned, an unknown key, changed after signing), a record whose checkpoint
 or submission hash does not match the submission it claims, a record for a submission that does not
 exist, a duplicate id, a record of another schema version, a malformed reported row. With
 ``local=True`` (``harness leaderboard build --local``) it also shows a researcher's own evaluations:
@@ -22,17 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness import datasets
-from harness.errors import HarnessError, one_line
-from harness.record import Flag, ResultRecord, check_against_submission, read_record
-from harness.signing import KEYS_DIR, load_public_key, load_trusted_keys, signature_of, verify_record
-from harness.stats import clopper_pearson
-from harness.submission import LoadedSubmission, format_eps, parse_eps, parse_submission
+from harness.core.errors import HarnessError, one_line
+from harness.core.stats import clopper_pearson
+from harness.data import registry as datasets
+from harness.record.checks import check_against_submission
+from harness.record.read import read_record
+from harness.record.schema import Flag, ResultRecord
+from harness.record.signing import KEYS_DIR, load_public_key, load_trusted_keys, signature_of, verify_record
+from harness.submission.load import LoadedSubmission, parse_submission
+from harness.submission.schema import format_eps, parse_eps
+from leaderboard.importers.robustbench import COLUMNS as REPORTED_COLUMNS
 
 from . import frontier as fr
 from .fmt import compute_key
 from .recipes import load_recipes, training_compute
-from .robustbench_import import COLUMNS as REPORTED_COLUMNS
 from .scaling import PAPER, ScalingFit, fit_saturating_power_law
 
 CI = tuple[float, float]
@@ -77,7 +80,7 @@ class Entry:
     inference_flops: float | None = None
     training_flops: float | None = None
     training_flops_source: str | None = None
-    #: "lower bound" or "upper bound" when the training FLOPs are a bound (harness.flops.MethodCost)
+    #: "lower bound" or "upper bound" when the training FLOPs are a bound (harness.compute.flops.MethodCost)
     training_flops_bound: str | None = None
     flags: list[Flag] = field(default_factory=list)
     url: str | None = None
@@ -101,7 +104,7 @@ class Entry:
     submission: LoadedSubmission | None = None
     reported: dict[str, str] | None = None
     #: how far the entry is trusted, as the board shows it: "re-evaluated", "reported", "local, unsigned"
-    #: or "local, signed by <key id>"; ``signed_by``: the signature that verified (harness.signing.Verified)
+    #: or "local, signed by <key id>"; ``signed_by``: the signature that verified (harness.record.signing.Verified)
     trust: str = ""
     signed_by: Any = None
     # computed on the board
@@ -415,7 +418,7 @@ def entry_from_record(rec: ResultRecord, path: Path, sub: LoadedSubmission) -> E
 
 
 def _record_method(spec) -> str:
-    from harness.training_cost import describe_method
+    from harness.compute.training_cost import describe_method
     t = spec.training
     if t is None:
         return ""
@@ -528,7 +531,7 @@ def load_entries(repo_root: Path, *, local: bool = False, trust_keys: tuple[Path
                 f"{path}: checkpoint hash mismatch: the record was made with checkpoint sha256 "
                 f"{rec.provenance.checkpoint_sha256}, but {yaml_path} declares {want_ck}; "
                 "the checkpoint changed after the evaluation, re-run `harness eval` on it")
-        from harness.record import submission_hash_problem  # results_sha256: a metadata edit keeps the record
+        from harness.record.checks import submission_hash_problem  # results_sha256: a metadata edit keeps the record
 
         if (why := submission_hash_problem(rec, sub)) is not None:
             raise HarnessError(f"{path}: {why}")

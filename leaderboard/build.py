@@ -34,13 +34,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from leaderboard.render import plots as rp
+from leaderboard.render.html import render_site
+from leaderboard.render.jsondoc import dumps, site_json
+from leaderboard.render.markdown import render_markdown
 
-from . import render_plots as rp
 from .boards import FRONTIERS, Board, Inputs, load_entries, make_boards
-from .render_html import render_site
-from .render_json import dumps, site_json
-from .render_md import render_markdown
 
 MARKER = ".leaderboard-site"
 XLABELS = {

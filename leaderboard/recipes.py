@@ -8,8 +8,8 @@ why a number is unknown.
 
 Training FLOPs = forward FLOPs x examples seen x the method's multiplier (+ the FLOPs of another
 network per example seen, for a method that trains or runs one), with examples seen = epochs x
-examples per epoch and the multiplier from :func:`harness.flops.reported_method_cost` (the one place
-each is derived, from :func:`harness.flops.method_multiplier` for the base methods, which the
+examples per epoch and the multiplier from :func:`harness.compute.flops.reported_method_cost` (the one place
+each is derived, from :func:`harness.compute.flops.method_multiplier` for the base methods, which the
 harness's own records use too). A derivation may be a lower or an upper bound, and the formula
 shown on the board says so and why. A recipe that lacks what its method's derivation needs gives no
 training FLOPs, and the entry says why; nothing is guessed.
@@ -27,8 +27,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.training_cost import (
+from harness.compute.training_cost import (
     STEP_METHODS,
     MethodCost,
     RecipeFacts,
@@ -36,6 +35,7 @@ from harness.training_cost import (
     reported_method_cost,
     train_set_size,
 )
+from harness.core.errors import HarnessError
 
 RECIPE_COLUMNS = [
     "robustbench_id", "dataset", "threat_model", "method", "attack_steps", "awp", "epochs",
@@ -84,7 +84,7 @@ class Recipe:
 
     @property
     def cost(self) -> MethodCost | str:
-        """The cost per example seen (:func:`harness.flops.reported_method_cost`), or why there is none."""
+        """The cost per example seen (:func:`harness.compute.flops.reported_method_cost`), or why there is none."""
         return reported_method_cost(self.method, self.facts)
 
     @property
@@ -106,7 +106,7 @@ class TrainingCompute:
     value: float | None
     formula: str   # how the value was computed, or why there is none
     source: str    # the recipe's source
-    bound: str = "exact"  # or "lower bound" / "upper bound" (harness.flops.MethodCost)
+    bound: str = "exact"  # or "lower bound" / "upper bound" (harness.compute.flops.MethodCost)
 
 
 def _num(text: str, where: str, column: str, *, integer: bool = False, positive: bool = True) -> float | int | None:
@@ -249,7 +249,7 @@ def training_compute(r: Recipe, forward_flops: float | None) -> TrainingCompute:
 
 
 def write_recipes(rows: list[Recipe], path: Path) -> None:
-    from harness.files import atomic_write_text
+    from harness.core.files import atomic_write_text
 
     def fmt(v) -> str:
         if v is None:

@@ -6,7 +6,7 @@ boards, with a plausible accuracy-vs-compute trend, certified accuracies and ε 
 trust flags and AutoAttack check messages on a few, a data-separation radius on MNIST records and,
 if asked, an ``.examples.npz`` with a gallery. Nothing here is a real measurement.
 
-The records are signed (:mod:`harness.signing`) with a throw-away key made for the repository: its
+The records are signed (:mod:`harness.record.signing`) with a throw-away key made for the repository: its
 private half in ``<root>/.keys/synthetic-ed25519.pem`` (what the project's ``.gitignore`` ignores),
 its public half in ``<root>/leaderboard/keys/``, so the build trusts exactly these records. A test
 that edits a record and wants a later check than the signature's to see it calls :func:`resign`.
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from harness.files import sha256_file
-from harness.record import FLOPS_CONVENTION, ResultRecord
-from harness.stats import clopper_pearson
+from harness.core.files import sha256_file
+from harness.core.stats import clopper_pearson
+from harness.record.schema import FLOPS_CONVENTION, ResultRecord
 
 BOARDS = [  # dataset, norm, eps, eps as written in the yaml, input shape, weight
     ("cifar10", "Linf", 8 / 255, "8/255", (3, 32, 32), 0.6),
@@ -152,7 +152,7 @@ SIGNED_AT = "2026-01-01T00:02:00Z"
 
 def synthetic_key(root: Path):
     """The repository's throw-away signing key, made (and its public half trusted) on first use."""
-    from harness.signing import keygen, load_signing_key
+    from harness.record.signing import keygen, load_signing_key
 
     priv = Path(root) / ".keys" / f"{SYNTHETIC_KEY}.pem"
     if not priv.exists():
@@ -166,7 +166,7 @@ def synthetic_key(root: Path):
 def resign(root: Path, *records: Path) -> None:
     """Sign ``records`` again with the repository's key (a test's edit is then signed as if the
     trusted evaluation had written it; the records are not checked first)."""
-    from harness.signing import sign_record
+    from harness.record.signing import sign_record
 
     key = synthetic_key(root)
     for p in records:
@@ -184,8 +184,8 @@ def write_synthetic_repo(root: Path, n: int, *, seed: int = 0, gallery: int = 0,
     record with the repository's throw-away key (:func:`synthetic_key`); without, they are unsigned
     (a local board shows them, the published one refuses them).
     """
-    from harness.record import write_record
-    from harness.submission import parse_submission, verify_files
+    from harness.record.write import write_record
+    from harness.submission.load import parse_submission, verify_files
 
     rng = random.Random(seed)
     root = Path(root)

@@ -44,7 +44,7 @@ def _completeness(r) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
     from leaderboard.recipes import (
         RECIPE_COLUMNS,
         Recipe,

@@ -7,7 +7,7 @@ A record ties itself to its submission by ``provenance.results_sha256``, the has
 result-relevant fields (:func:`harness.submission.results_sha256`), so that a metadata-only edit of
 ``submission.yaml`` (a name, the licence, the paper, notes) keeps the record valid. Records made
 before that field hold only ``submission_sha256`` (the file's own hash) and the folder digest of
-the time (:func:`harness.manifest.legacy_digest`).
+the time (:func:`harness.submission.manifest.legacy_digest`).
 
 For each record (default: ``<root>/leaderboard/results/*.json``) without ``results_sha256``, and
 only when the record passes every check of :func:`harness.record.read_record` (its examples file
@@ -34,11 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-from harness.errors import HarnessError, one_line  # noqa: E402
-from harness.files import atomic_write_text, read_bytes_confined  # noqa: E402
-from harness.manifest import legacy_digest  # noqa: E402
-from harness.record import MAX_RECORD_BYTES, parse_record_json, read_examples, validate_record  # noqa: E402
-from harness.submission import load_submission  # noqa: E402
+from harness.core.errors import HarnessError, one_line  # noqa: E402
+from harness.core.files import atomic_write_text, read_bytes_confined  # noqa: E402
+from harness.record.read import parse_record_json, read_examples, validate_record  # noqa: E402
+from harness.record.schema import MAX_RECORD_BYTES  # noqa: E402
+from harness.submission.load import load_submission  # noqa: E402
+from harness.submission.manifest import legacy_digest  # noqa: E402
 
 
 def migrated_text(path: Path, root: Path) -> tuple[str | None, str]:

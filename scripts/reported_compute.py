@@ -5,7 +5,7 @@ source) or from a RobustBench checkout, counting parameters and inference FLOPs 
     python scripts/reported_compute.py [--source ../shared/reference/robustbench_model_info.csv]
                                        [--recount] [--no-count]
 
-Same as ``harness leaderboard import-robustbench PATH``; see :mod:`leaderboard.robustbench_import`.
+Same as ``harness leaderboard import-robustbench PATH``; see :mod:`leaderboard.importers.robustbench`.
 Counts already in reported.csv are reused unless ``--recount`` (the whole table from scratch takes
 about 20 minutes on two CPU cores: the ImageNet transformers dominate).
 """
@@ -22,8 +22,8 @@ DEFAULT_SOURCE = REPO.parent / "shared" / "reference" / "robustbench_model_info.
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.errors import HarnessError
-    from leaderboard.robustbench_import import import_robustbench, main_log
+    from harness.core.errors import HarnessError
+    from leaderboard.importers.robustbench import import_robustbench, main_log
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE,

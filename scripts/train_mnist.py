@@ -56,7 +56,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from harness.architectures import mnist_small_cnn  # noqa: E402
+from harness.models.architectures import mnist_small_cnn  # noqa: E402
 
 #: the MNIST training set is not shipped (9.8 MB): the maintainers keep it in ../shared/data/ beside
 #: the checkout; anyone else passes --train-data (an .npz of uint8 x (60000, 28, 28) and y (60000,))

@@ -9,8 +9,8 @@ import torch
 import yaml
 from slowcheck import pytest_addoption, pytest_configure, pytest_runtest_makereport  # noqa: F401  (fail unmarked slow tests)
 
-from harness import compat  # noqa: F401  (alias autoattack; quiet robustbench warnings)
-from harness.files import sha256_file
+from harness.core.files import sha256_file
+from harness.models import compat  # noqa: F401  (alias autoattack; quiet robustbench warnings)
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -59,7 +59,7 @@ def make_submission(tmp_path):
         if write is not None:
             write(ck)
         else:
-            from harness.architectures import mnist_small_cnn
+            from harness.models.architectures import mnist_small_cnn
 
             torch.manual_seed(0)
             torch.save((module or mnist_small_cnn()).state_dict(), ck)

@@ -37,9 +37,10 @@ import yaml
 from hypothesis import strategies as st
 
 from harness.certifiers import sound_names
-from harness.errors import HarnessError
-from harness.record import ResultRecord, read_record
-from harness.submission import check_files, parse_submission
+from harness.core.errors import HarnessError
+from harness.record.read import read_record
+from harness.record.schema import ResultRecord
+from harness.submission.load import check_files, parse_submission
 
 OUTCOMES = ("accepted", "refused", "traceback", "false-accept")
 #: the files beside the fuzzed submission.yaml, so that an unmutated submission passes every check
@@ -404,7 +405,7 @@ def run_npz(tally: Tally, workdir: Path, npz: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# signed records (harness.signing): a mutated signed record either verifies as the very record that
+# signed records (harness.record.signing): a mutated signed record either verifies as the very record that
 # was signed, or is refused with one line
 _FUZZ_KEY_SEED = bytes(range(32))  # a throw-away key of the fuzzing, never a real one
 
@@ -416,7 +417,7 @@ def _signed_base() -> tuple[bytes, bytes, dict]:
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from harness.signing import load_public_key, public_pem, sign_record
+    from harness.record.signing import load_public_key, public_pem, sign_record
 
     key = Ed25519PrivateKey.from_private_bytes(_FUZZ_KEY_SEED)
     with tempfile.TemporaryDirectory() as tmp:
@@ -455,7 +456,7 @@ def signed_records(draw) -> tuple[bytes, bytes]:
 
 
 def _verify_signed(json_path: Path) -> str:
-    from harness.signing import canonical_json, verify_record
+    from harness.record.signing import canonical_json, verify_record
 
     text, npz, keys = _signed_base()
     verify_record(json_path, keys)

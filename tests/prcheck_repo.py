@@ -22,8 +22,8 @@ from conftest import REPO
 from safetensors.torch import save_file
 
 from harness.cli import main
-from harness.files import sha256_file
-from harness.hosted import CACHE_ENV
+from harness.core.files import sha256_file
+from harness.submission.hosted import CACHE_ENV
 
 BASE_ENTRIES = ("mnist-standard", "mnist-pgd")
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
@@ -71,7 +71,7 @@ def commit(root, msg="pr"):
 
 def random_cnn(path: Path, seed: int = 1) -> str:
     """A random-weight mnist_small_cnn saved as safetensors; returns its SHA-256."""
-    from harness.architectures import mnist_small_cnn
+    from harness.models.architectures import mnist_small_cnn
 
     torch.manual_seed(seed)
     save_file(mnist_small_cnn().state_dict(), str(path))
@@ -81,7 +81,7 @@ def random_cnn(path: Path, seed: int = 1) -> str:
 def random_weights(architecture: str, kwargs: dict | None, path: Path, seed: int = 0) -> str:
     """Random weights of a harness architecture (normal, small), saved as safetensors without the
     architecture's own (slow) initialisation: shapes from a meta-device build."""
-    from harness.architectures import build_architecture
+    from harness.models.architectures import build_architecture
 
     with torch.device("meta"):
         net = build_architecture(architecture, kwargs)

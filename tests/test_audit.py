@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-import harness.audit as audit
-from harness.audit import audit_record, plan_sample, plan_samples, reattack_verdict
+import harness.review.audit as audit
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.record import read_record, record_problems
-from harness.stats import clopper_pearson
+from harness.core.errors import HarnessError
+from harness.core.stats import clopper_pearson
+from harness.record.checks import record_problems
+from harness.record.read import read_record
+from harness.review.audit import audit_record, plan_sample, plan_samples, reattack_verdict
 
 #: a small Square budget keeps the CPU tests fast (the default, 5000, is AutoAttack's)
 FAST = {"square_queries": 100}
@@ -94,6 +95,7 @@ def test_flipped_clean_flags_are_named(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("problem: clean_correct:") and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_flipped_robust_flags_are_named(tmp_path):
     record = copy_entry(tmp_path)
     flip = np.array([5, 6, 7])
@@ -172,7 +174,7 @@ def test_the_sample_is_seeded_and_drawn_from_claimed_robust_points():
 
 @pytest.mark.slow
 def test_the_model_runs_only_in_the_sandboxed_worker(tmp_path, monkeypatch):
-    """The audit's model work (harness.audit.recompute) happens in the worker process: made to fail
+    """The audit's model work (harness.review.audit.recompute) happens in the worker process: made to fail
     in this process, the audit still runs, and gives the in-process result (every check: clean,
     FLOPs, certificates, probes and re-attack come back through the worker's result file)."""
     record = copy_entry(tmp_path, "mnist-pgd")

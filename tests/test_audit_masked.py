@@ -20,12 +20,12 @@ import yaml
 from conftest import REPO
 from safetensors.torch import load_file
 
-from harness.architectures import mnist_small_cnn
-from harness.audit import audit_record
-from harness.files import sha256_file
-from harness.pipeline import evaluate
+from harness.core.files import sha256_file
+from harness.core.stats import clopper_pearson
+from harness.models.architectures import mnist_small_cnn
+from harness.review.audit import audit_record
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalOptions
-from harness.stats import clopper_pearson
 
 pytestmark = pytest.mark.slow  # an ONNX export, an evaluation and three audits: about 20 s on 2 cores
 

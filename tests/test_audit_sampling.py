@@ -1,6 +1,6 @@
 """The audit's sample sizes: a forgery of 1% of the examples is caught with probability >= 0.95.
 
-The catch probabilities are computed here independently of harness.audit (and of scipy): binomial
+The catch probabilities are computed here independently of harness.review.audit (and of scipy): binomial
 sums term by term, so a wrong threshold, a rounding in the search or a wrong tail in scipy's call
 would show."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from harness import audit
-from harness.audit import (
+from harness.review import audit
+from harness.review.audit import (
     CATCH_PROBABILITY,
     FALSE_ALARM,
     FORGED_BREAK_PROBABILITY,

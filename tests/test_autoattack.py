@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.pipeline import evaluate
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalOptions
 
 N = 100
@@ -76,7 +76,7 @@ def _pgd20(model, x, y, eps, seed=0):
 def test_autoattack_at_least_as_strong_as_pgd20(repo, pgd_run):
     from safetensors.torch import load_file
 
-    from harness.architectures import mnist_small_cnn
+    from harness.models.architectures import mnist_small_cnn
 
     net = mnist_small_cnn()
     net.load_state_dict(load_file(str(repo / "submissions" / "mnist-pgd" / "model.safetensors")))
@@ -93,7 +93,7 @@ def test_autoattack_at_least_as_strong_as_pgd20(repo, pgd_run):
 
 def test_checks_land_in_the_record(make_submission):
     """A model that outputs probabilities triggers AutoAttack's softmax check; the message is recorded."""
-    from harness.architectures import mnist_small_cnn
+    from harness.models.architectures import mnist_small_cnn
 
     # seeded: with unlucky random weights no point is classified right, and nothing is attacked
     # (evaluate() used to reseed this process's RNG as a side effect; the worker does not)
@@ -107,7 +107,7 @@ def test_checks_land_in_the_record(make_submission):
     torch.jit.script(net.eval()).save(str(ts))
     import yaml
 
-    from harness.files import sha256_file
+    from harness.core.files import sha256_file
     spec = yaml.safe_load(path.read_text())
     spec["model"] = {"format": "torchscript", "checkpoint": {"path": "model.ts", "sha256": sha256_file(ts)}}
     spec["evaluation"] = {"n_examples": 10, "batch_size": 10}
@@ -182,7 +182,7 @@ def test_one_block_equals_a_plain_autoattack_run(repo, tmp_path):
     from pyautoattack import AutoAttack
     from safetensors.torch import load_file
 
-    from harness.architectures import mnist_small_cnn
+    from harness.models.architectures import mnist_small_cnn
 
     n = 16
     run = evaluate(repo / "submissions" / "mnist-fgsm" / "submission.yaml",

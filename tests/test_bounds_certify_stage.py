@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from harness.architectures import mnist_mlp
 from harness.bounds import BoundedModel
-from harness.data import load_test_data
-from harness.models import LoadedModel, NormalizedModel, load_model
-from harness.pipeline import evaluate
-from harness.record import CertifiedRecord
+from harness.core.stats import clopper_pearson
+from harness.data.loaders import load_test_data
+from harness.models.architectures import mnist_mlp
+from harness.models.load import LoadedModel, NormalizedModel, load_model
+from harness.record.schema import CertifiedRecord
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalContext, EvalOptions
 from harness.stages.certify import CertifyStage
-from harness.stats import clopper_pearson
-from harness.submission import load_submission
+from harness.submission.load import load_submission
 
 EVAL = {"n_examples": 4, "batch_size": 4, "seed": 0}
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.architectures import mnist_small_cnn
 from harness.bounds import BoundedModel, margin_spec, other_classes
+from harness.models.architectures import mnist_small_cnn
 
 try:
     from test_bounds_soundness import DT, METHODS, Normalized, leaky_pool_cnn, overlap_pool_cnn, resnet_tiny, tiny_cnn

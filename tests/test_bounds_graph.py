@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.architectures import mnist_small_cnn
 from harness.bounds import BoundedModel, check_affordable, estimate_cost, margin_spec
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.models.architectures import mnist_small_cnn
 
 METHODS = ("ibp", "crown-ibp", "crown")
 
@@ -204,7 +204,7 @@ def test_onnx2torch_graph_module_is_supported():
 
 
 def test_robustbench_resnet_traces_and_ibp_runs():
-    from harness.architectures import build_architecture
+    from harness.models.architectures import build_architecture
 
     model = build_architecture("robustbench.ResNet18", {}).eval()
     bm = BoundedModel(model, (3, 32, 32))

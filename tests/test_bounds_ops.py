@@ -29,7 +29,7 @@ from harness.bounds.ops import (
     registered_ops,
     unregister_op,
 )
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 try:
     from test_bounds_soundness import (
@@ -547,8 +547,8 @@ class MnistToyNet(nn.Module):
 
 
 def test_toy_and_new_operators_through_the_certify_stage(toy_ops, make_submission, tmp_path):
-    from harness.models import LoadedModel, NormalizedModel
-    from harness.record import CertifiedRecord
+    from harness.models.load import LoadedModel, NormalizedModel
+    from harness.record.schema import CertifiedRecord
     from harness.stages.certify import CertifyStage
 
     try:

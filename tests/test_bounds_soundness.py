@@ -86,7 +86,7 @@ def resnet_tiny(seed: int) -> nn.Module:
 
 
 class Normalized(nn.Module):
-    """Like harness.models.NormalizedModel: (x - mean) / std with buffers, then the model."""
+    """Like harness.models.load.NormalizedModel: (x - mean) / std with buffers, then the model."""
 
     def __init__(self, model, mean, std):
         super().__init__()

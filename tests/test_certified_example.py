@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.bounds import BoundedModel
-from harness.pipeline import evaluate
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalOptions
 
 
@@ -28,9 +28,9 @@ def test_ibp_example_certified_accuracy_well_above_zero(repo, tmp_path):
     assert ((arr["radius_ibp"] >= rec.threat_model.eps) == arr["certified_ibp"]).all()
 
     # radius promise on the real model, for a few certified points
-    from harness.data import load_test_data
-    from harness.models import load_model
-    from harness.submission import load_submission
+    from harness.data.loaders import load_test_data
+    from harness.models.load import load_model
+    from harness.submission.load import load_submission
 
     model = load_model(load_submission(sub), input_shape=(1, 28, 28), num_classes=10, device=torch.device("cpu"))
     data = load_test_data("mnist", 100)

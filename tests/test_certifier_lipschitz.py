@@ -24,9 +24,9 @@ from harness.bounds.graph import build_graph
 from harness.certifiers import Skip
 from harness.certifiers import lipschitz as LZ
 from harness.certifiers.results import summarize
-from harness.errors import HarnessError
-from harness.models import NormalizedModel
-from harness.record import CertifiedRecord
+from harness.core.errors import HarnessError
+from harness.models.load import NormalizedModel
+from harness.record.schema import CertifiedRecord
 
 DT = torch.float64
 CPU = torch.device("cpu")

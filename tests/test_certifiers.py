@@ -19,11 +19,14 @@ from harness.bounds import BoundedModel, certified_radius
 from harness.certifiers import Certifier, CertResult, Prepared, Skip
 from harness.certifiers.results import check_result, concat, summarize
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.models import NormalizedModel
-from harness.record import CertifiedRecord, read_record, record_problems
-from harness.stats import clopper_pearson
-from harness.submission import json_schema, parse_submission
+from harness.core.errors import HarnessError
+from harness.core.stats import clopper_pearson
+from harness.models.load import NormalizedModel
+from harness.record.checks import record_problems
+from harness.record.read import read_record
+from harness.record.schema import CertifiedRecord
+from harness.submission.load import parse_submission
+from harness.submission.schema import json_schema
 
 BUILTIN = ("ibp", "crown", "crown-ibp", "lipschitz", "smoothing")
 
@@ -31,7 +34,7 @@ BUILTIN = ("ibp", "crown", "crown-ibp", "lipschitz", "smoothing")
 # ---- the registry --------------------------------------------------------------------------------
 
 def test_registry_and_schema_import_without_torch():
-    code = ("import sys; from harness import certifiers; import harness.submission, harness.record; "
+    code = ("import sys; from harness import certifiers; import harness.submission.load, harness.record.read; "
             "print(certifiers.names(), certifiers.sound_names(), certifiers.get('lipschitz').sound); "
             "print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

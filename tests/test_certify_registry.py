@@ -10,18 +10,19 @@ import torch
 import torch.nn as nn
 import yaml
 
-from harness import architectures, certifiers
-from harness.blocks import make_block
-from harness.data import load_test_data
-from harness.models import load_model
-from harness.pipeline import evaluate
-from harness.record import read_record
+from harness import certifiers
+from harness.core.stats import clopper_pearson
+from harness.data.loaders import load_test_data
+from harness.models import architectures
+from harness.models.load import load_model
+from harness.record.read import read_record
+from harness.runner.blocks import make_block
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalContext, EvalOptions
 from harness.stages.autoattack import certified_mask
 from harness.stages.base import concat_blocks
 from harness.stages.certify import CertifyStage
-from harness.stats import clopper_pearson
-from harness.submission import load_submission
+from harness.submission.load import load_submission
 
 try:
     from test_certifiers import ExactLinear

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.architectures import mnist_small_cnn
-from harness.pipeline import evaluate
+from harness.core.stats import clopper_pearson
+from harness.models.architectures import mnist_small_cnn
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalOptions
-from harness.stats import clopper_pearson
 
 
 @pytest.mark.slow
@@ -43,7 +43,7 @@ def test_clean_accuracy_equals_independent_loop(repo, tmp_path):
     assert saved["flops_skipped_ops"] == {"aten::div": 1, "aten::sub": 1}
     assert saved["training_flops"]["source"] == "estimated"
     prov = saved["provenance"]
-    from harness.files import sha256_file
+    from harness.core.files import sha256_file
     assert prov["checkpoint_sha256"] == sha256_file(sub / "model.safetensors")
     assert prov["submission_sha256"] == sha256_file(sub / "submission.yaml")
     assert {"torch", "pyautoattack", "robustbench", "fvcore"} <= set(prov["packages"])

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import architectures, submission
 from harness.cli import main
-from harness.errors import one_line
-from harness.submission import architecture_problem, parse_submission
+from harness.core.errors import one_line
+from harness.models import architectures
+from harness.submission import load as submission_load
+from harness.submission import schema as submission_schema
+from harness.submission.load import parse_submission
+from harness.submission.schema import architecture_problem
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +46,9 @@ def test_validate_checks_the_licence(make_submission, capsys):
 
 
 def test_prcheck_still_imports_the_licence_check():
-    from harness import prcheck
+    from harness.review import prcheck
 
-    assert prcheck.license_problems is submission.license_problems
+    assert prcheck.license_problems is submission_load.license_problems
 
 
 # ------------------------------------------------------------------------------- control characters
@@ -114,8 +117,8 @@ def test_known_architectures_pass():
                  "robustbench.zoo:imagenet/Linf/Salman2020Do_R18"):
         assert architecture_problem(name) is None, name
     # the torch-free list is the builder's
-    assert set(submission.BUILTIN_ARCHITECTURES) == set(architectures.BUILTIN)
-    assert set(submission.ROBUSTBENCH_CLASSES) == set(architectures.ROBUSTBENCH_CLASSES)
+    assert set(submission_schema.BUILTIN_ARCHITECTURES) == set(architectures.BUILTIN)
+    assert set(submission_schema.ROBUSTBENCH_CLASSES) == set(architectures.ROBUSTBENCH_CLASSES)
 
 
 def test_a_registered_architecture_is_accepted(make_submission, monkeypatch):
@@ -195,7 +198,7 @@ def test_train_mnist_says_which_file_to_pass(tmp_path, monkeypatch, capsys):
 
 def test_the_eval_summary_escapes_what_the_worker_wrote():
     from harness.cli import summary_table
-    from harness.record import read_record
+    from harness.record.read import read_record
 
     rec = read_record(REPO / "leaderboard" / "results" / "mnist-pgd.json")
     evil = "\x1b[2J\x1b]0;owned\x07 \u202ethgir\u2028::error ::x"

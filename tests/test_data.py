@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from harness.data import load_test_data
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.data.loaders import load_test_data
 
 
 def _idx(path, arr: np.ndarray):

@@ -1,4 +1,4 @@
-"""The dataset registry (harness.datasets) and the image-folder datasets: ImageNet (RobustBench's
+"""The dataset registry (harness.data.registry) and the image-folder datasets: ImageNet (RobustBench's
 5,000-image subset) and TinyImageNet, read lazily from real JPEG files written here with PIL."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import datasets
-from harness.data import load_test_data
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.data import registry as datasets
+from harness.data.loaders import load_test_data
 
 
 def _picture(h: int, w: int, seed: int) -> Image.Image:
@@ -44,9 +44,9 @@ def make_imagenet(root, n: int, sizes=((300, 340), (360, 290), (256, 256))) -> l
 
 
 def test_the_registry_is_torch_free_and_feeds_the_schemas():
-    code = ("import sys, harness.datasets, harness.submission, harness.record; "
+    code = ("import sys, harness.data.registry, harness.submission, harness.record; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
-            "from harness.submission import json_schema; "
+            "from harness.submission.schema import json_schema; "
             "print(json_schema()['properties']['dataset']['enum'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -66,8 +66,8 @@ def test_preprocessing_vocabulary_is_robustbenchs():
     transforms (ToTensor included) exactly on a real JPEG."""
     from robustbench.data import PREPROCESSINGS as RB
 
-    from harness import compat  # noqa: F401
-    from harness.data import transform_for
+    from harness.data.loaders import transform_for
+    from harness.models import compat  # noqa: F401
 
     assert {("none" if k is None else k) for k in RB} == set(datasets.PREPROCESSINGS)
     img = _picture(300, 341, 3)
@@ -86,7 +86,7 @@ def test_imagenet_subset_in_robustbench_order(tmp_path, prep):
     from robustbench.data import PREPROCESSINGS as RB
     from robustbench.loaders import CustomImageFolder
 
-    from harness import compat  # noqa: F401
+    from harness.models import compat  # noqa: F401
 
     ids = make_imagenet(tmp_path, 3)
     d = load_test_data("imagenet", 3, data_dir=tmp_path, preprocessing=prep)
@@ -175,7 +175,7 @@ def test_tinyimagenet_in_file_id_order(tmp_path):
 MEMORY_SCRIPT = textwrap.dedent("""
     import resource, sys
     import torch
-    from harness.data import load_test_data
+    from harness.data.loaders import load_test_data
     n, root = int(sys.argv[1]), sys.argv[2]
     for m in (n, n, 4 * n):  # a warm-up pass, the peak after N images, then after 4N
         d = load_test_data("imagenet", m, data_dir=root, preprocessing="Res224")
@@ -211,7 +211,8 @@ def test_memory_does_not_grow_with_n(tmp_path):
 def test_imagenet_schema(tmp_path):
     from pydantic import ValidationError
 
-    from harness.submission import Submission, validation_problems
+    from harness.submission.load import validation_problems
+    from harness.submission.schema import Submission
 
     base = {"id": "x", "name": "x", "authors": ["a"], "license": "MIT", "dataset": "imagenet",
             "model": {"format": "state_dict", "architecture": "robustbench.zoo:imagenet/Linf/Salman2020Do_R18",
@@ -241,7 +242,7 @@ def _zoo_resnet18_checkpoint(path, labels):
     the test stays fast on a CPU: AutoAttack has nothing to attack), saved as a plain state_dict."""
     import torch
 
-    from harness.architectures import build_architecture
+    from harness.models.architectures import build_architecture
 
     torch.manual_seed(0)
     net = build_architecture("robustbench.zoo:imagenet/Linf/Salman2020Do_R18")
@@ -256,7 +257,7 @@ def _zoo_resnet18_checkpoint(path, labels):
 def _zoo_submission(tmp_path, make_submission, resize_crop: str | None, sizes) -> tuple:
     import yaml
 
-    from harness.files import sha256_file
+    from harness.core.files import sha256_file
 
     ids = make_imagenet(tmp_path / "imagenet", 2, sizes=sizes)
     labels = [datasets.imagenet_wnids().index(i.split("/")[0]) for i in ids]
@@ -278,7 +279,7 @@ def _zoo_submission(tmp_path, make_submission, resize_crop: str | None, sizes) -
 def _resnet18_flops(size: int) -> float:
     import torchvision
 
-    from harness.flops import count_inference_flops
+    from harness.compute.flops import count_inference_flops
 
     return count_inference_flops(torchvision.models.resnet18(), (3, size, size), "cpu").total
 
@@ -289,7 +290,7 @@ def test_imagenet_zoo_model_at_224(tmp_path, make_submission):
     standard subset's first points with the default preprocessing (Res256Crop224) and the default
     threat model (Linf 4/255): clean accuracy, FLOPs at 224x224 and AutoAttack in the sandboxed
     worker. (Every stage at 224 takes minutes on a CPU; the next test runs all of them at 64x64.)"""
-    from harness.pipeline import evaluate
+    from harness.runner.evaluate import evaluate
     from harness.stages import EvalOptions
 
     path, labels = _zoo_submission(tmp_path, make_submission, None, ((300, 340), (360, 290)))
@@ -312,8 +313,8 @@ def test_imagenet_zoo_model_at_224(tmp_path, make_submission):
 def test_imagenet_zoo_model_runs_every_stage(tmp_path, make_submission):
     """The same zoo model through every stage (clean, FLOPs, certify, AutoAttack, diagnostics) in
     the sandboxed worker, on 64x64 JPEGs read with the declared preprocessing "none"."""
-    from harness.pipeline import evaluate
-    from harness.record import read_record
+    from harness.record.read import read_record
+    from harness.runner.evaluate import evaluate
     from harness.stages import EvalOptions
 
     path, labels = _zoo_submission(tmp_path, make_submission, "none", ((64, 64),))
@@ -335,11 +336,11 @@ def test_a_new_dataset_is_one_registration(tmp_path, make_submission):
     knows only the built-in registry), recorded and titled on the leaderboard."""
     import torch
 
-    from harness.data import ArrayImages, Loaded
-    from harness.pipeline import evaluate
-    from harness.record import read_record
+    from harness.data.loaders import ArrayImages, Loaded
+    from harness.record.read import read_record
+    from harness.runner.evaluate import evaluate
     from harness.stages import EvalOptions
-    from harness.submission import json_schema
+    from harness.submission.schema import json_schema
     from leaderboard.boards import Board
 
     rng = np.random.default_rng(0)
@@ -353,7 +354,7 @@ def test_a_new_dataset_is_one_registration(tmp_path, make_submission):
     ))
     try:
         assert "toy" in json_schema()["properties"]["dataset"]["enum"]
-        from harness.architectures import mnist_mlp
+        from harness.models.architectures import mnist_mlp
 
         torch.manual_seed(0)
         path = make_submission("toy-mlp", module=mnist_mlp(num_classes=3), dataset="toy",
@@ -364,7 +365,7 @@ def test_a_new_dataset_is_one_registration(tmp_path, make_submission):
                                evaluation={"n_examples": 6, "batch_size": 3, "seed": 0})
         import yaml
 
-        from harness.files import sha256_file
+        from harness.core.files import sha256_file
 
         doc = yaml.safe_load(path.read_text())
         doc["model"]["checkpoint"]["sha256"] = sha256_file(path.parent / "model.pt")

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from harness.core.errors import HarnessError
 from harness.diagnostics.attacks import attack_ladder, fgsm, pgd, robust_flags
-from harness.errors import HarnessError
 
 
 def _cnn(seed=0):

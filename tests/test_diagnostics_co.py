@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from harness.architectures import mnist_small_cnn
 from harness.diagnostics import (
     attack_ladder,
     fd_step_for,
@@ -19,6 +18,7 @@ from harness.diagnostics import (
     input_hessian_top_eigenvalue,
     ladder_flags,
 )
+from harness.models.architectures import mnist_small_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 N, N_LOCAL, EPS = 200, 50, 0.3

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from harness.core.errors import HarnessError
 from harness.diagnostics.lipschitz import lipschitz_report, local_lipschitz
-from harness.errors import HarnessError
 
 SHAPE = (1, 2, 3)  # 6 input dims: 2**6 sign vectors
 D, K = 6, 4

@@ -16,8 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import compat  # noqa: F401
-from harness.architectures import mnist_small_cnn
 from harness.diagnostics import (
     attack_ladder,
     capture_autoattack_messages,
@@ -27,6 +25,8 @@ from harness.diagnostics import (
     zero_gradient_flag,
     zero_gradient_fraction,
 )
+from harness.models import compat  # noqa: F401
+from harness.models.architectures import mnist_small_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 N = 40

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from harness.diagnostics.separation import mnist_table
-from harness.pipeline import evaluate
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalOptions
 
 N = 30

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import yaml
 
-from harness.files import sha256_file
+from harness.core.files import sha256_file
 
 pytestmark = pytest.mark.slow  # every test runs real multi-process evaluations: 9-40 s each on 2 cores
 
@@ -62,7 +62,7 @@ def submission(tmp_path_factory) -> Path:
 
 
 def _read(out: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    from harness.record import read_record
+    from harness.record.read import read_record
 
     read_record(out)  # the strict reader accepts it (schema, invariants, arrays)
     rec = json.loads(out.read_text())

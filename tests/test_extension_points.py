@@ -1,4 +1,4 @@
-"""Each extension point is one registration (issue 11). A toy dataset (``harness.datasets.register``),
+"""Each extension point is one registration (issue 11). A toy dataset (``harness.data.registry.register``),
 a toy bound operator (``harness.bounds.ops.register_op``) and a toy certifier
 (``harness.certifiers.register``) are added with one line each, and one submission that needs all
 three runs through the pipeline: its data come from the toy dataset, IBP bounds its model through
@@ -13,12 +13,14 @@ import torch
 import torch.nn as nn
 import yaml
 
-from harness import architectures, certifiers, datasets
+from harness import certifiers
 from harness.bounds.ops import register_op, unregister_op
 from harness.certifiers import Certifier, CertResult, Prepared, Skip
-from harness.data import ArrayImages, Loaded
-from harness.files import sha256_file
-from harness.pipeline import evaluate
+from harness.core.files import sha256_file
+from harness.data import registry as datasets
+from harness.data.loaders import ArrayImages, Loaded
+from harness.models import architectures
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalOptions
 
 try:

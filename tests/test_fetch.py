@@ -13,9 +13,10 @@ from conftest import REPO, base_spec
 from hosting import FileServer
 
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.hosted import CACHE_ENV, cache_path, fetch, parse_url
-from harness.submission import Submission, parse_submission
+from harness.core.errors import HarnessError
+from harness.submission.hosted import CACHE_ENV, cache_path, fetch, parse_url
+from harness.submission.load import parse_submission
+from harness.submission.schema import Submission
 
 CKPT = (REPO / "submissions" / "mnist-standard" / "model.safetensors").read_bytes()
 SHA = hashlib.sha256(CKPT).hexdigest()
@@ -302,7 +303,7 @@ def test_the_submission_url_itself_must_be_a_public_address(tmp_path, server, mo
     ("fc00::1", "private"), ("::ffff:10.0.0.1", "private"), ("ff02::1", "multicast"),
     ("8.8.8.8", None), ("2606:4700:4700::1111", None)])
 def test_address_policy(addr, problem):
-    from harness.hosted import _address_problem
+    from harness.submission.hosted import _address_problem
 
     got = _address_problem(addr)
     assert (got is None) if problem is None else (problem in got), got

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.errors import HarnessError
 from harness.diagnostics import catastrophic_overfitting_flag, classify_autoattack_messages
-from harness.errors import HarnessError
-from harness.record import SEVERITIES, Flag, ResultRecord, parse_record_json, validate_record
+from harness.record.read import parse_record_json, validate_record
+from harness.record.schema import SEVERITIES, Flag, ResultRecord
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "leaderboard" / "results" / "mnist-fgsm-co.json"
@@ -89,7 +90,7 @@ def test_the_board_shows_a_diagnostics_flag_as_the_record_holds_it(tmp_path):
 def test_an_autoattack_message_the_diagnostics_classified_is_shown_once():
     """AutoAttack's check messages reach the board as the diagnostics' aa-* flag when the record has
     one for them, and verbatim (``autoattack-check``) only when nothing classified them."""
-    from harness.record import read_record
+    from harness.record.read import read_record
     from leaderboard.boards import _record_flags
 
     rec = read_record(Path(__file__).resolve().parents[1] / "leaderboard" / "results" / "mnist-pgd.json")

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch.nn as nn
 
-from harness.architectures import build_architecture, mnist_small_cnn
-from harness.flops import count_inference_flops, method_multiplier, to_fvcore_convention, training_flops
-from harness.submission import Training
+from harness.compute.flops import count_inference_flops
+from harness.compute.training_cost import method_multiplier, to_fvcore_convention, training_flops
+from harness.models.architectures import build_architecture, mnist_small_cnn
+from harness.submission.schema import Training
 
 
 def test_small_cnn_by_hand():
@@ -179,7 +180,7 @@ def test_multipliers_match_a_measured_training_step(method, k, awp):
     assert measured == pytest.approx(method_multiplier(method, k, 10, awp), rel=0.01)
 
 
-# --- the methods of reported rows (harness.flops.OTHER_METHODS): one training step of each, written
+# --- the methods of reported rows (harness.compute.flops.OTHER_METHODS): one training step of each, written
 # pass for pass after the authors' code (cited in harness/flops.py), on the small network above.
 # FlopCounterMode counts matrix products only; the elementwise stand-ins below (the OT cost, the
 # margins) are therefore free, as they are negligible beside a real network's passes.
@@ -187,7 +188,14 @@ import copy  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from harness.flops import OTHER_METHODS, UNDERIVED, MethodCost, RecipeFacts, lbgat_teacher_flops, reported_method_cost  # noqa: E402
+from harness.compute.training_cost import (  # noqa: E402
+    OTHER_METHODS,
+    UNDERIVED,
+    MethodCost,
+    RecipeFacts,
+    lbgat_teacher_flops,
+    reported_method_cost,
+)
 
 
 def _kl(out, target_logits):
@@ -471,7 +479,7 @@ def test_reported_method_costs_by_hand():
     ("other:gair-rst", {"epochs": None}, "epochs are unknown"),
     ("other:meansparse", {"per_epoch": None}, "examples seen are unknown"),
     ("other:gradalign", {"awp": None}, "whether AWP was used is unknown"),
-    ("other:lbgat", {"dataset": "svhn"}, "not known to harness.datasets"),
+    ("other:lbgat", {"dataset": "svhn"}, "not known to harness.data.registry"),
     ("other:somethingnew", {}, "no multiplier for somethingnew"),
     ("unknown", {}, "training method is unknown"),
 ])
@@ -524,7 +532,7 @@ def test_every_reported_method_is_derived_or_says_why():
     import csv
     from pathlib import Path
 
-    from harness.flops import SAME_PASSES_AS
+    from harness.compute.training_cost import SAME_PASSES_AS
 
     path = Path(__file__).resolve().parents[1] / "leaderboard" / "training_recipes.csv"
     with path.open(newline="") as fh:

@@ -7,9 +7,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from harness.architectures import mnist_small_cnn
-from harness.files import sha256_file
-from harness.pipeline import evaluate
+from harness.core.files import sha256_file
+from harness.models.architectures import mnist_small_cnn
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalOptions
 
 

@@ -11,9 +11,9 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.files import sha256_file
-from harness.stats import clopper_pearson
+from harness.core.errors import HarnessError
+from harness.core.files import sha256_file
+from harness.core.stats import clopper_pearson
 from leaderboard import frontier as fr
 from leaderboard.boards import load_reported
 from leaderboard.build import MARKER, build_leaderboard, main

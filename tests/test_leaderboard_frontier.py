@@ -173,7 +173,7 @@ def test_overhead_and_gap_hand_example():
 
 # --- the honest ranking on a random board, by brute force ----------------------------------------
 def _random_board(rng, n):
-    from harness.stats import clopper_pearson
+    from harness.core.stats import clopper_pearson
     from leaderboard.boards import Entry
 
     entries = []
@@ -254,7 +254,7 @@ def test_bounded_training_flops_on_the_frontier_and_in_the_fit():
     """A lower bound on the training FLOPs (the true cost may be higher) neither takes the training
     frontier nor pushes another entry off it; an upper bound may do both (the true cost is lower
     still); the scaling-law fit sees point estimates only."""
-    from harness.stats import clopper_pearson
+    from harness.core.stats import clopper_pearson
     from leaderboard.boards import Entry, make_boards
 
     def entry(i, robust, tflops, bound=None):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from leaderboard.boards import load_reported
-from leaderboard.robustbench_import import COLUMNS, import_robustbench, input_size, plain_text, read_model_info_dir
+from leaderboard.importers.robustbench import COLUMNS, import_robustbench, input_size, plain_text, read_model_info_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SNAPSHOT = REPO.parent / "shared" / "reference" / "robustbench_model_info.csv"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.flops import to_fvcore_convention
+from harness.compute.training_cost import to_fvcore_convention
+from harness.core.errors import HarnessError
 from leaderboard.boards import load_entries
 from leaderboard.recipes import RECIPE_COLUMNS, load_recipes, parse_recipe, training_compute
 
@@ -120,7 +120,7 @@ def test_build_refuses_a_recipe_for_a_row_that_does_not_exist(tmp_path):
 
 
 def test_bounds_and_extra_networks_are_shown():
-    from harness.flops import lbgat_teacher_flops
+    from harness.compute.training_cost import lbgat_teacher_flops
     from leaderboard.fmt import bounded_flops
 
     hat = parse_recipe(row(method="other:hat (helper-based TRADES)", epochs="400", examples_per_epoch="50176"), "x:2")

@@ -22,11 +22,11 @@ import yaml
 from conftest import REPO
 
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.files import sha256_file
-from harness.signing import generate_key, key_id, public_pem, sign_record
-from harness.stats import clopper_pearson
-from harness.submission import load_submission, verify_files
+from harness.core.errors import HarnessError
+from harness.core.files import sha256_file
+from harness.core.stats import clopper_pearson
+from harness.record.signing import generate_key, key_id, public_pem, sign_record
+from harness.submission.load import load_submission, verify_files
 from leaderboard.boards import load_entries
 from leaderboard.build import build_leaderboard
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.diagnostics import local_lipschitz
-from harness.pipeline import evaluate
+from harness.runner.evaluate import evaluate
 from harness.stages import EvalOptions
 
 
@@ -22,8 +22,8 @@ def test_train_test_lipschitz_gap(repo, tmp_path):
     assert li["train"] is not None and li["gap"] == pytest.approx(li["test"] - li["train"])
 
     # independent recomputation of the train value on the raw images
-    from harness.models import load_model
-    from harness.submission import load_submission
+    from harness.models.load import load_model
+    from harness.submission.load import load_submission
 
     model = load_model(load_submission(sub), input_shape=(1, 28, 28), num_classes=10, device=torch.device("cpu"))
     x_train = torch.tensor(d["x"][5000:5030], dtype=torch.float32)[:, None] / 255

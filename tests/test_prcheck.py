@@ -21,9 +21,9 @@ from hosting import FileServer
 from prcheck_repo import GIT_ENV, check_rows, commit, git, make_repo, new_entry, pr_check, random_cnn, write_spec
 from safetensors.torch import save_file
 
-from harness.architectures import mnist_small_cnn
 from harness.cli import main
-from harness.files import sha256_file
+from harness.core.files import sha256_file
+from harness.models.architectures import mnist_small_cnn
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import yaml
 from hosting import FileServer
 from prcheck_repo import check_rows, commit, hosted_entry, make_repo, pr_check, write_spec
 
-from harness.flops import count_inference_flops
+from harness.compute.flops import count_inference_flops
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def repo(tmp_path, monkeypatch):
 def expected_flops(architecture: str, shape) -> float:
     import torch
 
-    from harness.architectures import build_architecture
+    from harness.models.architectures import build_architecture
 
     torch.manual_seed(0)
     return count_inference_flops(build_architecture(architecture), shape).total

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from prcheck_repo import commit, git, make_repo, pr_check
 
-from harness.signing import generate_key, public_pem, sign_record
+from harness.record.signing import generate_key, public_pem, sign_record
 
 
 @pytest.fixture

@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import pipeline
 from harness.cli import main
-from harness.errors import HarnessError, one_line
-from harness.files import sha256_file
-from harness.manifest import legacy_digest
-from harness.pipeline import check_out_path, evaluate, record_destination
-from harness.record import read_record
+from harness.core.errors import HarnessError, one_line
+from harness.core.files import sha256_file
+from harness.record.read import read_record
+from harness.runner import evaluate as pipeline
+from harness.runner.evaluate import check_out_path, evaluate, record_destination
 from harness.stages import EvalOptions
-from harness.submission import load_submission, parse_submission, results_sha256
+from harness.submission.load import load_submission, parse_submission
+from harness.submission.manifest import legacy_digest
+from harness.submission.schema import results_sha256
 from leaderboard.boards import load_entries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,7 +249,7 @@ def test_a_metadata_edit_does_not_rerun_the_evaluation(tmp_path, monkeypatch):
 
 
 def test_one_line_helper_is_what_messages_use():
-    """The hand-rolled `' '.join(str(e).split())[:N]` is gone from the harness: harness.errors.one_line
+    """The hand-rolled `' '.join(str(e).split())[:N]` is gone from the harness: harness.core.errors.one_line
     also escapes control characters."""
     for path in (REPO / "harness").rglob("*.py"):
         text = path.read_text(encoding="utf-8")

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.models import load_model
-from harness.submission import load_submission
+from harness.core.errors import HarnessError
+from harness.models.load import load_model
+from harness.submission.load import load_submission
 
 
 class _Payload:
@@ -95,7 +95,7 @@ def test_symlink_escape_is_refused(make_submission, tmp_path):
 def test_safetensors_and_nested_state_dicts_load(make_submission):
     from safetensors.torch import save_file
 
-    from harness.architectures import mnist_small_cnn
+    from harness.models.architectures import mnist_small_cnn
 
     net = mnist_small_cnn()
     path = make_submission("st", checkpoint_name="model.safetensors",
@@ -123,13 +123,13 @@ def test_wrong_output_shape_and_nan_logits_are_one_line_errors(make_submission, 
     path = make_submission("wrong-shape", checkpoint_name="model.ts", write=lambda ck: ck.write_bytes(ts.read_bytes()),
                            model={"format": "torchscript", "checkpoint": {"path": "model.ts", "sha256": "0" * 64}})
     spec = yaml.safe_load(path.read_text())
-    from harness.files import sha256_file
+    from harness.core.files import sha256_file
     spec["model"]["checkpoint"]["sha256"] = sha256_file(path.parent / "model.ts")
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(HarnessError, match=r"model output has shape \(2, 7\), expected \(N, 10\)"):
         _load(path, trust_code=True)  # the test's own TorchScript
 
-    from harness.architectures import mnist_small_cnn
+    from harness.models.architectures import mnist_small_cnn
     net = mnist_small_cnn()
     with torch.no_grad():
         net[-1].bias.fill_(float("nan"))
@@ -139,7 +139,7 @@ def test_wrong_output_shape_and_nan_logits_are_one_line_errors(make_submission, 
 
 
 def test_checkpoint_that_does_not_fit_the_architecture(make_submission):
-    from harness.architectures import mnist_mlp
+    from harness.models.architectures import mnist_mlp
     path = make_submission("misfit", module=mnist_mlp())
     with pytest.raises(HarnessError, match="does not fit architecture mnist_small_cnn"):
         _load(path)

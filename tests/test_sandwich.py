@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.errors import SandwichViolation
-from harness.pipeline import check_sandwich
+from harness.core.errors import SandwichViolation
+from harness.runner.evaluate import check_sandwich
 from harness.stages.base import EvalContext, StageResult
 
 

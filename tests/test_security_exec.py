@@ -21,8 +21,8 @@ import pytest
 import torch
 import yaml
 
-from harness.errors import HarnessError
-from harness.files import sha256_file
+from harness.core.errors import HarnessError
+from harness.core.files import sha256_file
 
 MNIST = Path(__file__).resolve().parents[1] / "harness" / "data" / "mnist_test.npz"
 
@@ -126,7 +126,7 @@ def test_generated_fx_code_is_checked_before_python_compiles_it(tmp_path):
     import onnx
     from onnx2torch import convert
 
-    from harness.models import _fx_source_checked, check_fx_source
+    from harness.models.load import _fx_source_checked, check_fx_source
 
     marker = tmp_path / "PWNED"
     _onnx_flatten_gemm(tmp_path / "m.onnx", _payload_name(marker), *_linear_weights())
@@ -150,7 +150,7 @@ def test_onnx_names_are_renamed_and_semantics_kept(tmp_path):
     """Every node, value and initializer name becomes a generated identifier."""
     import onnx
 
-    from harness.models import sanitize_onnx
+    from harness.models.load import sanitize_onnx
 
     _onnx_flatten_gemm(tmp_path / "m.onnx", _payload_name(tmp_path / "x"), *_linear_weights())
     proto = onnx.load(str(tmp_path / "m.onnx"))
@@ -166,7 +166,7 @@ def test_onnx_external_data_outside_the_folder_is_refused(tmp_path):
     import onnx
     from onnx.external_data_helper import convert_model_to_external_data
 
-    from harness.models import _build_onnx
+    from harness.models.load import _build_onnx
 
     folder = tmp_path / "sub"
     folder.mkdir()
@@ -338,10 +338,10 @@ def test_submission_limits_only_lower_the_maintainers_caps(make_submission, no_c
     import os
 
     from harness.cli import _limit_flags, build_parser
-    from harness.limits import DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S
-    from harness.pipeline import resolve_limits
+    from harness.core.settings import DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S
+    from harness.runner.evaluate import resolve_limits
     from harness.stages import EvalOptions
-    from harness.submission import load_submission
+    from harness.submission.load import load_submission
 
     def limits(sub, **opts):
         got = resolve_limits(sub, EvalOptions(**opts))
@@ -402,7 +402,7 @@ def test_record_shows_the_effective_limits(tmp_path, capfd, no_cap_env):
 def _cli_options(monkeypatch, *argv: str):
     """What ``harness eval ARGV`` hands the pipeline: the CLI's own translation of its flags (the
     evaluation itself is replaced; it returns None, as a torchrun rank other than 0 does)."""
-    import harness.pipeline
+    import harness.runner.evaluate
     from harness.cli import main
 
     seen = {}
@@ -410,7 +410,7 @@ def _cli_options(monkeypatch, *argv: str):
     def fake_evaluate(submission, opts, **kw):
         seen.update(submission=submission, opts=opts, **kw)
 
-    monkeypatch.setattr(harness.pipeline, "evaluate", fake_evaluate)
+    monkeypatch.setattr(harness.runner.evaluate, "evaluate", fake_evaluate)
     assert main(["eval", *argv]) == 0
     return seen
 
@@ -563,7 +563,7 @@ def test_wrong_batch_dimension_on_real_batches_is_caught(tmp_path, capfd):
 
 
 def test_check_logits_names_the_example_and_the_stage():
-    from harness.models import check_logits
+    from harness.models.load import check_logits
 
     out = torch.zeros(4, 10)
     check_logits(out, 4, 10, stage="clean", index=np.arange(4))
@@ -585,7 +585,7 @@ def test_worker_network_namespace_has_no_network(tmp_path):
     port = server.getsockname()[1]
     probe = textwrap.dedent(f'''
         import socket, sys
-        from harness.sandbox import isolate_network
+        from harness.sandbox.supervisor import isolate_network
         state = isolate_network() if sys.argv[1] == "isolate" else "not asked"
         try:
             socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
@@ -606,12 +606,12 @@ def test_worker_network_namespace_has_no_network(tmp_path):
 
 # ------------------------------------------------------------------ what code in the worker can do
 def _probe(tmp_path, mode="worker", cpu_limit=30.0, **extra) -> dict:
-    """Run the worker's probe job (harness.sandbox.probe) as the supervisor would run a model:
+    """Run the worker's probe job (harness.sandbox.supervisor.probe) as the supervisor would run a model:
     the same environment, confinement and limits. Returns the worker's runtime with its report."""
     import os
 
-    from harness.sandbox import run_worker
-    from harness.worker import WorkerJob
+    from harness.sandbox.job import WorkerJob
+    from harness.sandbox.supervisor import run_worker
 
     folder = tmp_path / "submissions" / "probe"
     folder.mkdir(parents=True, exist_ok=True)
@@ -683,7 +683,7 @@ def test_root_worker_is_an_unprivileged_user_that_cannot_rejoin_the_host(tmp_pat
 def test_a_phase_that_lifts_its_soft_cpu_limit_is_stopped_by_the_supervisor(tmp_path):
     """The probe raises its soft RLIMIT_CPU to the hard one (which only the job's total bounds) and
     spins: the supervisor's own accounting stops the phase at its budget."""
-    from harness.sandbox import WorkerFailed
+    from harness.sandbox.supervisor import WorkerFailed
 
     with pytest.raises(WorkerFailed, match=r"the sandbox probe exceeded its CPU-time limit of 2 s \(--cpu-limit\)"):
         _probe(tmp_path, cpu_limit=2.0, spin_cpu_s=60)
@@ -691,7 +691,7 @@ def test_a_phase_that_lifts_its_soft_cpu_limit_is_stopped_by_the_supervisor(tmp_
 
 # ------------------------------------------------------------------------------- bubblewrap
 def _bwrap_skip():
-    from harness.sandbox import bwrap_problem
+    from harness.sandbox.supervisor import bwrap_problem
 
     why = bwrap_problem()
     if why is not None:
@@ -761,7 +761,7 @@ def test_bwrap_jail_has_no_capability(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------ worker's results
 def test_unreadable_stage_results_are_one_line_errors(make_submission, capfd):
     """The supervisor reads what the worker wrote as untrusted data."""
-    from harness.pipeline import evaluate
+    from harness.runner.evaluate import evaluate
     from harness.stages import EvalOptions
 
     path = make_submission("state-check", evaluation={"n_examples": 5, "batch_size": 5})

@@ -1,8 +1,8 @@
 """Issue 12, the input half: a stranger's submission.yaml, files and result record are refused, each
 with one line that names the file and the field, and never with a traceback.
 
-Covers the YAML loader (harness.yamlsafe), the bounded schema (harness.submission), the file manifest
-and folder digest (harness.manifest), the custom-data and examples readers (harness.npzsafe), and
+Covers the YAML loader (harness.submission.yamlsafe), the bounded schema (harness.submission), the file manifest
+and folder digest (harness.submission.manifest), the custom-data and examples readers (harness.data.npzsafe), and
 the record checks of the leaderboard build (harness.record)."""
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from conftest import base_spec
 from fuzzing import forged_header_npz
 
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.files import sha256_file
-from harness.record import read_record
-from harness.submission import load_submission, parse_submission, verify_files
+from harness.core.errors import HarnessError
+from harness.core.files import sha256_file
+from harness.record.read import read_record
+from harness.submission.load import load_submission, parse_submission, verify_files
 from leaderboard.build import build_leaderboard
 from leaderboard.synthetic import resign, write_synthetic_repo
 
@@ -270,7 +270,7 @@ def test_package_checkpoint_resolves_without_importing(repo, tmp_path):
     bad = write_spec(tmp_path / "x", spec)
     code = (
         "import sys\n"
-        "from harness.submission import parse_submission, load_submission\n"
+        "from harness.submission.load import parse_submission, load_submission\n"
         f"print(parse_submission({str(bad)!r})[1])\n"
         f"sub = load_submission({str(repo / 'submissions/cifar10-autoattack-resnet18/submission.yaml')!r})\n"
         "print('ck', sub.checkpoint_path().name)\n"
@@ -324,7 +324,7 @@ def test_eval_command_line_counts_are_bounded(make_submission, capsys, flag, val
 def _export_onnx_with_external_data(folder: Path) -> None:
     import onnx
 
-    from harness.architectures import mnist_mlp
+    from harness.models.architectures import mnist_mlp
 
     torch.manual_seed(0)
     net = mnist_mlp().eval()
@@ -349,7 +349,7 @@ def _onnx_submission(root: Path, sub_id: str = "onnx-ext", files: bool = True) -
 
 
 def _load(path):
-    from harness.models import load_model
+    from harness.models.load import load_model
 
     sub = load_submission(path)
     return load_model(sub, input_shape=(1, 28, 28), num_classes=10, device=torch.device("cpu"))
@@ -481,7 +481,7 @@ def test_custom_data_set_must_be_hashed_and_plain(make_submission, capsys):
     path.write_text(yaml.safe_dump(spec))
     assert main(["validate", str(path)]) == 0
     capsys.readouterr()
-    from harness.data import load_test_data
+    from harness.data.loaders import load_test_data
 
     assert load_test_data("custom", 8, custom_path=folder / "data.npz").x.shape == (8, 1, 28, 28)
     # a 2 KB file whose header declares 10^12 images, and object arrays: refused from the header
@@ -537,8 +537,8 @@ def _zip_of_zeros(path: Path, members: dict[str, tuple[tuple[int, ...], str]]) -
 MEMORY_PROBE = """
 import json, resource, sys
 from pathlib import Path
-from harness.data import load_test_data
-from harness.errors import HarnessError
+from harness.data.loaders import load_test_data
+from harness.core.errors import HarnessError
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
     load_test_data("custom", None, custom_path=Path(sys.argv[1]))
@@ -581,7 +581,7 @@ def test_npz_header_claiming_more_data_than_its_member_holds_is_not_allocated(tm
 
 
 def test_npz_arrays_are_bounded_by_the_available_memory(tmp_path, monkeypatch):
-    from harness import npzsafe
+    from harness.data import npzsafe
 
     g = np.random.default_rng(0)
     np.savez(tmp_path / "data.npz", x=g.integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8), y=np.zeros(2000, np.int64))
@@ -646,7 +646,7 @@ def refused(root, sid, match) -> str:
 
 
 def _ci(k, n):
-    from harness.stats import clopper_pearson
+    from harness.core.stats import clopper_pearson
 
     return list(clopper_pearson(k, n))
 
@@ -937,7 +937,7 @@ def test_libyaml_and_pure_python_loaders_agree(doc):
     """The strict checks sit in PyYAML's Python composer; libyaml only parses (when present)."""
     import yaml as pyyaml
 
-    from harness import yamlsafe
+    from harness.submission import yamlsafe
 
     outcomes = []
     for cls in {yamlsafe._StrictLoader, *yamlsafe._LOADERS}:

@@ -1,4 +1,4 @@
-"""harness.signing: Ed25519 signatures over a record and its examples file, the keys, `harness sign`
+"""harness.record.signing: Ed25519 signatures over a record and its examples file, the keys, `harness sign`
 and `harness keygen`. Every key here is a throw-away key made by the test."""
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import signing
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.record import ResultRecord, read_record
-from harness.signing import (
+from harness.core.errors import HarnessError
+from harness.record import signing
+from harness.record.read import read_record
+from harness.record.schema import ResultRecord
+from harness.record.signing import (
     KEYS_DIR,
     canonical_json,
     generate_key,

@@ -36,7 +36,7 @@ def test_an_incomplete_entry_is_refused(change, words):
 
 def test_a_stage_without_its_part_in_the_record_is_refused(monkeypatch):
     """record.py builds STAGE_PARTS from the registry and checks ResultRecord has every part."""
-    import harness.record as record
+    import harness.record.schema as record
 
     monkeypatch.setattr(registry, "STAGES", (*STAGES, dataclasses.replace(GOOD, record_part="ToyPart")))
     monkeypatch.setattr(record, "STAGES", registry.STAGES)
@@ -53,7 +53,7 @@ def test_a_stage_without_its_part_in_the_record_is_refused(monkeypatch):
 
 
 def test_every_registered_stage_is_complete():
-    import harness.record as record
+    import harness.record.schema as record
 
     assert [e.name for e in STAGES] == list(STAGE_NAMES)
     for e in STAGES:
@@ -71,8 +71,8 @@ def test_every_registered_stage_is_complete():
 
 
 def test_the_per_example_rule_is_the_registrys():
-    from harness.blocks import unit_count
-    from harness.schedule import Plan
+    from harness.runner.blocks import unit_count
+    from harness.runner.schedule import Plan
     from harness.stages import get_stage
 
     plan = Plan(n=10, batch_size=4, seed=0, generation=1, todo=list(STAGE_NAMES), available=list(STAGE_NAMES))

@@ -9,8 +9,9 @@ import yaml
 from conftest import base_spec
 
 from harness.cli import main
-from harness.errors import HarnessError
-from harness.submission import Submission, load_submission, parse_eps, parse_submission
+from harness.core.errors import HarnessError
+from harness.submission.load import load_submission, parse_submission
+from harness.submission.schema import Submission, parse_eps
 
 
 def problems_of(tmp_path, spec) -> list[str]:

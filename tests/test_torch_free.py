@@ -73,8 +73,9 @@ def test_leaderboard_build_imports_no_torch(tmp_path):
 
 def test_the_check_itself_sees_torch(tmp_path):
     """The child's report is not vacuous: a command outside the torch-free three (keygen: main imports
-    harness.compat, hence pyautoattack and torch, for it) is reported, with the importing line."""
+    harness.models.compat, hence pyautoattack and torch, for it) is reported, with the importing line."""
     res = _run(["keygen", "--out", str(tmp_path / "keys")])
     assert res["rc"] == 0
     assert "torch" in res["loaded"] and "pyautoattack" in res["loaded"]
-    assert "harness/compat.py" in res["loaded"]["pyautoattack"] and "harness/cli.py" in res["loaded"]["pyautoattack"]
+    where = res["loaded"]["pyautoattack"]
+    assert "harness/models/compat.py" in where and "harness/cli.py" in where

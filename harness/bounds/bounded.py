@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..errors import HarnessError, SandwichViolation
+from harness.core.errors import HarnessError, SandwichViolation
+
 from . import crown as CR
 from . import ibp as I
 from .graph import BoundGraph, build_graph

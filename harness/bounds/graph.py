@@ -29,7 +29,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+
 from . import ops as O
 
 _TRACE_BATCH = 2

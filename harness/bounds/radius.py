@@ -5,7 +5,8 @@ from typing import Optional
 
 import torch
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+
 from .bounded import BoundedModel, certified_from
 
 Tensor = torch.Tensor

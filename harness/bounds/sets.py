@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
 
 Tensor = torch.Tensor
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.stats import beta, binomtest, norm
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
 
 ABSTAIN = -1
 Tensor = torch.Tensor

@@ -21,10 +21,11 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 
+from harness.core.errors import HarnessError
+from harness.models.load import check_logits
+
 from ..bounds import BoundedModel, certified_radius, check_affordable, estimate_cost
 from ..bounds.bounded import certified_from
-from ..errors import HarnessError
-from ..models import check_logits
 from .base import Certifier, CertResult, Prepared, Skip
 
 #: cap on full CROWN's worst-case coefficient floats per example, by device type

@@ -81,10 +81,11 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from harness.core.errors import HarnessError
+from harness.models.load import check_logits
+
 from ..bounds import ops as O
 from ..bounds.graph import BoundGraph, build_graph
-from ..errors import HarnessError
-from ..models import check_logits
 from .base import Certifier, CertResult, Prepared, Skip
 
 SAFETY = 1.0 + 1e-5

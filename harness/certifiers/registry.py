@@ -16,7 +16,8 @@ import importlib
 import re
 from typing import Any, Mapping, Optional, Sequence
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+
 from .base import NORMS, Certifier, CertResult, Prepared
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")

@@ -11,8 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import HarnessError
-from ..stats import accuracy_with_ci
+from harness.core.errors import HarnessError
+from harness.core.stats import accuracy_with_ci
+
 from .base import Certifier, CertResult, Prepared
 
 CURVE_POINTS = 21

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from scipy.stats import norm as normal
 
+from harness.core.errors import HarnessError
+from harness.models.load import CheckedModel
+
 from ..bounds import smoothing as S
-from ..errors import HarnessError
-from ..models import CheckedModel
 from .base import Certifier, CertResult, Prepared, Skip, example_seed
 
 DEFAULTS = {"n0": 100, "n": 100_000, "alpha": 0.001}

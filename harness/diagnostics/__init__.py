@@ -15,7 +15,8 @@
 """
 from __future__ import annotations
 
-from ..record import Flag
+from harness.record.schema import Flag
+
 from .aa_messages import AutoAttackCapture, capture_autoattack_messages, classify_autoattack_messages
 from .attacks import attack_ladder, fgsm, pgd, robust_flags
 from .linearity import fd_step_for, gradient_alignment, input_hessian_top_eigenvalue, lanczos

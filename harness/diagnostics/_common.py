@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
 
 NORMS = ("Linf", "L2")
 

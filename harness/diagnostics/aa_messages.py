@@ -17,7 +17,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..record import Flag
+from harness.record.schema import Flag
+
 from .rules import RANDOMIZED_TOLERANCE
 
 __all__ = ["AA_LOGGER", "SQUARE_ERROR_DROP", "AutoAttackCapture", "capture_autoattack_messages",

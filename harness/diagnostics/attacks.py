@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+
 from ._common import (
     LossFn,
     ascent_direction,

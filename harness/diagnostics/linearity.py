@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+
 from ._common import LossFn, batches, check_threat, input_gradient, make_generator, sample_ball
 
 __all__ = ["gradient_alignment", "lanczos", "input_hessian_top_eigenvalue", "fd_step_for",

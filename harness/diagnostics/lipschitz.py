@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+
 from ._common import ascent_direction, batches, check_threat, flat_norm, make_generator, project, sample_ball
 
 __all__ = ["local_lipschitz", "lipschitz_report"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..record import Flag
+from harness.record.schema import Flag
+
 from ._common import batches, flat_norm, input_gradient
 from .rules import RANDOMIZED_TOLERANCE, randomized_model_flag
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 
-from ..record import Flag
+from harness.record.schema import Flag
 
 __all__ = [
     "WEAK_GAP_TOLERANCE", "WEAK_GAP_Z", "CO_MIN_FGSM", "CO_MIN_FGSM_CLEAN_RATIO",

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
 
 __all__ = ["min_distance_to_other_class", "separation_report", "load_npz", "to_nchw"]
 

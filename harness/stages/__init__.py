@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+
 from .registry import STAGE_NAMES, entry
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The stage interface: every evaluation step is one module with a ``map`` and a ``reduce``.
 
-The N examples are cut into fixed blocks of ``batch_size`` consecutive indices (:mod:`harness.blocks`).
+The N examples are cut into fixed blocks of ``batch_size`` consecutive indices (:mod:`harness.runner.blocks`).
 
 - ``prepare(ctx)``: done once per worker before its first block of the stage (e.g. building the
   bound graph); returns anything ``map`` needs.
@@ -37,10 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks import Block, StageStore, make_block, unit_count
-from ..data import EvalData
-from ..models import LoadedModel
-from ..submission import LoadedSubmission, Submission
+from harness.data.loaders import EvalData
+from harness.models.load import LoadedModel
+from harness.runner.blocks import Block, StageStore, make_block, unit_count
+from harness.submission.load import LoadedSubmission
+from harness.submission.schema import Submission
+
 from .registry import entry
 
 
@@ -52,7 +54,7 @@ class EvalOptions:
     data_dir: Path | None = None
     train_data: Path | None = None  # an .npz of training images, for train/test diagnostics
     progress: bool = True
-    #: "worker": model loading and stages run in a sandboxed child process (harness.worker);
+    #: "worker": model loading and stages run in a sandboxed child process (harness.sandbox.worker);
     #: "bwrap": the same worker inside a bubblewrap jail; "none": in this process, without limits
     #: (trusted test fixtures and benchmarks only; the CLI never uses it)
     sandbox: str = "worker"
@@ -156,7 +158,7 @@ class Stage:
 
     def run(self, ctx: EvalContext) -> StageResult:
         """Map every block in order in this process, then reduce: the same result the scheduler
-        (:mod:`harness.schedule`) gets from any number of processes. For tests and trusted
+        (:mod:`harness.runner.schedule`) gets from any number of processes. For tests and trusted
         in-process use; ``ctx.results`` provides the per-example arrays of the stages read."""
         prepared = self.prepare(ctx)
         n, bs = len(ctx.data), ctx.batch_size

@@ -46,11 +46,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from harness.core.errors import HarnessError
+from harness.runner.blocks import Block
+
 from .. import certifiers
-from ..blocks import Block
 from ..certifiers import CertResult, Prepared, Skip
 from ..certifiers.results import check_result, concat, summarize
-from ..errors import HarnessError
 from .base import BlockResult, EvalContext, Stage, StageResult
 
 DEFAULT_METHODS = ("ibp", "crown")

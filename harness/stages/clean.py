@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..blocks import Block
-from ..stats import accuracy_with_ci
+from harness.core.stats import accuracy_with_ci
+from harness.runner.blocks import Block
+
 from .base import BlockResult, EvalContext, Stage, StageResult
 
 

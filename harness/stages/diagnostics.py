@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..blocks import Block
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.runner.blocks import Block
+
 from .base import BlockResult, EvalContext, Stage, StageResult
 
 N_LOCAL = 100
@@ -62,7 +63,8 @@ def _json(v: Any) -> Any:
 def separation_distances(ctx: EvalContext, rows: slice | np.ndarray) -> tuple[np.ndarray | None, str | None]:
     """(per-point distances to the training set, or None with the reason) for the evaluated points
     ``rows`` (positions in ``ctx.data``), from the precomputed exact MNIST table."""
-    from ..datasets import find
+    from harness.data.registry import find
+
     from ..diagnostics.separation import mnist_table
 
     spec = find(ctx.data.dataset)
@@ -140,7 +142,7 @@ class DiagnosticsStage(Stage):
             extras["lipschitz"] = {key: li[key] for key in ("output", "steps", "step_size", "init_radius")}
         if block.index == 0:
             extras["lipschitz_train"], extras["train_source"] = None, None
-            from ..data import load_train_images
+            from harness.data.loaders import load_train_images
 
             train = load_train_images(ctx.data.dataset, m, data_dir=ctx.options.data_dir,
                                       npz=ctx.options.train_data)

@@ -2,9 +2,11 @@
 per example (done by whichever rank claims it)."""
 from __future__ import annotations
 
-from ..blocks import Block
-from ..flops import count_inference_flops, count_params, training_flops
-from ..record import FLOPS_CONVENTION, FlopsPart
+from harness.compute.flops import count_inference_flops, count_params
+from harness.compute.training_cost import training_flops
+from harness.record.schema import FLOPS_CONVENTION, FlopsPart
+from harness.runner.blocks import Block
+
 from .base import BlockResult, EvalContext, Stage, StageResult
 
 

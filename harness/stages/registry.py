@@ -3,7 +3,7 @@
 Every other place that needs the stages derives from :data:`STAGES`: their order
 (:data:`STAGE_NAMES`), the record's ``stages`` field and the part of the record each stage writes
 (:mod:`harness.record`), the modules the worker imports before its memory limit is set
-(:mod:`harness.worker`), how a stage splits into blocks (:mod:`harness.schedule`,
+(:mod:`harness.sandbox.worker`), how a stage splits into blocks (:mod:`harness.runner.schedule`,
 :class:`harness.stages.base.Stage`) and the CLI's help. To add a stage: write its class (one module
 under ``harness/stages/``), its record part (a sub-model in :mod:`harness.record`, also a base of
 ``ResultRecord``) and one :class:`StageEntry` here; :func:`check` (run at import) and

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ...errors import HarnessError
+from harness.core.errors import HarnessError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch.fx as fx
