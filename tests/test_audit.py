@@ -232,6 +232,7 @@ def _forge_certificates(record, points, radius=None):
     return arrays
 
 
+@pytest.mark.slow
 def test_forged_certificates_are_named(tmp_path):
     """Three robust mnist-pgd points the record now says IBP certifies (IBP certifies none of them)."""
     record = copy_entry(tmp_path, "mnist-pgd")
