@@ -20,6 +20,8 @@ folder (atomically; finished AutoAttack attacks within a block too). Protocol li
     {"event": "error", "message": "<one line>", "aborted": false}   (then exit status 3; aborted:
                                                          another rank failed first)
     {"event": "probe", "report": {...}}                  (job kind "probe" only: harness.sandbox.probe)
+    (job kind "attack", for ``harness attack-check``: the checked images classified, into
+    ``<state>/attack_result.npz``; harness.attack_check.run_attack_job)
     {"event": "finished", "blocks": k}                   (then exit status 0)
 
 A Python traceback never reaches the terminal: it goes to ``<state>/worker.log`` (``worker.rank<r>.log``
@@ -59,8 +61,11 @@ class WorkerJob:
     world_size: int = 1
     plan: dict | None = None  # harness.schedule.Plan (attempt, stages to compute, their inputs)
     kind: str = "eval"  # "eval"; "audit" (harness.audit.recompute); "forward" (pr-check: run_forward);
-    #                     "probe": report what code in the worker can see and do (harness.sandbox.probe)
+    #                     "probe": report what code in the worker can see and do (harness.sandbox.probe);
+    #                     "attack": classify an external attack's checked images (harness.attack_check)
     audit: dict | None = None  # the audit's inputs (kind "audit")
+    attack: dict | None = None  # attack-check's inputs (kind "attack"): input_shape, num_classes, forward_passes,
+    # seed; the images are <state_dir>/attack_inputs.npz
     forward: dict | None = None  # pr-check's forward pass (kind "forward"): input_shape, num_classes, n_inputs,
     # seed, count_flops
     read_only: list[str] = field(default_factory=list)  # folders the worker reads (its view when root)
@@ -432,6 +437,12 @@ def main() -> int:
             run(job, sub, proto, sandbox, status)
         elif job.kind == "forward":
             run_forward(job, sub, proto, status)
+        elif job.kind == "attack":
+            from .attack_check import run_attack_job
+
+            status["phase"] = "attack-check"
+            proto.send(event="phase", name="attack-check")
+            run_attack_job(job)
         else:
             raise ValueError(f"unknown job kind {job.kind!r}")
         log.info("finished in %.1f s (%s blocks)", time.perf_counter() - t0, status.get("blocks", 0))
