@@ -209,3 +209,75 @@ def ranks_with_ties(order: Sequence[int], layers: Sequence[object],
             head = i
             rank[i] = pos
     return rank, tied
+
+
+# --- the default order (issue 18): best-known accuracy, statistical ties broken by compute ----------------
+def tie_groups(values: Sequence[Number], cis: Sequence[CI | None], names: Sequence[str]) -> list[list[int]]:
+    """The statistical tie groups of the default order, highest value first.
+
+    Entries with a value are sorted by value (higher first, then name). Walking down that order, an
+    entry joins the current group when its 95% interval overlaps the interval of *every* entry already
+    in the group, else it starts a new group. "Intervals overlap" is not transitive (A overlaps B and
+    B overlaps C while A lies clear above C), so a group is not "everything that overlaps something":
+    it is a maximal run of consecutive entries whose intervals all share a common point (for intervals,
+    pairwise overlap is the same as a common point, Helly's theorem in one dimension, so it is enough
+    to keep the running intersection [max lower end, min upper end]). Hence two entries in one group
+    always overlap each other, and an entry that is measurably more robust than another (higher value,
+    disjoint intervals) is always in an earlier group. An entry without an interval counts as the
+    point [value, value]. Entries without a value form a last group of their own, by name.
+    """
+    idx = [i for i in range(len(values)) if _ok(values[i])]
+    idx.sort(key=lambda i: (-float(values[i]), names[i]))
+    groups: list[list[int]] = []
+    lo = hi = 0.0
+    for i in idx:
+        v = float(values[i])
+        a, b = (float(cis[i][0]), float(cis[i][1])) if cis[i] is not None else (v, v)
+        if groups and a <= hi and b >= lo:
+            groups[-1].append(i)
+            lo, hi = max(lo, a), min(hi, b)
+        else:
+            groups.append([i])
+            lo, hi = a, b
+    rest = sorted((i for i in range(len(values)) if not _ok(values[i])), key=lambda i: names[i])
+    if rest:
+        groups.append(rest)
+    return groups
+
+
+def order_within_group(group: Sequence[int], values: Sequence[Number], costs: Sequence[Number],
+                       train_costs: Sequence[Number], names: Sequence[str]) -> list[int]:
+    """The tie-breakers inside one statistical tie group: inference FLOPs, cheaper first (unknown
+    last: nothing shows it is cheaper); among equal inference FLOPs, training FLOPs (cheaper first)
+    when every one of them has an exact figure, else (and then) best-known accuracy, higher first;
+    then name. "Training FLOPs where both are known exactly" compared pairwise would not be a
+    consistent order (A < C by training, C < B and B < A by accuracy when B's training is
+    unknown), so the training figure decides a set of equal inference FLOPs only when all of it has
+    one."""
+    def val(i: int) -> float:
+        return float(values[i]) if _ok(values[i]) else -math.inf
+
+    def cost(i: int) -> float | None:
+        return float(costs[i]) if _ok(costs[i], positive=True) else None
+
+    by_cost: dict[float | None, list[int]] = {}
+    for i in group:
+        by_cost.setdefault(cost(i), []).append(i)
+    out: list[int] = []
+    for c in sorted(by_cost, key=lambda c: (c is None, c or 0.0)):
+        sub = by_cost[c]
+        if len(sub) > 1 and all(_ok(train_costs[i], positive=True) for i in sub):
+            sub.sort(key=lambda i: (float(train_costs[i]), -val(i), names[i]))
+        else:
+            sub.sort(key=lambda i: (-val(i), names[i]))
+        out.extend(sub)
+    return out
+
+
+def best_known_order(values: Sequence[Number], cis: Sequence[CI | None], costs: Sequence[Number],
+                     train_costs: Sequence[Number], names: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """The default order: tie groups (:func:`tie_groups`) by value, each ordered by
+    :func:`order_within_group`. Returns ``(order, groups)``, each group in its final order."""
+    groups = [order_within_group(g, values, costs, train_costs, names) if all(_ok(values[i]) for i in g)
+              else list(g) for g in tie_groups(values, cis, names)]
+    return [i for g in groups for i in g], groups
