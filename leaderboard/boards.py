@@ -144,6 +144,11 @@ class Entry:
         return self.best_known is not None and self.robust is not None and self.best_known < self.robust
 
     @property
+    def best_known_label(self) -> str:
+        """A short name of the attack that set the best-known accuracy, for a table cell."""
+        return "external" if self.best_known_source == "RobustBench external evaluation" else self.best_known_source
+
+    @property
     def has_extra_data(self) -> bool:
         return bool(self.extra_data)
 
@@ -692,7 +697,7 @@ def make_boards(entries: list[Entry]) -> list[Board]:
         board = Board(dataset, norm, next((e.board_eps for e in group if e.board_eps is not None), group[0].eps),
                       ordered)
         board.scaling = fit_saturating_power_law([e.training_flops_exact for e in ordered],
-                                                 [e.robust for e in ordered])
+                                                 [e.best_known for e in ordered])  # best-known accuracy
         seps = [e for e in ordered if e.separation is not None]
         if seps:  # the estimate from the most test points
             best = max(seps, key=lambda e: (e.separation.get("n_test") or e.n_examples or 0, e.id))
