@@ -172,45 +172,6 @@ def ci_overlap(a: CI | None, b: CI | None) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def default_order(layers: Sequence[int | None], values: Sequence[Number], costs: Sequence[Number],
-                  names: Sequence[str], tiers: Sequence[int] | None = None) -> list[int]:
-    """The default ranking: by tier (when given; lower first), then by frontier layer (entries
-    without one last), within a layer by value (higher first), then by cost (lower first), then by
-    name."""
-    def key(i: int):
-        layer = layers[i]
-        v = values[i] if _ok(values[i]) else None
-        c = costs[i] if _ok(costs[i], positive=True) else None
-        t = tiers[i] if tiers is not None else 0
-        return (t, layer is None, layer or 0, v is None, -(v or 0.0), c is None, c or 0.0, names[i])
-
-    return sorted(range(len(layers)), key=key)
-
-
-def ranks_with_ties(order: Sequence[int], layers: Sequence[object],
-                    cis: Sequence[CI | None]) -> tuple[list[int], list[bool]]:
-    """Standard competition ranks ("1, 2, 2, 4") along ``order``.
-
-    Walking down the order, an entry joins the tie group of the entry that heads the current group
-    when both are in the same frontier layer and their 95% confidence intervals overlap; it then
-    shares that entry's rank. Otherwise it heads a new group, ranked by its position. Comparing with
-    the head (not with the previous entry) keeps chains of small overlaps from tying far-apart
-    entries. Returns ``(rank, tied)`` aligned with the input (not with ``order``).
-    """
-    n = len(layers)
-    rank = [0] * n
-    tied = [False] * n
-    head: int | None = None
-    for pos, i in enumerate(order, start=1):
-        if head is not None and layers[i] == layers[head] and ci_overlap(cis[i], cis[head]):
-            rank[i] = rank[head]
-            tied[i] = tied[head] = True
-        else:
-            head = i
-            rank[i] = pos
-    return rank, tied
-
-
 # --- the default order (issue 18): best-known accuracy, statistical ties broken by compute ----------------
 def tie_groups(values: Sequence[Number], cis: Sequence[CI | None], names: Sequence[str]) -> list[list[int]]:
     """The statistical tie groups of the default order, highest value first.
