@@ -20,7 +20,7 @@ from harness.record import FLOPS_CONVENTION
 
 from . import fmt
 from .boards import FRONTIERS, Board, Entry, Inputs
-from .render_json import EFFICIENCY_DEFINITION, RANKING_DEFINITION, entry_page
+from .render_json import COMPUTE_DEFINITION, EFFICIENCY_DEFINITION, RANKING_DEFINITION, RANKING_RULE, entry_page
 from .render_plots import write_gallery
 from .scaling import MIN_POINTS, PAPER
 from .urls import safe_url
@@ -95,7 +95,8 @@ def render_site(out: Path, boards: list[Board], inputs: Inputs, plots: dict[str,
     for f in sorted(STATIC.iterdir()):
         if f.is_file():
             shutil.copyfile(f, out / "static" / f.name)
-    common = {"convention": FLOPS_CONVENTION, "ranking": RANKING_DEFINITION,
+    common = {"convention": FLOPS_CONVENTION, "ranking": RANKING_DEFINITION, "ranking_rule": RANKING_RULE,
+              "compute_definition": COMPUTE_DEFINITION,
               "efficiency": EFFICIENCY_DEFINITION, "paper": PAPER, "min_points": MIN_POINTS}
     entries = [e for b in boards for e in b.entries]
     index = env.get_template("index.html").render(
