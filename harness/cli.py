@@ -1,4 +1,4 @@
-"""The ``harness`` command line: eval, validate, schema, fetch, pr-check, audit, sign, keygen,
+"""The ``harness`` command line: eval, validate, schema, fetch, pr-check, audit, attack-check, sign, keygen,
 leaderboard build / import-robustbench."""
 from __future__ import annotations
 
@@ -281,6 +281,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
+def cmd_attack_check(args: argparse.Namespace) -> int:
+    from harness.review.attack_check import attack_check
+
+    check_device(args.device)
+    if args.data_dir is not None and not _exists(args.data_dir, want_dir=True):
+        raise HarnessError(f"--data-dir {one_line(args.data_dir, 300)}: no such folder")
+    command = "harness " + " ".join(shlex.quote(a) for a in args.argv)
+    res = attack_check(args.attack, out=args.out, record=args.record, device=args.device, data_dir=args.data_dir,
+                       sandbox=args.sandbox, batch_size=args.batch_size, command=command)
+    print(one_line(res.summary(), 2000))
+    for note in res.notes:
+        print(f"note: {one_line(note)}")
+    print(f"attack record: {one_line(res.out, 1000)}")
+    return 0
+
+
 # --- signing (harness.record.signing) -----------------------------------------------------------------
 def cmd_sign(args: argparse.Namespace) -> int:
     from harness.record.signing import load_signing_key, sign_record
@@ -447,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data-dir", help=DATA_DIR_HELP)
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(func=cmd_audit)
+
+    ac = sub.add_parser("attack-check", help="check an external attack (adversarial examples against a re-evaluated "
+                        "entry) and write its attack record")
+    ac.add_argument("attack", help="submissions/<id>/attacks/<name>/attack.yaml (with adversarial.npz beside it)")
+    ac.add_argument("--out", help="attack record path (default: the scratch path "
+                    "leaderboard/results/local/attacks/<id>/<name>.json; the trusted job writes "
+                    "leaderboard/results/attacks/<id>/<name>.json)")
+    ac.add_argument("--record", help="the entry's result record (default leaderboard/results/<id>.json)")
+    ac.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    ac.add_argument("--data-dir", help=DATA_DIR_HELP)
+    ac.add_argument("--batch-size", type=_count(100_000), help="default: the submission's, at most 256")
+    ac.add_argument("--sandbox", choices=("worker", "bwrap"), default="worker",
+                    help="the model runs in the evaluation worker, as for harness eval (default worker)")
+    ac.set_defaults(func=cmd_attack_check)
 
     from harness.record import signing as sg
 

@@ -34,6 +34,7 @@ from harness.submission.schema import format_eps, parse_eps
 from leaderboard.importers.robustbench import COLUMNS as REPORTED_COLUMNS
 
 from . import frontier as fr
+from .best_known import ExternalEvaluation, load_attack_records, record_best_known, reported_best_known
 from .fmt import compute_key
 from .recipes import load_recipes, training_compute
 from .scaling import PAPER, ScalingFit, fit_saturating_power_law
@@ -47,10 +48,11 @@ REPORTED_CI_NOTE = ("95% Clopper-Pearson interval computed here from the reporte
                     "n = {n} test points (the full test set)")
 
 #: (key, cost attribute, value attribute, title) of the four compute-efficiency frontiers
+#: (the keys keep their names; "robust" is the best-known robust accuracy since issue 18)
 FRONTIERS: list[tuple[str, str, str, str]] = [
-    ("robust_vs_inference_flops", "inference_flops", "robust", "AutoAttack accuracy vs inference FLOPs"),
-    ("robust_vs_training_flops", "training_flops", "robust", "AutoAttack accuracy vs training FLOPs"),
-    ("robust_vs_params", "params", "robust", "AutoAttack accuracy vs parameters"),
+    ("robust_vs_inference_flops", "inference_flops", "best_known", "Best-known robust accuracy vs inference FLOPs"),
+    ("robust_vs_training_flops", "training_flops", "best_known", "Best-known robust accuracy vs training FLOPs"),
+    ("robust_vs_params", "params", "best_known", "Best-known robust accuracy vs parameters"),
     ("certified_vs_inference_flops", "inference_flops", "certified", "Certified accuracy vs inference FLOPs"),
 ]
 
@@ -92,8 +94,14 @@ class Entry:
     venue: str = ""
     year: str = ""
     paper_title: str = ""
-    best_known: float | None = None  # the lowest robust accuracy any attack reached, when below AutoAttack's
+    #: best-known robust accuracy (leaderboard.best_known): the lowest accuracy any accepted attack reached,
+    #: AutoAttack's own (``robust``) when nothing beats it; the headline number, ranked on
+    best_known: float | None = None
+    best_known_ci: CI | None = None
+    best_known_source: str = ""      # "AutoAttack", "<attack> (external)" or "RobustBench external evaluation"
     best_known_note: str = ""
+    #: external attack records of this entry (leaderboard.best_known.ExternalEvaluation), stale ones included
+    external: list[Any] = field(default_factory=list)
     board_eps: float | None = None   # the board's ε when the entry's own differs (ε = 0.031 on 8/255)
     compute_note: str = ""           # how params and FLOPs were counted, or why they were not
     forward_passes: int = 1
@@ -110,7 +118,8 @@ class Entry:
     # computed on the board
     layer: int | None = None
     rank: int = 0
-    tied: bool = False
+    tied: bool = False               # in a statistical tie group of two or more entries
+    tie_group: tuple[int, int] | None = None  # (first rank, last rank) of its tie group
     on_frontier: dict[str, bool | None] = field(default_factory=dict)
     flop_saving: float | None = None
     measurably_robust: bool = False  # the lower end of the robust accuracy's 95% CI is above 0
@@ -118,6 +127,11 @@ class Entry:
     gap: float | None = None         # most robust accuracy at no more inference FLOPs, minus this entry's
     training_overhead: float | None = None
     training_gap: float | None = None
+
+    def __post_init__(self) -> None:
+        # nothing beats AutoAttack until an external evaluation says so (load_reported, attach_best_known)
+        if self.best_known is None and self.robust is not None:
+            self.best_known, self.best_known_ci, self.best_known_source = self.robust, self.robust_ci, "AutoAttack"
 
     @property
     def training_flops_frontier(self) -> float | None:
@@ -131,6 +145,16 @@ class Entry:
     def training_flops_exact(self) -> float | None:
         """The training FLOPs when they are a point estimate (what the scaling-law fit may use)."""
         return self.training_flops if self.training_flops_bound is None else None
+
+    @property
+    def best_known_below(self) -> bool:
+        """Does another attack beat AutoAttack on this entry?"""
+        return self.best_known is not None and self.robust is not None and self.best_known < self.robust
+
+    @property
+    def best_known_label(self) -> str:
+        """A short name of the attack that set the best-known accuracy, for a table cell."""
+        return "external" if self.best_known_source == "RobustBench external evaluation" else self.best_known_source
 
     @property
     def has_extra_data(self) -> bool:
@@ -279,12 +303,9 @@ def load_reported(path: Path) -> list[Entry]:
         stronger = _pct(row["stronger_attack_acc_percent"], where, "stronger_attack_acc_percent", required=False)
         params = _num(row["params"], where, "params")
         flags = []
-        best_known, best_note = None, ""
-        if stronger is not None and robust is not None and stronger < robust:
-            best_known = stronger
-            best_note = (f"a stronger attack than AutoAttack reaches {stronger:.2%} "
-                         "(RobustBench's external evaluation; see the note)")
-            flags.append(Flag("stronger-attack", "warning", best_note))
+        bk = reported_best_known(robust, stronger, n)
+        if bk.below_autoattack:
+            flags.append(Flag("stronger-attack", "warning", bk.note))
         if (row["unreliable"] or "").strip().lower() == "true":
             flags.append(Flag("unreliable", "error", "RobustBench marks this evaluation as potentially unreliable"))
         board_eps = _board_eps(row["norm"], eps)
@@ -312,7 +333,8 @@ def load_reported(path: Path) -> list[Entry]:
             architecture=(row["architecture"] or "").strip(), extra_data=(row["extra_data"] or "").strip(),
             additional_data=None if additional not in ("true", "false") else additional == "true",
             venue=(row["venue"] or "").strip(), year=(row["year"] or "").strip(),
-            paper_title=(row["paper"] or "").strip(), best_known=best_known, best_known_note=best_note,
+            paper_title=(row["paper"] or "").strip(), best_known=bk.value, best_known_ci=bk.ci,
+            best_known_source=bk.source, best_known_note=bk.note,
             board_eps=board_eps, compute_note=compute_note, forward_passes=int(fp_text),
         ))
     return entries
@@ -458,6 +480,48 @@ def _record_trust(path: Path, keys: dict, extra: dict, *, local: bool, scratch: 
     return "local", f"local, signed by {v.key_id}", v
 
 
+def attach_best_known(entries: list[Entry], attacks: dict[str, list[ExternalEvaluation]]) -> None:
+    """Best-known accuracy of every record entry (leaderboard.best_known), from its examples file and
+    the external attack records of it; an attack record for an id that is no record on the board is
+    refused (reported rows carry RobustBench's external number instead)."""
+    from harness.core.files import sha256_file
+    from harness.record.read import read_examples
+
+    by_id = {e.id: e for e in entries}
+    for eid, evals in sorted(attacks.items()):
+        if eid not in by_id:
+            raise HarnessError(f"{evals[0].path}: an attack record for entry {eid!r}, which is no re-evaluated "
+                               "entry (no leaderboard/results/<id>.json)")
+    for e in entries:
+        rec, evals = e.record, attacks.get(e.id, [])
+        e.external = evals
+        if rec is None or e.record_path is None:
+            continue
+        if rec.robust_accuracy is None:
+            for ev in evals:
+                ev.stale = "the entry has no AutoAttack result to combine it with"
+            continue
+        arrays = read_examples(rec, e.record_path)
+        npz = e.record_path.with_name(rec.examples_file)
+        sha = e.signed_by.examples_sha256 if e.signed_by is not None else sha256_file(npz)
+        bk = record_best_known(
+            n=rec.n_examples, index=arrays["index"],
+            clean_correct=arrays.get("clean_correct", arrays["autoattack_robust"]),
+            autoattack_robust=arrays["autoattack_robust"], autoattack=rec.robust_accuracy, examples_sha256=sha,
+            results_sha256=rec.provenance.results_sha256, dataset=rec.dataset, norm=rec.threat_model.norm,
+            eps=float(rec.threat_model.eps), evaluations=evals)
+        e.best_known, e.best_known_ci, e.best_known_source, e.best_known_note = bk.value, bk.ci, bk.source, bk.note
+        if bk.n_extra:
+            e.flags.append(Flag("stronger-attack", "warning", bk.note))
+        for ev in evals:
+            if ev.stale:
+                e.flags.append(Flag("stale-attack", "info",
+                                    f"external attack {ev.attack_name} not applied: {ev.stale}"))
+            elif ev.trust != "verified":
+                e.flags.append(Flag("local-attack", "info", f"external attack {ev.attack_name} applied on this local "
+                                                            f"board only ({ev.trust})"))
+
+
 def duplicate_checkpoint_flags(entries: list[Entry]) -> None:
     """Two or more records of the same checkpoint (provenance.checkpoint_sha256): each gets a
     ``duplicate-checkpoint`` flag naming the others."""
@@ -540,6 +604,7 @@ def load_entries(repo_root: Path, *, local: bool = False, trust_keys: tuple[Path
         entry.kind, entry.trust, entry.signed_by = kind, trust, signed_by
         entries.append(entry)
     duplicate_checkpoint_flags(entries)
+    attach_best_known(entries, load_attack_records(repo_root, keys, extra, local=local))
 
     reported_csv = repo_root / "leaderboard" / "reported.csv"
     if reported_csv.is_file():
@@ -572,36 +637,21 @@ def measurably_above_zero(value: float | None, ci: CI | None) -> bool:
     return value > 0
 
 
-#: the tiers of the default order: a lower tier always ranks above a higher one
-TIER_ON_BOARD, TIER_NO_COMPUTE, TIER_NOT_ROBUST, TIER_NO_ACCURACY = range(4)
-TIER_NAMES = {
-    TIER_ON_BOARD: "measurably robust, ranked by frontier layer",
-    TIER_NO_COMPUTE: "measurably robust, inference FLOPs unknown",
-    TIER_NOT_ROBUST: "not measurably robust (the 95% CI of AutoAttack accuracy contains 0)",
-    TIER_NO_ACCURACY: "no AutoAttack accuracy",
-}
-
-
-def tier(e: Entry) -> int:
-    if e.robust is None:
-        return TIER_NO_ACCURACY
-    if not e.measurably_robust:
-        return TIER_NOT_ROBUST
-    if e.layer is None:
-        return TIER_NO_COMPUTE
-    return TIER_ON_BOARD
-
-
 def rank_board(entries: list[Entry]) -> list[Entry]:
-    """Frontiers, layers, overhead and gap, the FLOP saving and ranks with ties; returns the
-    default order.
+    """Frontiers, layers, overhead and gap, the FLOP saving, the default order and ranks; returns
+    the entries in the default order.
 
-    Honest ranking: an entry whose accuracy is not measurably above zero (its 95% CI contains 0)
-    is on no frontier of that accuracy and ranks below every measurably robust entry. Compute
-    figures enter rounded to the 3 significant digits the tables show (:func:`compute_key`)."""
+    Every figure uses the best-known robust accuracy (:mod:`leaderboard.best_known`). The default
+    order (:func:`leaderboard.frontier.best_known_order`): by best-known accuracy; a statistical tie
+    group (a maximal run of consecutive entries whose 95% intervals all overlap one another) is
+    ordered by inference FLOPs (cheaper first), then training FLOPs where all of the tied figures
+    are exact, then best-known accuracy. Ranks are positions (1, 2, 3, ...); entries of one tie
+    group are marked tied, with the group's first and last rank. An entry whose best-known accuracy
+    is not measurably above zero (its 95% CI contains 0) is on no frontier of it. Compute figures
+    enter rounded to the 3 significant digits the tables show (:func:`compute_key`)."""
     for e in entries:
-        e.measurably_robust = measurably_above_zero(e.robust, e.robust_ci)
-    robust_vals = [e.robust if e.measurably_robust else None for e in entries]
+        e.measurably_robust = measurably_above_zero(e.best_known, e.best_known_ci)
+    robust_vals = [e.best_known if e.measurably_robust else None for e in entries]
     cert_vals = [e.certified if measurably_above_zero(e.certified, e.certified_ci) else None for e in entries]
     for key, cost_attr, value_attr, _ in FRONTIERS:
         values = cert_vals if value_attr == "certified" else robust_vals
@@ -615,7 +665,7 @@ def rank_board(entries: list[Entry]) -> list[Entry]:
     costs = [compute_key(e.inference_flops) for e in entries]
     layers = fr.nondominated_layers(costs, robust_vals)
     saving = fr.flop_saving(costs, robust_vals)
-    all_vals = [e.robust for e in entries]
+    all_vals = [e.best_known for e in entries]
     overhead = fr.compute_overhead(costs, all_vals)
     gap = fr.robustness_gap(costs, all_vals)
     tcosts = [compute_key(e.training_flops_frontier) for e in entries]
@@ -625,12 +675,17 @@ def rank_board(entries: list[Entry]) -> list[Entry]:
         e.layer, e.flop_saving = layers[i], saving[i]
         e.overhead, e.gap = overhead[i], gap[i]
         e.training_overhead, e.training_gap = t_overhead[i], t_gap[i]
-    tiers = [tier(e) for e in entries]
-    order = fr.default_order(layers, all_vals, costs, [e.name for e in entries], tiers)
-    ranks, tied = fr.ranks_with_ties(order, [(t, layer) for t, layer in zip(tiers, layers, strict=False)],
-                                     [e.robust_ci for e in entries])
-    for e, r, t in zip(entries, ranks, tied, strict=False):
-        e.rank, e.tied = r, t
+    order, groups = fr.best_known_order(all_vals, [e.best_known_ci for e in entries], costs,
+                                        [compute_key(e.training_flops_exact) for e in entries],
+                                        [e.name + "\0" + e.id for e in entries])
+    pos = {i: p for p, i in enumerate(order, start=1)}
+    for g in groups:
+        first, last = pos[g[0]], pos[g[-1]]
+        for i in g:
+            e = entries[i]
+            e.rank = pos[i]
+            e.tied = len(g) > 1 and e.best_known is not None
+            e.tie_group = (first, last) if e.tied else None
     return [entries[i] for i in order]
 
 
@@ -650,7 +705,7 @@ def make_boards(entries: list[Entry]) -> list[Board]:
         board = Board(dataset, norm, next((e.board_eps for e in group if e.board_eps is not None), group[0].eps),
                       ordered)
         board.scaling = fit_saturating_power_law([e.training_flops_exact for e in ordered],
-                                                 [e.robust for e in ordered])
+                                                 [e.best_known for e in ordered])  # best-known accuracy
         seps = [e for e in ordered if e.separation is not None]
         if seps:  # the estimate from the most test points
             best = max(seps, key=lambda e: (e.separation.get("n_test") or e.n_examples or 0, e.id))
@@ -686,38 +741,73 @@ def _pc(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
+def _ci_text(ci: CI | None) -> str:
+    return f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci is not None else "no interval"
+
+
 def worked_example(board: Board) -> list[str]:
-    """Sentences that apply the ranking rule to entries of this board (for the page and the
-    Markdown): an entry that is not measurably robust, and a dominated entry's overhead and gap."""
+    """Sentences that apply the ranking rule to entries of this board, generated from its data (for
+    the page, the Markdown and the JSON): a tie group whose order the compute tie-breaker decided,
+    a cheap entry that ranks below a measurably more robust one, and a dominated entry's compute
+    overhead and robustness gap."""
     from .fmt import flops as fflops
 
     out = []
-    robust = [e for e in board.entries if e.measurably_robust]
-    weak = [e for e in board.entries if e.robust is not None and not e.measurably_robust
-            and e.inference_flops is not None]
-    if weak and robust:
-        w = min(weak, key=lambda e: (e.rank, e.id))
-        cheaper = sum(1 for e in robust if e.inference_flops is not None and e.inference_flops > w.inference_flops)
-        ci = f"95% CI [{100 * w.robust_ci[0]:.2f}, {100 * w.robust_ci[1]:.2f}]" if w.robust_ci else "no CI"
-        out.append(f"{w.name} reaches {_pc(w.robust)} AutoAttack accuracy ({ci}): the interval contains 0, so it "
-                   f"is not measurably robust. It wears no frontier badge and ranks {w.rank} of "
-                   f"{len(board.entries)}, below all {len(robust)} measurably robust entries"
-                   + (f", although it needs fewer inference FLOPs ({fflops(w.inference_flops)}) than "
-                      f"{cheaper} of them." if cheaper else "."))
+    ranked = [e for e in board.entries if e.best_known is not None]
+    # 1. the tie-breaker at work: the first pair of one tie group ranked against best-known order
+    pair = None
+    for a in ranked:
+        if not a.tied:
+            continue
+        for b in ranked:
+            if b.rank > a.rank and b.tie_group == a.tie_group and b.best_known > a.best_known:
+                pair = (a, b)
+                break
+        if pair:
+            break
+    if pair:
+        a, b = pair
+        first, last = a.tie_group
+        why = (f"needs fewer inference FLOPs ({fflops(a.inference_flops)} against {fflops(b.inference_flops)})"
+               if compute_key(a.inference_flops) != compute_key(b.inference_flops) else
+               f"needs the same inference FLOPs ({fflops(a.inference_flops)}) and fewer training FLOPs "
+               f"({fflops(a.training_flops)} against {fflops(b.training_flops)})")
+        out.append(f"{b.name} has the higher best-known accuracy ({_pc(b.best_known)}, 95% CI "
+                   f"{_ci_text(b.best_known_ci)}) than {a.name} ({_pc(a.best_known)}, {_ci_text(a.best_known_ci)}), "
+                   f"but both are in the statistical tie group of ranks {first} to {last}, whose intervals all "
+                   f"overlap, and {a.name} {why}, so {a.name} ranks {a.rank} and {b.name} {b.rank}.")
+    # 2. compute never lifts an entry over one that is measurably more robust
+    top = ranked[0] if ranked else None
+    if top is not None and top.inference_flops is not None:
+        below = [e for e in ranked if e.tie_group is None or e.tie_group != top.tie_group]
+        below = [e for e in below if e.inference_flops is not None and e.best_known_ci is not None
+                 and top.best_known_ci is not None and e.best_known_ci[1] < top.best_known_ci[0]
+                 and compute_key(e.inference_flops) < compute_key(top.inference_flops)]
+        if below:
+            c = min(below, key=lambda e: (compute_key(e.inference_flops), e.rank))
+            ratio = top.inference_flops / c.inference_flops
+            times = f"{ratio:,.0f}" if ratio >= 100 else f"{ratio:.3g}"
+            out.append(f"{c.name} needs {times}× fewer inference FLOPs "
+                       f"({fflops(c.inference_flops)}) than {top.name} ({fflops(top.inference_flops)}), but its "
+                       f"best-known accuracy, {_pc(c.best_known)} ({_ci_text(c.best_known_ci)}), is measurably "
+                       f"below {top.name}'s {_pc(top.best_known)} ({_ci_text(top.best_known_ci)}): the intervals do "
+                       f"not overlap, so it ranks {c.rank}, below it.")
+    # 3. frontier facts stay beside the rank: a dominated entry's overhead and gap
+    robust = [e for e in ranked if e.measurably_robust]
     dominated = [e for e in robust if e.layer is not None and e.layer > 1 and e.overhead and e.overhead > 1
                  and e.gap is not None and e.gap > 0]
     if dominated:
         d = min(dominated, key=lambda e: (e.rank, e.id))
         key_d = compute_key(d.inference_flops)
-        cheaper = min((e for e in board.entries if e.robust is not None and d.robust is not None
-                       and e.robust >= d.robust and compute_key(e.inference_flops) is not None),
-                      key=lambda e: (compute_key(e.inference_flops), -e.robust, e.id))
-        better = max((e for e in board.entries if e.robust is not None and compute_key(e.inference_flops) is not None
+        cheaper = min((e for e in ranked
+                       if e.best_known >= d.best_known and compute_key(e.inference_flops) is not None),
+                      key=lambda e: (compute_key(e.inference_flops), -e.best_known, e.id))
+        better = max((e for e in ranked if compute_key(e.inference_flops) is not None
                       and compute_key(e.inference_flops) <= key_d),
-                     key=lambda e: (e.robust, -compute_key(e.inference_flops), e.id))
-        out.append(f"{d.name} reaches {_pc(d.robust)} with {fflops(d.inference_flops)} inference FLOPs. "
-                   f"{cheaper.name} is at least as robust ({_pc(cheaper.robust)}) with "
+                     key=lambda e: (e.best_known, -compute_key(e.inference_flops), e.id))
+        out.append(f"{d.name} reaches {_pc(d.best_known)} with {fflops(d.inference_flops)} inference FLOPs. "
+                   f"{cheaper.name} is at least as robust ({_pc(cheaper.best_known)}) with "
                    f"{fflops(cheaper.inference_flops)}, so {d.name}'s compute overhead is {d.overhead:.3g}×; "
-                   f"with no more compute, {better.name} reaches {_pc(better.robust)}, so its robustness gap is "
-                   f"{100 * d.gap:.2f} points. It ranks {d.rank}{'=' if d.tied else ''}, in frontier layer {d.layer}.")
+                   f"with no more compute, {better.name} reaches {_pc(better.best_known)}, so its robustness gap "
+                   f"is {100 * d.gap:.2f} points. It ranks {d.rank}, in frontier layer {d.layer}.")
     return out

@@ -172,40 +172,73 @@ def ci_overlap(a: CI | None, b: CI | None) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
-def default_order(layers: Sequence[int | None], values: Sequence[Number], costs: Sequence[Number],
-                  names: Sequence[str], tiers: Sequence[int] | None = None) -> list[int]:
-    """The default ranking: by tier (when given; lower first), then by frontier layer (entries
-    without one last), within a layer by value (higher first), then by cost (lower first), then by
-    name."""
-    def key(i: int):
-        layer = layers[i]
-        v = values[i] if _ok(values[i]) else None
-        c = costs[i] if _ok(costs[i], positive=True) else None
-        t = tiers[i] if tiers is not None else 0
-        return (t, layer is None, layer or 0, v is None, -(v or 0.0), c is None, c or 0.0, names[i])
+# --- the default order (issue 18): best-known accuracy, statistical ties broken by compute ----------------
+def tie_groups(values: Sequence[Number], cis: Sequence[CI | None], names: Sequence[str]) -> list[list[int]]:
+    """The statistical tie groups of the default order, highest value first.
 
-    return sorted(range(len(layers)), key=key)
-
-
-def ranks_with_ties(order: Sequence[int], layers: Sequence[object],
-                    cis: Sequence[CI | None]) -> tuple[list[int], list[bool]]:
-    """Standard competition ranks ("1, 2, 2, 4") along ``order``.
-
-    Walking down the order, an entry joins the tie group of the entry that heads the current group
-    when both are in the same frontier layer and their 95% confidence intervals overlap; it then
-    shares that entry's rank. Otherwise it heads a new group, ranked by its position. Comparing with
-    the head (not with the previous entry) keeps chains of small overlaps from tying far-apart
-    entries. Returns ``(rank, tied)`` aligned with the input (not with ``order``).
+    Entries with a value are sorted by value (higher first, then name). Walking down that order, an
+    entry joins the current group when its 95% interval overlaps the interval of *every* entry already
+    in the group, else it starts a new group. "Intervals overlap" is not transitive (A overlaps B and
+    B overlaps C while A lies clear above C), so a group is not "everything that overlaps something":
+    it is a maximal run of consecutive entries whose intervals all share a common point (for intervals,
+    pairwise overlap is the same as a common point, Helly's theorem in one dimension, so it is enough
+    to keep the running intersection [max lower end, min upper end]). Hence two entries in one group
+    always overlap each other, and an entry that is measurably more robust than another (higher value,
+    disjoint intervals) is always in an earlier group. An entry without an interval counts as the
+    point [value, value]. Entries without a value form a last group of their own, by name.
     """
-    n = len(layers)
-    rank = [0] * n
-    tied = [False] * n
-    head: int | None = None
-    for pos, i in enumerate(order, start=1):
-        if head is not None and layers[i] == layers[head] and ci_overlap(cis[i], cis[head]):
-            rank[i] = rank[head]
-            tied[i] = tied[head] = True
+    idx = [i for i in range(len(values)) if _ok(values[i])]
+    idx.sort(key=lambda i: (-float(values[i]), names[i]))
+    groups: list[list[int]] = []
+    lo = hi = 0.0
+    for i in idx:
+        v = float(values[i])
+        a, b = (float(cis[i][0]), float(cis[i][1])) if cis[i] is not None else (v, v)
+        if groups and a <= hi and b >= lo:
+            groups[-1].append(i)
+            lo, hi = max(lo, a), min(hi, b)
         else:
-            head = i
-            rank[i] = pos
-    return rank, tied
+            groups.append([i])
+            lo, hi = a, b
+    rest = sorted((i for i in range(len(values)) if not _ok(values[i])), key=lambda i: names[i])
+    if rest:
+        groups.append(rest)
+    return groups
+
+
+def order_within_group(group: Sequence[int], values: Sequence[Number], costs: Sequence[Number],
+                       train_costs: Sequence[Number], names: Sequence[str]) -> list[int]:
+    """The tie-breakers inside one statistical tie group: inference FLOPs, cheaper first (unknown
+    last: nothing shows it is cheaper); among equal inference FLOPs, training FLOPs (cheaper first)
+    when every one of them has an exact figure, else (and then) best-known accuracy, higher first;
+    then name. "Training FLOPs where both are known exactly" compared pairwise would not be a
+    consistent order (A < C by training, C < B and B < A by accuracy when B's training is
+    unknown), so the training figure decides a set of equal inference FLOPs only when all of it has
+    one."""
+    def val(i: int) -> float:
+        return float(values[i]) if _ok(values[i]) else -math.inf
+
+    def cost(i: int) -> float | None:
+        return float(costs[i]) if _ok(costs[i], positive=True) else None
+
+    by_cost: dict[float | None, list[int]] = {}
+    for i in group:
+        by_cost.setdefault(cost(i), []).append(i)
+    out: list[int] = []
+    for c in sorted(by_cost, key=lambda c: (c is None, c or 0.0)):
+        sub = by_cost[c]
+        if len(sub) > 1 and all(_ok(train_costs[i], positive=True) for i in sub):
+            sub.sort(key=lambda i: (float(train_costs[i]), -val(i), names[i]))
+        else:
+            sub.sort(key=lambda i: (-val(i), names[i]))
+        out.extend(sub)
+    return out
+
+
+def best_known_order(values: Sequence[Number], cis: Sequence[CI | None], costs: Sequence[Number],
+                     train_costs: Sequence[Number], names: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """The default order: tie groups (:func:`tie_groups`) by value, each ordered by
+    :func:`order_within_group`. Returns ``(order, groups)``, each group in its final order."""
+    groups = [order_within_group(g, values, costs, train_costs, names) if all(_ok(values[i]) for i in g)
+              else list(g) for g in tie_groups(values, cis, names)]
+    return [i for g in groups for i in g], groups

@@ -101,31 +101,31 @@ def test_ci_overlap():
     assert not fr.ci_overlap(None, (0.1, 0.2))
 
 
-def test_default_order_and_ranks_with_ties():
+def test_tie_groups_are_not_chained():
+    """Overlap is not transitive: 0~1 and 1~2 overlap, 0 and 2 do not, so 2 starts a new group."""
+    values = [0.62, 0.59, 0.56]
+    cis = [(0.60, 0.64), (0.57, 0.61), (0.54, 0.58)]
+    assert fr.tie_groups(values, cis, ["a", "b", "c"]) == [[0, 1], [2]]
+    # the same three with 2 overlapping both: one group
+    assert fr.tie_groups(values, [(0.60, 0.64), (0.57, 0.61), (0.54, 0.605)], ["a", "b", "c"]) == [[0, 1, 2]]
+    # a narrow interval inside a wide one, then one that overlaps the wide one only: new group
+    assert fr.tie_groups([0.5, 0.45, 0.42], [(0.40, 0.60), (0.44, 0.46), (0.41, 0.43)], list("abc")) == [[0, 1], [2]]
+    # missing values last, by name; no interval = the point itself
+    assert fr.tie_groups([None, 0.5, 0.5], [None, None, None], ["z", "b", "a"]) == [[2, 1], [0]]
+
+
+def test_order_within_a_group_hand_example():
     names = ["a", "b", "c", "d", "e"]
-    layers = [1, 1, 2, 1, None]
-    values = [0.70, 0.69, 0.80, 0.50, 0.99]
-    costs = [10.0, 5.0, 20.0, 1.0, None]
-    order = fr.default_order(layers, values, costs, names)
-    assert order == [0, 1, 3, 2, 4]  # layer 1 by accuracy, then layer 2, then no layer
-    cis = [(0.68, 0.72), (0.67, 0.71), (0.78, 0.82), (0.48, 0.52), (0.98, 1.0)]
-    rank, tied = fr.ranks_with_ties(order, layers, cis)
-    assert rank == [1, 1, 4, 3, 5]
-    assert tied == [True, True, False, False, False]
-
-
-def test_ties_compare_with_the_head_of_the_group_not_a_chain():
-    layers = [1, 1, 1]
-    order = [0, 1, 2]
-    cis = [(0.60, 0.64), (0.57, 0.61), (0.54, 0.58)]  # 0~1 and 1~2 overlap, 0 and 2 do not
-    rank, tied = fr.ranks_with_ties(order, layers, cis)
-    assert rank == [1, 1, 3]
-    assert tied == [True, True, False]
-
-
-def test_no_tie_across_layers():
-    rank, tied = fr.ranks_with_ties([0, 1], [1, 2], [(0.5, 0.6), (0.5, 0.6)])
-    assert rank == [1, 2] and tied == [False, False]
+    values = [0.70, 0.69, 0.71, 0.70, 0.72]
+    costs = [5.0, 5.0, 1.0, None, 5.0]
+    train = [3.0, 2.0, None, 1.0, 4.0]
+    # c is cheapest; a, b, e share 5.0 and all have exact training FLOPs: b (2), a (3), e (4); d unknown: last
+    assert fr.order_within_group(range(5), values, costs, train, names) == [2, 1, 0, 4, 3]
+    # one of the three without exact training FLOPs: accuracy decides the three (e, a, b)
+    train[4] = None
+    assert fr.order_within_group(range(5), values, costs, train, names) == [2, 4, 0, 1, 3]
+    order, groups = fr.best_known_order(values, [(v - 0.03, v + 0.03) for v in values], costs, train, names)
+    assert groups == [order] and order == [2, 4, 0, 1, 3]
 
 
 # --- compute overhead and robustness gap --------------------------------------------------------
@@ -204,7 +204,6 @@ def test_rank_board_matches_brute_force_on_random_boards():
     for _ in range(60):
         entries = _random_board(rng, rng.randint(1, 30))
         ordered = rank_board(list(entries))
-        pos = {e.id: k for k, e in enumerate(ordered)}
         measurable = {e.id: e.robust is not None and e.robust_ci[0] > 0 for e in entries}
         for e in entries:
             assert e.measurably_robust == measurable[e.id]
@@ -232,22 +231,78 @@ def test_rank_board_matches_brute_force_on_random_boards():
         for e, o, g in zip(entries, brute_overhead(costs, values), brute_gap(costs, values), strict=False):
             assert (e.overhead is None and o is None) or e.overhead == pytest.approx(o)
             assert (e.gap is None and g is None) or e.gap == pytest.approx(g)
-        # never above a measurably robust entry; no badge without measurable robustness
+        # no badge without measurable robustness
         for a in entries:
-            for b in entries:
-                if measurable[a.id] and not measurable[b.id]:
-                    assert pos[a.id] < pos[b.id] and a.rank < b.rank
             if not measurable[a.id]:
-                assert not any(a.on_frontier.get(k) for k, _, v, _ in FRONTIERS if v == "robust")
+                assert not any(a.on_frontier.get(k) for k, _, v, _ in FRONTIERS if v == "best_known")
             if a.certified is not None and a.certified_ci[0] == 0:
                 assert not a.on_frontier.get("certified_vs_inference_flops")
-        # within the measurably robust entries with inference FLOPs: by layer, then accuracy
-        ranked = [e for e in ordered if e.measurably_robust and e.layer is not None]
-        keys = [(e.layer, -e.robust) for e in ranked]
-        assert keys == sorted(keys)
-        # ranks are standard competition ranks along the order
-        for k, e in enumerate(ordered, start=1):
-            assert e.rank <= k and (e.rank == k or e.tied)
+        check_default_order(ordered)
+
+
+def _overlap(a, b):
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def check_default_order(ordered):
+    """The default order of issue 18, checked by brute force over all pairs: ranks are positions;
+    an entry measurably more robust than another (higher best-known, disjoint intervals) is above
+    it; the tie groups are consecutive, sorted by best-known at their boundaries, pairwise
+    overlapping, and maximal (the head of each group fails to overlap some member of the group
+    above); inside a group cheaper inference FLOPs first (unknown last)."""
+    from leaderboard.fmt import compute_key
+
+    assert [e.rank for e in ordered] == list(range(1, len(ordered) + 1))
+    with_value = [e for e in ordered if e.best_known is not None]
+    assert ordered[:len(with_value)] == with_value
+    for i, a in enumerate(with_value):
+        for b in with_value[i + 1:]:
+            assert not (b.best_known > a.best_known and not _overlap(a.best_known_ci, b.best_known_ci)), (a.id, b.id)
+    groups: list[list] = []
+    for e in with_value:
+        if e.tie_group is None or not groups or groups[-1][0].tie_group != e.tie_group:
+            groups.append([e])
+        else:
+            groups[-1].append(e)
+    for g in groups:
+        if len(g) > 1:
+            assert all(e.tied and e.tie_group == (g[0].rank, g[-1].rank) for e in g)
+        else:
+            assert not g[0].tied and g[0].tie_group is None
+        for i, a in enumerate(g):
+            for b in g[i + 1:]:
+                assert _overlap(a.best_known_ci, b.best_known_ci)
+                ca, cb = compute_key(a.inference_flops), compute_key(b.inference_flops)
+                assert cb is None or (ca is not None and ca <= cb)
+    for up, down in zip(groups, groups[1:], strict=False):
+        assert min(e.best_known for e in up) >= max(e.best_known for e in down)
+        head = min(down, key=lambda e: (-e.best_known, e.name + "\0" + e.id))  # its first in best-known order
+        assert not all(_overlap(head.best_known_ci, e.best_known_ci) for e in up)
+
+
+def test_a_cheap_weak_model_ranks_below_every_measurably_more_robust_entry():
+    """Issue 18, must show (fixture board): a 0.6% model cheaper than everything ranks below every
+    entry that is measurably more robust, however cheap it is; it may still sit on the frontier."""
+    from harness.core.stats import clopper_pearson
+    from leaderboard.boards import Entry, make_boards
+
+    def entry(name, k, n, flops):
+        return Entry(id=name, name=name, kind="reported", dataset="mnist", norm="Linf", eps=0.3, n_examples=n,
+                     robust=k / n, robust_ci=clopper_pearson(k, n), inference_flops=flops)
+
+    tiny = entry("mlp-3-epochs", 3, 500, 1e4)               # 0.60%, 95% CI [0.12, 1.74]
+    others = [entry("pgd-cnn", 435, 500, 6.1e5), entry("fgsm-cnn", 205, 500, 6.1e5), entry("weak-cnn", 12, 500, 6.1e5),
+              entry("zero-cnn", 0, 500, 6.1e5), entry("big", 9000, 10000, 1e9)]
+    (board,) = make_boards([tiny, *others])
+    check_default_order(board.entries)
+    more = [e for e in others if e.best_known > tiny.best_known and not _overlap(e.best_known_ci, tiny.best_known_ci)]
+    assert {e.id for e in more} == {"pgd-cnn", "fgsm-cnn", "big"}
+    assert all(e.rank < tiny.rank for e in more)
+    # the frontier is a fact, not a rank: cheapest of all and measurably above zero, so it is on it
+    assert tiny.on_frontier["robust_vs_inference_flops"] is True
+    # weak-cnn (2.4%) overlaps it: a statistical tie, which the cheaper one wins
+    weak = next(e for e in board.entries if e.id == "weak-cnn")
+    assert tiny.tie_group == weak.tie_group and tiny.rank < weak.rank
 
 
 def test_bounded_training_flops_on_the_frontier_and_in_the_fit():

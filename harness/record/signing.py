@@ -20,6 +20,12 @@ What is signed
     ``submission_id``) or of one byte of the examples file breaks the signature; re-indenting the
     JSON does not.
 
+External attack records
+    (:mod:`harness.record.attack`, ``"kind": "external_attack"``) are signed the same way; their
+    ``examples_sha256`` is the SHA-256 of the attack's ``adversarial.npz`` (the record's
+    ``provenance.adversarial_npz_sha256``, checked against the file where the record lies in a
+    repository's ``leaderboard/results/[local/]attacks/<entry>/<name>.json``).
+
 The ``signature`` block
     A top-level object of the record (:class:`RecordSignature`, validated by the record schema)::
 
@@ -273,6 +279,33 @@ def examples_digest(json_path: str | os.PathLike) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _attack_digest(raw: Mapping[str, Any], path: Path, where: str) -> str:
+    """The examples digest of an external attack record (:mod:`harness.record.attack`): the SHA-256
+    of its ``adversarial.npz``, as the record's provenance names it; where the record lies in a
+    repository's ``leaderboard/results/[local/]attacks/`` and the file is in ``submissions/``, the file
+    must have that digest."""
+    from harness.core.files import sha256_file
+    from harness.record.attack import adversarial_path_for, validate_attack_record
+
+    rec = validate_attack_record({k: v for k, v in raw.items() if k != "signature"}, where)
+    want = rec.provenance.adversarial_npz_sha256
+    npz = adversarial_path_for(path, rec.entry_id, rec.attack_name)
+    if npz is not None and os.path.lexists(npz):
+        got = sha256_file(npz)
+        if got != want:
+            raise HarnessError(f"{where}: {npz.name} of {rec.entry_id}/attacks/{rec.attack_name} has sha256 {got}, "
+                               f"the attack record says {want}; the examples changed after the check")
+    return want
+
+
+def _digest_of(raw: Mapping[str, Any], path: Path, where: str) -> str:
+    """What a signature's ``examples_sha256`` covers: a result record's sibling ``.examples.npz``, or an
+    external attack record's ``adversarial.npz``."""
+    from harness.record.attack import is_attack_record
+
+    return _attack_digest(raw, path, where) if is_attack_record(raw) else examples_digest(path)
+
+
 def _block(raw: Mapping[str, Any], where: str) -> RecordSignature | None:
     block = raw.get("signature")
     if block is None:
@@ -318,7 +351,7 @@ def verify_record(json_path: str | os.PathLike, keys: Mapping[str, TrustedKey], 
     if trusted is None:
         raise HarnessError(f"{where}: signed by unknown key {sig.key_id}, not one of the trusted keys in "
                            f"{keys_from} ({', '.join(sorted(keys)) or 'none'})")
-    digest = examples_digest(path)
+    digest = _digest_of(raw, path, where)
     if digest != sig.examples_sha256:
         raise HarnessError(f"{where}: examples digest mismatch: {_paths(path)[1].name} has sha256 {digest}, "
                            f"the signature covers {sig.examples_sha256}; the examples changed after signing")
@@ -371,7 +404,11 @@ def sign_record(json_path: str | os.PathLike, private_key, *, check: bool = True
     path = Path(json_path)
     where = str(path)
     raw = _read_raw(path)
-    if check:  # the record as it will be signed: its old signature block, if any, is replaced
+    from harness.record.attack import is_attack_record
+
+    if is_attack_record(raw):  # an external attack record: its schema, and its adversarial.npz digest
+        pass
+    elif check:  # the record as it will be signed: its old signature block, if any, is replaced
         rec = validate_record({k: v for k, v in raw.items() if k != "signature"}, where)
         read_examples(rec, path)
         want = _paths(path)[1].name
@@ -380,7 +417,7 @@ def sign_record(json_path: str | os.PathLike, private_key, *, check: bool = True
                                f"signed with its sibling {want}")
     pub = private_key.public_key()
     kid = key_id(pub)
-    digest = examples_digest(path)
+    digest = _digest_of(raw, path, where)
     old = _lenient_block(raw)
     if old is not None and old.key_id == kid and old.examples_sha256 == digest:
         try:

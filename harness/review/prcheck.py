@@ -37,7 +37,7 @@ and stops at the first step that finds a problem:
    the worker and again here on the logits it returns.
 8. **A Markdown report** on stdout (also appended to ``$GITHUB_STEP_SUMMARY`` when set): what was
    checked, parameters and FLOPs, the forward time and its budget, and the problems. Every string
-   from the PR (ids, names, paths, error texts) goes through :func:`harness.errors.one_line` and
+   from the PR (ids, names, paths, error texts) goes through :func:`harness.core.errors.one_line` and
    Markdown escaping, so no terminal escape, bidi override, line separator or ``::error`` line
    reaches the terminal or the job summary raw. Each problem is also one line on stderr. Exit
    status 1 on any problem.

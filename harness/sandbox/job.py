@@ -28,8 +28,11 @@ class WorkerJob:
     world_size: int = 1
     plan: dict | None = None  # harness.runner.schedule.Plan (attempt, stages to compute, their inputs)
     kind: str = "eval"  # "eval"; "audit" (harness.review.audit.recompute); "forward" (pr-check: run_forward);
-    #                     "probe": report what code in the worker can see and do (harness.sandbox.supervisor.probe)
+    #                     "probe": report what code in the worker can see and do (harness.sandbox.supervisor.probe);
+    #                     "attack": classify an external attack's checked images (harness.review.attack_check)
     audit: dict | None = None  # the audit's inputs (kind "audit")
+    attack: dict | None = None  # attack-check's inputs (kind "attack"): input_shape, num_classes, forward_passes,
+    # seed; the images are <state_dir>/attack_inputs.npz
     forward: dict | None = None  # pr-check's forward pass (kind "forward"): input_shape, num_classes, n_inputs,
     # seed, count_flops
     read_only: list[str] = field(default_factory=list)  # folders the worker reads (its view when root)

@@ -553,7 +553,7 @@ def _phase_label(phase: str) -> str:
     if phase == "start":
         return "starting the evaluation worker"
     return {"load": "loading the model", "audit": "the audit", "wait": "waiting for other ranks",
-            "probe": "the sandbox probe"}.get(phase, f"stage {phase}")
+            "probe": "the sandbox probe", "attack-check": "the attack check"}.get(phase, f"stage {phase}")
 
 
 class WorkerFailed(HarnessError):

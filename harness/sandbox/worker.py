@@ -20,6 +20,8 @@ folder (atomically; finished AutoAttack attacks within a block too). Protocol li
     {"event": "error", "message": "<one line>", "aborted": false}   (then exit status 3; aborted:
                                                          another rank failed first)
     {"event": "probe", "report": {...}}                  (job kind "probe" only: harness.sandbox.supervisor.probe)
+    (job kind "attack", for ``harness attack-check``: the checked images classified, into
+    ``<state>/attack_result.npz``; harness.review.attack_check.run_attack_job)
     {"event": "finished", "blocks": k}                   (then exit status 0)
 
 A Python traceback never reaches the terminal: it goes to ``<state>/worker.log`` (``worker.rank<r>.log``
@@ -378,6 +380,12 @@ def main() -> int:
             run(job, sub, proto, sandbox, status)
         elif job.kind == "forward":
             run_forward(job, sub, proto, status)
+        elif job.kind == "attack":
+            from harness.review.attack_check import run_attack_job
+
+            status["phase"] = "attack-check"
+            proto.send(event="phase", name="attack-check")
+            run_attack_job(job)
         else:
             raise ValueError(f"unknown job kind {job.kind!r}")
         log.info("finished in %.1f s (%s blocks)", time.perf_counter() - t0, status.get("blocks", 0))

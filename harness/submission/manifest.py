@@ -13,6 +13,11 @@ by the leaderboard build):
 
 A single-file submission (``submission.yaml`` plus its checkpoint) needs no ``files`` section.
 
+The top-level folder ``attacks/`` is not part of the entry: it holds external attacks against it
+(``attacks/<name>/attack.yaml`` + ``adversarial.npz``, :mod:`harness.record.attack`), added later by
+other people and checked by ``harness attack-check``, so it is left out of the walk and of the digest
+(adding an attack keeps the entry's record valid). Nothing of the entry may live there.
+
 The **folder digest** (``provenance.files_sha256`` of a record) is the SHA-256 of the lines
 ``<sha256>  <relative path>\\n`` (the format of ``sha256sum``), sorted by path, of every file of the
 folder, followed by ``<sha256>  <package>:<path>`` (or ``url:<url>``) for a checkpoint that ships
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
 MAX_FILES = 1000
 MAX_DEPTH = 16
 YAML_NAME = "submission.yaml"
+#: the folder of external attacks against an entry (harness.record.attack.ATTACKS_DIR)
+ATTACKS_DIR = "attacks"
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ def list_files(folder: Path) -> tuple[dict[str, Path], list[FileProblem]]:
             return
         for entry in entries:
             r = rel / entry.name
+            if depth == 0 and entry.name == ATTACKS_DIR and entry.is_dir(follow_symlinks=False):
+                continue  # external attacks against the entry, not the entry's files (module docstring)
             if len(files) >= MAX_FILES:
                 problems.append(FileProblem("files", f"more than {MAX_FILES} files in the submission folder"))
                 return

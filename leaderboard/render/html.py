@@ -19,7 +19,13 @@ from harness.data import registry as datasets
 from harness.record.schema import FLOPS_CONVENTION
 from leaderboard import fmt
 from leaderboard.boards import FRONTIERS, Board, Entry, Inputs
-from leaderboard.render.jsondoc import EFFICIENCY_DEFINITION, RANKING_DEFINITION, entry_page
+from leaderboard.render.jsondoc import (
+    COMPUTE_DEFINITION,
+    EFFICIENCY_DEFINITION,
+    RANKING_DEFINITION,
+    RANKING_RULE,
+    entry_page,
+)
 from leaderboard.render.plots import write_gallery
 from leaderboard.scaling import MIN_POINTS, PAPER
 from leaderboard.urls import safe_url
@@ -94,7 +100,8 @@ def render_site(out: Path, boards: list[Board], inputs: Inputs, plots: dict[str,
     for f in sorted(STATIC.iterdir()):
         if f.is_file():
             shutil.copyfile(f, out / "static" / f.name)
-    common = {"convention": FLOPS_CONVENTION, "ranking": RANKING_DEFINITION,
+    common = {"convention": FLOPS_CONVENTION, "ranking": RANKING_DEFINITION, "ranking_rule": RANKING_RULE,
+              "compute_definition": COMPUTE_DEFINITION,
               "efficiency": EFFICIENCY_DEFINITION, "paper": PAPER, "min_points": MIN_POINTS}
     entries = [e for b in boards for e in b.entries]
     index = env.get_template("index.html").render(

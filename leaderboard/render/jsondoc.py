@@ -11,11 +11,11 @@ import math
 from typing import Any
 
 from harness.record.schema import FLOPS_CONVENTION
-from leaderboard.boards import FRONTIERS, TIER_NAMES, Board, Entry, Inputs, coverage, tier, worked_example
+from leaderboard.boards import FRONTIERS, Board, Entry, Inputs, coverage, worked_example
 from leaderboard.fmt import saving_title
 from leaderboard.urls import safe_url
 
-JSON_SCHEMA_VERSION = 2
+JSON_SCHEMA_VERSION = 3  # 3: best-known accuracy, tie groups, external evaluations (issue 18)
 EFFICIENCY_DEFINITION = (
     "flop_saving = (inference FLOPs of the cheapest other entry on the board whose AutoAttack accuracy is "
     "at least this entry's) / (this entry's inference FLOPs). Above 1: the entry reaches its robustness "
@@ -23,19 +23,28 @@ EFFICIENCY_DEFINITION = (
     "at least as robust for that fraction of the compute; null with note 'most robust': no other entry is "
     "at least as robust."
 )
-RANKING_DEFINITION = (
-    "Only measurable robustness counts: an entry whose AutoAttack accuracy is not measurably above zero "
-    "(its 95% confidence interval contains 0) is on no frontier of that accuracy and ranks below every "
-    "measurably robust entry, however little compute it needs; likewise a certified accuracy whose interval "
-    "contains 0 earns no certified-frontier badge. Measurably robust entries are ordered by frontier layer "
-    "(non-dominated sorting on AutoAttack accuracy and inference FLOPs; layer 1 is the Pareto frontier), then "
-    "by AutoAttack accuracy; those without inference FLOPs follow, then the entries that are not measurably "
-    "robust. An entry shares the rank of the entry heading its group (standard competition ranking, marked "
-    "tied) when both are in the same tier and layer and their 95% intervals of AutoAttack accuracy overlap. "
-    "Compute overhead = the entry's inference FLOPs / the least inference FLOPs of any entry at least as "
-    "robust (1× = nothing at least as robust is cheaper). Robustness gap = the highest AutoAttack accuracy "
-    "reached with at most the entry's inference FLOPs, minus its own (0 = nothing as cheap is more robust)."
+#: the ranking rule in three sentences (the page, leaderboard.md and leaderboard.json state it; each board adds
+#: a worked example generated from its own entries, :func:`leaderboard.boards.worked_example`)
+RANKING_RULE = (
+    "Entries are ranked by best-known robust accuracy: the lowest accuracy that any accepted attack reached "
+    "(AutoAttack, RobustBench's external evaluations, or external attacks checked by harness attack-check). "
+    "Walking down that order, entries whose 95% confidence intervals all overlap one another form a statistical "
+    "tie group (a maximal run of consecutive entries whose intervals share a common point), so an entry that is "
+    "measurably more robust than another, with a disjoint interval, always ranks above it. "
+    "Within a tie group the entry with fewer inference FLOPs ranks first, then, among equal inference FLOPs, the "
+    "one with fewer training FLOPs when all of them are known exactly, then the one with the higher best-known "
+    "accuracy."
 )
+COMPUTE_DEFINITION = (
+    "Frontier membership, compute overhead and robustness gap are facts about the board, shown beside the rank "
+    "and sortable, not part of it: an entry is on a frontier when nothing on its board is at least as robust "
+    "(best-known accuracy) for less compute; an entry whose best-known accuracy is not measurably above zero "
+    "(its 95% interval contains 0) is on no frontier of it. Compute overhead = the entry's inference FLOPs / the "
+    "least inference FLOPs of any entry at least as robust (1× = nothing at least as robust is cheaper). "
+    "Robustness gap = the highest best-known accuracy reached with at most the entry's inference FLOPs, minus its "
+    "own (0 = nothing as cheap is more robust)."
+)
+RANKING_DEFINITION = RANKING_RULE + " " + COMPUTE_DEFINITION
 
 
 def _f(v: float | None) -> float | None:
@@ -85,7 +94,7 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "n_examples": e.n_examples,
         "rank": e.rank,
         "tied": e.tied,
-        "tier": TIER_NAMES[tier(e)],
+        "tie_group": list(e.tie_group) if e.tie_group else None,
         "measurably_robust": e.measurably_robust,
         "frontier_layer": e.layer,
         "on_frontier": dict(e.on_frontier),
@@ -100,7 +109,11 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "robust_accuracy": e.robust,
         "robust_accuracy_ci95": _ci(e.robust_ci),
         "best_known_robust_accuracy": e.best_known,
+        "best_known_robust_accuracy_ci95": _ci(e.best_known_ci),
+        "best_known_source": e.best_known_source or None,
         "best_known_note": e.best_known_note or None,
+        "autoattack_accuracy": e.robust,
+        "external_evaluations": [external_json(x) for x in e.external],
         "potentially_unreliable": any(f.name == "unreliable" for f in e.flags),
         "ci_note": e.ci_note,
         "certified_accuracy": e.certified,
@@ -116,6 +129,32 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "compute_source": e.compute_note or None,
         "flags": [{"name": f.name, "message": f.message, "severity": f.severity} for f in e.flags],
         "separation": e.separation,
+    }
+
+
+def external_json(x) -> dict[str, Any]:
+    """An external attack record as the board shows it (leaderboard.best_known.ExternalEvaluation)."""
+    return {
+        "attack_name": x.attack_name,
+        "record": x.rel_path,
+        "trust": x.trust,
+        "signature": (None if x.signed_by is None
+                      else {"key_id": x.signed_by.key_id, "signed_at": x.signed_by.signed_at}),
+        "applied": x.applied,
+        "stale": x.stale,
+        "authors": list(x.metadata.get("authors") or []),
+        "method": x.metadata.get("method") or None,
+        "url": safe_url(x.metadata.get("url")),
+        "licence": x.metadata.get("licence"),
+        "tolerance": x.tolerance,
+        "n_submitted": x.n_submitted,
+        "n_broken": len(x.broken),
+        "missed_by_autoattack": list(x.missed_by_autoattack),
+        "accuracy_with_this_attack": x.accuracy_alone,
+        "provenance": {k: x.provenance.get(k) for k in ("harness_version", "device", "seed", "started_at",
+                                                          "finished_at", "seconds", "attack_yaml_sha256",
+                                                          "adversarial_npz_sha256", "command")
+                       if k in x.provenance},
     }
 
 
@@ -140,6 +179,7 @@ def site_json(boards: list[Board], inputs: Inputs) -> dict[str, Any]:
         "schema_version": JSON_SCHEMA_VERSION,
         "flops_convention": FLOPS_CONVENTION,
         "ranking": RANKING_DEFINITION,
+        "ranking_rule": RANKING_RULE,
         "efficiency_figure": EFFICIENCY_DEFINITION,
         "boards": [board_json(b) for b in boards],
         "pending_submissions": inputs.pending,

@@ -16,7 +16,7 @@ from tabulate import tabulate
 from harness.record.schema import FLOPS_CONVENTION
 from leaderboard.boards import FRONTIERS, Board, Entry, Inputs, coverage, worked_example
 from leaderboard.fmt import DASH, bounded_flops, flops, gap, overhead, pct, pct_ci, si
-from leaderboard.render.jsondoc import RANKING_DEFINITION
+from leaderboard.render.jsondoc import COMPUTE_DEFINITION, RANKING_RULE
 from leaderboard.urls import safe_url
 
 SHORT = {
@@ -26,8 +26,8 @@ SHORT = {
     "certified_vs_inference_flops": "cert",
 }
 HEADERS = ["Rank", "Model", "Paper", "Venue", "Architecture", "Extra data", "Source", "Clean",
-           "AutoAttack [95% CI]", "Best known", "Certified", "Params", "Inference FLOPs", "Training FLOPs",
-           "Layer", "On frontier", "Overhead", "Gap (pts)", "Flags"]
+           "Best known [95% CI]", "Best known from", "AutoAttack", "Certified", "Params", "Inference FLOPs",
+           "Training FLOPs", "Layer", "On frontier", "Overhead", "Gap (pts)", "Flags"]
 
 LOCAL_NOTICE = ("A local board, built with --local: rows marked 'local, unsigned' or 'local, signed by <key id>' "
                 "are a researcher's own evaluations, not re-evaluated by the trusted evaluation; this is not the "
@@ -70,7 +70,7 @@ def board_table(b: Board) -> str:
     for e in b.entries:
         on = [SHORT[k] for k, *_ in FRONTIERS if e.on_frontier.get(k)]
         rows.append([
-            f"{e.rank}{'=' if e.tied else ''}",
+            f"{e.rank}{'≈' if e.tied else ''}",
             md_text(e.name),
             md_link(e.paper_title, e.url) if (e.paper_title or e.url) else DASH,
             md_text(e.venue) or DASH,
@@ -78,8 +78,9 @@ def board_table(b: Board) -> str:
             md_text(e.extra_data) if e.extra_data else "no",
             source_text(e),
             pct(e.clean),
-            pct_ci(e.robust, e.robust_ci),
-            pct(e.best_known) if e.best_known is not None else DASH,
+            pct_ci(e.best_known, e.best_known_ci),
+            md_text(e.best_known_source) or DASH,
+            pct(e.robust),
             DASH if e.certified is None else f"{pct(e.certified)} ({md_text(e.certified_method)})",
             si(e.params),
             flops(e.inference_flops),
@@ -113,10 +114,11 @@ def render_markdown(boards: list[Board], inputs: Inputs) -> str:
     out = ["# robust-frontier leaderboard" + (" (local board)" if inputs.local else ""), "",
            md_text(f"FLOPs: {FLOPS_CONVENTION}; every compute figure has 3 significant digits and an SI prefix "
                    "(G = 1e9, E = 1e18)."), "",
-           md_text(f"Ranking: {RANKING_DEFINITION}"), "",
+           md_text(f"Ranking: {RANKING_RULE}"), "", md_text(COMPUTE_DEFINITION), "",
            "Reported rows come from the literature and were not re-evaluated by the harness; their "
-           "confidence intervals assume RobustBench's test-set size. `=` after a rank marks a tie. "
-           "Best known: the lowest robust accuracy any attack reached, where one beats AutoAttack. "
+           "confidence intervals assume RobustBench's test-set size. `≈` after a rank marks a statistical tie "
+           "group. Best known: the lowest robust accuracy any accepted attack reached (AutoAttack's own number "
+           "is in its own column). "
            "Re-evaluated rows carry a signature of the trusted evaluation that the build verified.", ""]
     if inputs.local:
         out += [md_text(LOCAL_NOTICE), ""]
@@ -128,6 +130,13 @@ def render_markdown(boards: list[Board], inputs: Inputs) -> str:
         for sentence in worked_example(b):
             out.append(md_text("Example: " + sentence))
             out.append("")
+        for e in b.entries:
+            for x in e.external:
+                state = "applied" if x.applied else f"stale, not applied: {x.stale}"
+                out.append(md_text(f"External evaluation of {e.name}: {x.attack_name} ({state}; {x.trust}), "
+                                   f"{len(x.broken)} of {x.n_submitted} submitted examples misclassified, "
+                                   f"{len(x.missed_by_autoattack)} that AutoAttack missed."))
+                out.append("")
         if b.separation:
             out.append(md_text(f"Data-separation radius: {b.separation['radius']:.4g} (from "
                                f"{b.separation['source']})."))
@@ -135,7 +144,7 @@ def render_markdown(boards: list[Board], inputs: Inputs) -> str:
         out.append(board_table(b))
         out.append("")
         if b.scaling is not None:
-            out.append(md_text(f"Scaling fit (AutoAttack accuracy vs training FLOPs): {b.scaling.message}."))
+            out.append(md_text(f"Scaling fit (best-known robust accuracy vs training FLOPs): {b.scaling.message}."))
             out.append("")
     if inputs.pending:
         out.append(md_text("Submissions without a result record yet: " + ", ".join(inputs.pending) + "."))

@@ -204,7 +204,7 @@ def frontier_plot(board: Board, key: str, cost_attr: str, value_attr: str, title
     fig = _fig()
     ax = fig.add_subplot()
     tips: list[str] = []
-    ylabel = "certified" if value_attr == "certified" else "AutoAttack"
+    ylabel = "certified" if value_attr == "certified" else "best-known robust"
     xname = {"inference_flops": "inference FLOPs", "training_flops": "training FLOPs",
              "params": "parameters"}[cost_attr]
     _draw_points(ax, [(e, float(getattr(e, cost_attr)), 100 * getattr(e, value_attr)) for e in pts],
@@ -238,26 +238,26 @@ def sandwich_plot(board: Board, path: Path) -> bool:
     sel = [e for e in board.entries if e.certified is not None]
     if not sel:
         return False
-    sel.sort(key=lambda e: (e.robust if e.robust is not None else -1, e.certified))
+    sel.sort(key=lambda e: (e.best_known if e.best_known is not None else -1, e.certified))
     fig = _fig(FIG_W, FIG_H + 0.6, bottom=0.3 if len(sel) <= 25 else 0.1)
     ax = fig.add_subplot()
     x = np.arange(len(sel))
     cert = [100 * e.certified for e in sel]
-    rob = [100 * e.robust if e.robust is not None else np.nan for e in sel]
+    rob = [100 * e.best_known if e.best_known is not None else np.nan for e in sel]
     clean = [100 * e.clean if e.clean is not None else np.nan for e in sel]
     lo = [c for c in cert]
     hi = [c if not np.isnan(c) else r for c, r in zip(clean, rob, strict=False)]
     ax.vlines(x, lo, hi, color="#bbbbbb", lw=1.2, zorder=1)
     ax.scatter(x, clean, marker="^", color="#2e8b57", s=22, label="clean", zorder=3)
-    ax.scatter(x, rob, marker="o", color="#1f5fa8", s=22, label="AutoAttack (empirical)", zorder=3)
+    ax.scatter(x, rob, marker="o", color="#1f5fa8", s=22, label="best-known robust (empirical)", zorder=3)
     ax.scatter(x, cert, marker="v", color=FRONTIER_COLOR, s=22, label="certified (best method)", zorder=3)
     if len(sel) <= 25:
         ax.set_xticks(x, [_short(e.name, 18) for e in sel], rotation=40, ha="right", fontsize=FONT)
     else:
         ax.set_xticks([])
-        ax.set_xlabel(f"{len(sel)} entries, by AutoAttack accuracy")
+        ax.set_xlabel(f"{len(sel)} entries, by best-known robust accuracy")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{board.title}: certified ≤ AutoAttack ≤ clean", fontsize=FONT + 0.5)
+    ax.set_title(f"{board.title}: certified ≤ best-known robust ≤ clean", fontsize=FONT + 0.5)
     _style_axes(ax)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=FONT, loc="lower right")
@@ -296,14 +296,14 @@ def certified_vs_eps_plot(board: Board, path: Path) -> bool:
 
 
 def scaling_plot(board: Board, path: Path) -> bool:
-    pts = [e for e in board.entries if e.training_flops is not None and e.robust is not None]
+    pts = [e for e in board.entries if e.training_flops is not None and e.best_known is not None]
     if not pts:
         return False
     fig = _fig()
     ax = fig.add_subplot()
     tips: list[str] = []
-    _draw_points(ax, [(e, float(e.training_flops), 100 * e.robust) for e in pts], "training FLOPs",
-                 "AutoAttack accuracy", tips)
+    _draw_points(ax, [(e, float(e.training_flops), 100 * e.best_known) for e in pts], "training FLOPs",
+                 "best-known robust accuracy", tips)
     fit = board.scaling
     cs = np.array([e.training_flops for e in pts], dtype=float)
     xlims = [float(cs.min()), float(cs.max())]
@@ -322,7 +322,7 @@ def scaling_plot(board: Board, path: Path) -> bool:
     if board.is_paper_board:
         ax.axhline(100 * PAPER["plateau_perfect_synthetic"], color="#555555", ls="--", lw=0.9,
                    label="Bartoldson et al.: plateau 89.65%")
-    ylims = [100 * e.robust for e in pts]
+    ylims = [100 * e.best_known for e in pts]
     if fit is not None and fit.ok:
         ylims.append(100 * fit.A)
     if board.is_paper_board:
@@ -330,11 +330,11 @@ def scaling_plot(board: Board, path: Path) -> bool:
     _ylim(ax, ylims, headroom=0.25 if avoid else 0.12)
     _logx(ax, list(xlims))
     front = sorted((e for e in pts if e.on_frontier.get("robust_vs_training_flops")),
-                   key=lambda e: (e.training_flops, e.robust))
-    _place_labels(fig, ax, [(e.name, float(e.training_flops), 100 * e.robust) for e in front][-MAX_LABELS:][::-1],
+                   key=lambda e: (e.training_flops, e.best_known))
+    _place_labels(fig, ax, [(e.name, float(e.training_flops), 100 * e.best_known) for e in front][-MAX_LABELS:][::-1],
                   avoid=tuple(avoid))
     ax.set_xlabel("training FLOPs (fvcore convention)")
-    ax.set_ylabel("AutoAttack accuracy (%)")
+    ax.set_ylabel("best-known robust accuracy (%)")
     ax.set_title(f"{board.title}: robust accuracy vs training compute", fontsize=FONT + 0.5)
     _style_axes(ax)
     ax.grid(True, alpha=0.3)
