@@ -31,7 +31,7 @@ from harness.submission import LoadedSubmission, format_eps, parse_eps, parse_su
 
 from . import frontier as fr
 from .fmt import compute_key
-from .recipes import load_recipes, training_compute
+from .recipes import load_recipes, training_computes
 from .robustbench_import import COLUMNS as REPORTED_COLUMNS
 from .scaling import PAPER, ScalingFit, fit_saturating_power_law
 
@@ -321,10 +321,11 @@ def attach_recipes(entries: list[Entry], path: Path) -> None:
     recipes = load_recipes(path)
     by_key = {(e.dataset, e.norm, e.reported["robustbench_id"]): e for e in entries if e.reported}
     for key, r in recipes.items():
-        e = by_key.get(key)
-        if e is None:
+        if key not in by_key:
             raise HarnessError(f"{r.where}: a recipe for {'/'.join(key)}, which is not a row of reported.csv")
-        tc = training_compute(r, e.inference_flops)
+    computed = training_computes(recipes, {k: by_key[k].inference_flops for k in recipes})
+    for key, r in recipes.items():
+        e, tc = by_key[key], computed[key]
         e.training_recipe = r
         e.training_method = r.method_label()
         if tc.value is not None and e.training_flops is not None:
