@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from harness.core.errors import HarnessError, one_line
 from harness.core.stats import clopper_pearson
-from harness.data import registry as datasets
+from harness.data.loaders import registry as datasets
 from harness.record.checks import check_against_submission
 from harness.record.read import read_record
 from harness.record.schema import Flag, ResultRecord
@@ -36,7 +36,7 @@ from leaderboard.importers.robustbench import COLUMNS as REPORTED_COLUMNS
 from . import frontier as fr
 from .best_known import ExternalEvaluation, load_attack_records, record_best_known, reported_best_known
 from .fmt import compute_key
-from .recipes import load_recipes, training_compute
+from .recipes import load_recipes, training_computes
 from .scaling import PAPER, ScalingFit, fit_saturating_power_law
 
 CI = tuple[float, float]
@@ -346,10 +346,11 @@ def attach_recipes(entries: list[Entry], path: Path) -> None:
     recipes = load_recipes(path)
     by_key = {(e.dataset, e.norm, e.reported["robustbench_id"]): e for e in entries if e.reported}
     for key, r in recipes.items():
-        e = by_key.get(key)
-        if e is None:
+        if key not in by_key:
             raise HarnessError(f"{r.where}: a recipe for {'/'.join(key)}, which is not a row of reported.csv")
-        tc = training_compute(r, e.inference_flops)
+    computed = training_computes(recipes, {k: by_key[k].inference_flops for k in recipes})
+    for key, r in recipes.items():
+        e, tc = by_key[key], computed[key]
         e.training_recipe = r
         e.training_method = r.method_label()
         if tc.value is not None and e.training_flops is not None:

@@ -40,7 +40,10 @@ from harness.core.errors import HarnessError
 RECIPE_COLUMNS = [
     "robustbench_id", "dataset", "threat_model", "method", "attack_steps", "awp", "epochs",
     "examples_per_epoch", "real_generated_ratio", "extra_data", "batch_size", "status", "source", "note",
+    "base_models", "excludes",
 ]
+#: columns a contributed table may leave out (empty when absent)
+OPTIONAL_COLUMNS = ("base_models", "excludes")
 BASE_METHODS = ("standard", "pgd", "trades", "mart", "fgsm", "free")
 STATUSES = ("known", "partial", "unknown")
 #: the data sets a recipe may name; an epoch shorter than half the training set is doubted
@@ -67,6 +70,12 @@ class Recipe:
     source: str
     note: str
     where: str = ""
+    #: the RobustBench ids (same data set and threat model) of the models this one is built on
+    #: (post-training, training-free ensembles): their training FLOPs are added to this row's own
+    base_models: tuple[str, ...] = ()
+    #: training this row's numbers leave out (a pre-training stage, a base model that is not a row):
+    #: when set, the training FLOPs are a lower bound
+    excludes: str = ""
 
     @property
     def key(self) -> Key:
@@ -128,7 +137,7 @@ def _num(text: str, where: str, column: str, *, integer: bool = False, positive:
 
 def parse_recipe(row: dict[str, str], where: str) -> Recipe:
     """One CSV row → a Recipe; raises HarnessError naming the column on anything malformed."""
-    missing = [c for c in RECIPE_COLUMNS if c not in row]
+    missing = [c for c in RECIPE_COLUMNS if c not in row and c not in OPTIONAL_COLUMNS]
     if missing:
         raise HarnessError(f"{where}: missing columns {', '.join(missing)}")
     g = {k: (row.get(k) or "").strip() for k in RECIPE_COLUMNS}
@@ -153,6 +162,11 @@ def parse_recipe(row: dict[str, str], where: str) -> Recipe:
         raise HarnessError(f"{where}: column real_generated_ratio must start like 3:7, got {ratio!r}")
     if g["status"] not in STATUSES:
         raise HarnessError(f"{where}: column status must be one of {', '.join(STATUSES)}, got {g['status']!r}")
+    bases = tuple(b.strip() for b in g["base_models"].split("+")) if g["base_models"] else ()
+    for b in bases:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", b) or b == g["robustbench_id"]:
+            raise HarnessError(f"{where}: column base_models must be '+'-separated RobustBench names other than "
+                               f"the row's own, got {g['base_models'][:80]!r}")
     if g["source"] and not re.match(r"https?://", g["source"]):
         raise HarnessError(f"{where}: column source must start with an http(s) URL, got {g['source'][:60]!r}")
     r = Recipe(
@@ -162,7 +176,7 @@ def parse_recipe(row: dict[str, str], where: str) -> Recipe:
                                                                            "examples_per_epoch"),
         real_generated_ratio=ratio, extra_data=g["extra_data"],
         batch_size=_num(g["batch_size"], where, "batch_size", integer=True), status=g["status"],
-        source=g["source"], note=g["note"], where=where)
+        source=g["source"], note=g["note"], where=where, base_models=bases, excludes=g["excludes"])
     if r.status == "known":
         need = [("method", r.method != "unknown"), ("awp", r.awp is not None), ("epochs", r.epochs is not None),
                 ("examples_per_epoch", r.examples_per_epoch is not None),
@@ -204,7 +218,7 @@ def read_recipe_csv(path: Path, *, strict: bool = True) -> list[Recipe]:
     except (OSError, UnicodeDecodeError) as e:
         raise HarnessError(f"{path}: cannot read: {e}")
     reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in RECIPE_COLUMNS if c not in (reader.fieldnames or [])]
+    missing = [c for c in RECIPE_COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL_COLUMNS]
     if missing:
         raise HarnessError(f"{path}: missing columns {', '.join(missing)}")
     return [parse_recipe(row, f"{path}:{line}") for line, row in enumerate(reader, start=2)]
@@ -221,8 +235,30 @@ def load_recipes(path: Path) -> dict[Key, Recipe]:
 
 
 def training_compute(r: Recipe, forward_flops: float | None) -> TrainingCompute:
-    """Training FLOPs of one recipe for a model of ``forward_flops`` per example (fvcore)."""
+    """Training FLOPs of one recipe for a model of ``forward_flops`` per example (fvcore): the row's
+    own training only (:func:`training_computes` adds its base models'); a lower bound when the
+    row's ``excludes`` names training its numbers leave out."""
+    own = _own_training_compute(r, forward_flops)
+    if own.value is not None and r.excludes:
+        why = f"excludes {r.excludes}"
+        formula = own.formula if own.bound == "exact" else own.formula.split(": ", 1)[1]
+        if own.bound == "upper bound":
+            return TrainingCompute(None, f"unknown: an upper bound ({formula}) for a row that also excludes "
+                                         f"{r.excludes}", r.source)
+        return TrainingCompute(own.value, f"lower bound: {formula}; {why}", r.source, "lower bound")
+    return own
+
+
+def _own_training_compute(r: Recipe, forward_flops: float | None) -> TrainingCompute:
     cost, seen = r.cost, r.examples_seen
+    if isinstance(cost, MethodCost) and cost.multiplier == 0 and not cost.extra_flops:
+        if not r.base_models:
+            return TrainingCompute(None, f"unknown: {r.method_label()} trains no weights, and the row names no "
+                                         "base_models whose training it inherits", r.source)
+        formula = f"0 ({r.method_label()}: {cost.passes})"
+        if cost.bound != "exact":
+            formula = f"{cost.bound}: {formula}; {cost.why}"
+        return TrainingCompute(0.0, formula, r.source, cost.bound)
     missing = []
     if isinstance(cost, str):
         missing.append(cost)
@@ -248,6 +284,67 @@ def training_compute(r: Recipe, forward_flops: float | None) -> TrainingCompute:
     return TrainingCompute(value, formula, r.source, cost.bound)
 
 
+def training_computes(recipes: dict[Key, Recipe], forward_flops: dict[Key, float | None]) -> dict[Key, TrainingCompute]:
+    """Training FLOPs of every recipe, each row's own (:func:`training_compute`, with its model's
+    forward FLOPs) plus those of the models it is built on (``base_models``, each with its own
+    forward FLOPs). A row inherits its bases' bounds: a lower bound if any part is one (or the row's
+    own part is unknown: a post-training step whose passes were not counted), no value when a base's
+    training FLOPs are unknown or an upper and a lower bound would be added. Raises HarnessError for a
+    base that has no recipe of the same data set and threat model, or a cycle."""
+    from .fmt import si
+
+    out: dict[Key, TrainingCompute] = {}
+
+    def resolve(key: Key, chain: tuple[Key, ...]) -> TrainingCompute:
+        if key in out:
+            return out[key]
+        r = recipes[key]
+        own = training_compute(r, forward_flops.get(key))
+        if not r.base_models:
+            out[key] = own
+            return own
+        parts, bounds, lacking = [], set(), []
+        for b in r.base_models:
+            bk = (r.dataset, r.threat_model, b)
+            if bk not in recipes:
+                raise HarnessError(f"{r.where}: base model {b} has no recipe for {r.dataset}/{r.threat_model}")
+            if bk in chain:
+                raise HarnessError(f"{r.where}: base models form a cycle: {' -> '.join(k[2] for k in chain + (bk,))}")
+            tc = resolve(bk, chain + (bk,))
+            if tc.value is None:
+                lacking.append(f"base model {b}'s training FLOPs are {tc.formula}")
+                continue
+            parts.append((f"{b}: {si(tc.value)}" + (f" ({tc.bound})" if tc.bound != "exact" else ""), tc.value))
+            bounds.add(tc.bound)
+        if lacking:
+            res = TrainingCompute(None, "unknown: " + "; ".join(lacking), r.source)
+        else:
+            value = sum(v for _, v in parts)
+            own_text = own.formula if own.bound == "exact" else own.formula.split(": ", 1)[1]
+            if own.value is None:
+                bounds.add("lower bound")
+                why = r.cost if isinstance(r.cost, str) else "its epochs or examples per epoch are unknown"
+                own_text = f"this row's own training, not counted ({why})"
+            else:
+                value += own.value
+                bounds.add(own.bound)
+            bounds.discard("exact")
+            formula = (f"base models' training ({'; '.join(t for t, _ in parts)}) + this row's own: {own_text}")
+            if len(bounds) > 1:
+                res = TrainingCompute(None, f"unknown: the parts mix lower and upper bounds ({formula})", r.source)
+            elif bounds:
+                (bound,) = bounds
+                res = TrainingCompute(value, f"{bound}: {formula}", r.source, bound)
+            else:
+                res = TrainingCompute(value, formula, r.source)
+        out[key] = res
+        return res
+
+    for key in recipes:
+        resolve(key, (key,))
+    return out
+
+
 def write_recipes(rows: list[Recipe], path: Path) -> None:
     from harness.core.files import atomic_write_text
 
@@ -270,6 +367,6 @@ def write_recipes(rows: list[Recipe], path: Path) -> None:
             "awp": fmt(r.awp), "epochs": fmt(r.epochs), "examples_per_epoch": fmt(r.examples_per_epoch),
             "real_generated_ratio": r.real_generated_ratio, "extra_data": r.extra_data,
             "batch_size": fmt(r.batch_size) if r.batch_size is not None else "", "status": r.status,
-            "source": r.source, "note": r.note,
+            "source": r.source, "note": r.note, "base_models": "+".join(r.base_models), "excludes": r.excludes,
         })
     atomic_write_text(Path(path), buf.getvalue())

@@ -453,9 +453,19 @@ def test_reported_method_costs_by_hand():
     # GAIR-RST: Lambda 100 before epoch E/2 (4K + 6), Lambda 3 from epoch E/2 on (7K + 10); E = 200:
     # epochs 100..200 are the second phase, 101 of them
     assert cost("other:gair-rst").multiplier == pytest.approx((99 * 46 + 101 * 80) / 200)
-    # MeanSparse on a TRADES-10 base: 27 + one forward over the 50,000 training images
-    ms = cost("other:meansparse", epochs=10_000, per_epoch=51_200)
-    assert ms.multiplier == pytest.approx(27 + 50_000 / 512e6) and ms.bound == "lower bound"
+    # MeanSparse's own part: one forward per training image (its base comes through base_models)
+    ms = cost("other:meansparse", k=None, epochs=1, per_epoch=50_000)
+    assert ms.multiplier == 1 and ms.bound == "lower bound"
+    # MixedNUTS trains nothing itself
+    assert cost("other:mixednuts", k=None, epochs=None, per_epoch=None).multiplier == 0
+    # IKL-AT (DKL code): 3K + 6 per example, + 6 for AWP from epoch 10; K = 5, 200 epochs:
+    # epochs 1-9 at 21, epochs 10-200 (191) at 27
+    assert cost("other:ikl-at", k=5, awp=True).multiplier == pytest.approx((9 * 21 + 191 * 27) / 200) == 26.73
+    assert cost("other:ikl-at", k=5).multiplier == 21
+    # RST-AWP: RST's trades_loss 3K + 6 (36), + TradesAWP's 9 from epoch 10; 200 epochs
+    assert cost("other:rst-awp", awp=True).multiplier == pytest.approx((9 * 36 + 191 * 45) / 200) == 44.595
+    # the proxy-data PGD trainer: PGD-10 (23) + the clean forward of its accuracy meters
+    assert cost("other:proxy-pgd").multiplier == 24
     # OA-AT, 8 epochs (K = 5 in the first quarter, epochs 1-2), AWP from epoch 10 never starts
     assert cost("other:oaat", awp=True, epochs=8).multiplier == pytest.approx((2 * 16 + 6 * 26) / 8)
     # OA-AT, 12 epochs: epochs 1-3 at K = 5; AWP (+6) in epochs 10-12
@@ -478,6 +488,8 @@ def test_reported_method_costs_by_hand():
     ("other:hat", {"k": None}, "attack steps is unknown"),
     ("other:gair-rst", {"epochs": None}, "epochs are unknown"),
     ("other:meansparse", {"per_epoch": None}, "examples seen are unknown"),
+    ("other:ikl-at", {"awp": True, "epochs": None}, "AWP starts at epoch 10"),
+    ("other:rst-awp", {"k": None, "awp": True}, "attack steps is unknown"),
     ("other:gradalign", {"awp": None}, "whether AWP was used is unknown"),
     ("other:lbgat", {"dataset": "svhn"}, "not known to harness.data.registry"),
     ("other:somethingnew", {}, "no multiplier for somethingnew"),
@@ -491,7 +503,8 @@ def test_reported_methods_without_a_derivation_say_why(method, facts, why):
 
 def test_every_derivation_is_tested_and_no_method_is_both():
     assert not set(OTHER_METHODS) & set(UNDERIVED)
-    by_hand = {"gair-rst", "meansparse", "oaat", "oa-at", "dajat", "crown-ibp"}
+    by_hand = {"gair-rst", "meansparse", "oaat", "oa-at", "dajat", "crown-ibp", "mixednuts", "ikl-at", "rst-awp",
+               "proxy-pgd"}
     assert set(OTHER_METHODS) == set(REPORTED_STEPS) | by_hand
 
 

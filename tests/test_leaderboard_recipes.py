@@ -147,3 +147,97 @@ def test_the_board_marks_bounded_training_flops():
             assert src.startswith(e.training_flops_bound + ":")
         else:
             assert not src.startswith(("lower bound", "upper bound"))
+
+
+#: the CIFAR-10 Linf rows whose training FLOPs the committed recipes give (exactly this set)
+CIFAR10_LINF_WITH_TRAINING_FLOPS = {
+    "Addepalli2021Towards_RN18", "Addepalli2021Towards_WRN34", "Addepalli2022Efficient_RN18",
+    "Addepalli2022Efficient_WRN_34_10", "Amini2024MeanSparse_Ra_WRN_70_16", "Amini2024MeanSparse_S-WRN-94-16",
+    "Andriushchenko2020Understanding", "Bai2023Improving_edm", "Bai2024MixedNUTS",
+    "Bartoldson2024Adversarial_WRN-82-8", "Bartoldson2024Adversarial_WRN-94-16", "Carmon2019Unlabeled",
+    "Chen2020Efficient", "Cui2020Learnable_34_10", "Cui2020Learnable_34_20", "Cui2023Decoupled_WRN-34-10",
+    "Dai2021Parameterizing", "Debenedetti2022Light_XCiT-L12", "Debenedetti2022Light_XCiT-M12",
+    "Debenedetti2022Light_XCiT-S12", "Ding2020MMA", "Engstrom2019Robustness", "Gowal2020Uncovering_28_10_extra",
+    "Gowal2020Uncovering_70_16_extra", "Hendrycks2019Using", "Huang2020Self", "Huang2021Exploring",
+    "Huang2021Exploring_ema", "Huang2022Revisiting_WRN-A4", "Madry2018Towards", "Pang2020Bag", "Pang2020Boosting",
+    "Pang2020Rethinking", "Pang2022Robustness_WRN28_10", "Peng2023Robust", "Rade2021Helper_R18_ddpm",
+    "Rade2021Helper_R18_extra", "Rade2021Helper_ddpm", "Rade2021Helper_extra", "Rebuffi2021Fixing_R18_ddpm",
+    "Rice2020Overfitting", "Sehwag2020Hydra", "Sehwag2021Proxy", "Sehwag2021Proxy_R18",
+    "Sehwag2021Proxy_ResNest152", "Shafahi2019Adversarial", "Sridhar2021Robust", "Sridhar2021Robust_34_15",
+    "Wang2023Better_WRN-70-16", "Wong2020Fast", "Wu2020Adversarial", "Wu2020Adversarial_extra",
+    "Xu2023Exploring_WRN-28-10", "Zhang2019Theoretically", "Zhang2019You", "Zhang2020Attacks", "Zhang2020Geometry",
+    "ZhangWang2019Defense", "ZhangXu2020Adversarial",
+}
+
+
+def _cifar10_linf():
+    return {e.reported["robustbench_id"]: e for e in load_entries(REPO).entries
+            if e.reported and (e.dataset, e.norm) == ("cifar10", "Linf")}
+
+
+def test_cifar10_linf_rows_with_training_flops_are_exactly_these():
+    entries = _cifar10_linf()
+    got = {i for i, e in entries.items() if e.training_flops is not None}
+    assert got == CIFAR10_LINF_WITH_TRAINING_FLOPS
+    for i in got:  # each with its source
+        assert "recipe source: http" in entries[i].training_flops_source or entries[i].reported["training_flops_source"]
+    for i, e in entries.items():  # every other row says why
+        if i not in got:
+            assert (e.training_flops_source or "").startswith("unknown: "), i
+
+
+def test_post_training_rows_inherit_their_base_models_training():
+    e = _cifar10_linf()
+    base, ms = e["Bartoldson2024Adversarial_WRN-94-16"], e["Amini2024MeanSparse_S-WRN-94-16"]
+    # the base's TRADES-10 training + one forward of the MeanSparse model over 50,000 images
+    assert ms.training_flops == pytest.approx(base.training_flops + ms.inference_flops * 50_000, rel=1e-12)
+    assert ms.training_flops_bound == "lower bound" and "threshold search" in ms.training_flops_source
+    peng = e["Peng2023Robust"]  # 2000 epochs x >= 50,000 examples x TRADES-10 (27), batch size unknown
+    assert peng.training_flops == pytest.approx(peng.inference_flops * 2000 * 50_000 * 27)
+    assert peng.training_flops_bound == "lower bound" and "batch size" in peng.training_flops_source
+    nuts = e["Bai2024MixedNUTS"]  # training-free: Peng2023Robust's, the BiT ResNet-152 excluded
+    assert nuts.training_flops == peng.training_flops and nuts.training_flops_bound == "lower bound"
+    assert "BiT ResNet-152" in nuts.training_flops_source
+    ra = e["Amini2024MeanSparse_Ra_WRN_70_16"]
+    assert ra.training_flops == pytest.approx(peng.training_flops + ra.inference_flops * 50_000)
+    bai = e["Bai2023Improving_edm"]  # the mixing network's passes are not counted: the base's only
+    assert bai.training_flops == e["Wang2023Better_WRN-70-16"].training_flops and bai.training_flops_bound
+    kang = e["Kang2021Stable"]  # its base's epochs are not found: no value, and the reason names the base
+    assert kang.training_flops is None and "Rebuffi2021Fixing_70_16_cutmix_extra" in kang.training_flops_source
+
+
+def test_derived_multipliers_reach_the_board():
+    e = _cifar10_linf()
+    cases = {"Cui2023Decoupled_WRN-34-10": (200 * 50_000, (9 * 21 + 191 * 27) / 200),
+             "Wu2020Adversarial_extra": (200 * 50_176, (9 * 36 + 191 * 45) / 200),
+             "Sehwag2021Proxy_ResNest152": (100 * 100_176, 24), "Sehwag2021Proxy": (100 * 100_048, 24)}
+    for rb_id, (seen, mult) in cases.items():
+        assert e[rb_id].training_flops == pytest.approx(e[rb_id].inference_flops * seen * mult), rb_id
+        assert e[rb_id].training_flops_bound is None
+
+
+def test_excluded_stages_make_a_lower_bound():
+    e = _cifar10_linf()["Debenedetti2022Light_XCiT-S12"]  # the CIFAR-10 fine-tuning only
+    assert e.training_flops == pytest.approx(e.inference_flops * 20 * 50_000 * 27)
+    assert e.training_flops_bound == "lower bound" and "ImageNet-1k adversarial pre-training" in e.training_flops_source
+    r = parse_recipe(row(excludes="a pre-training stage"), "x:2")
+    tc = training_compute(r, 1e9)
+    assert tc.bound == "lower bound" and tc.formula.startswith("lower bound:") and "pre-training" in tc.formula
+    upper = parse_recipe(row(method="other:fat-trades", excludes="a pre-training stage"), "x:3")
+    assert training_compute(upper, 1e9).value is None  # an upper bound minus an unknown part bounds nothing
+
+
+def test_base_models_are_checked():
+    from leaderboard.recipes import training_computes
+
+    a = parse_recipe(row(robustbench_id="A", base_models="B"), "x:2")
+    b = parse_recipe(row(robustbench_id="B", base_models="A"), "x:3")
+    with pytest.raises(HarnessError, match="cycle"):
+        training_computes({a.key: a, b.key: b}, {a.key: 1e9, b.key: 1e9})
+    with pytest.raises(HarnessError, match="base model B has no recipe"):
+        training_computes({a.key: a}, {a.key: 1e9})
+    with pytest.raises(HarnessError, match="base_models"):
+        parse_recipe(row(robustbench_id="A", base_models="A"), "x:4")
+    b = parse_recipe(row(robustbench_id="B"), "x:3")
+    got = training_computes({a.key: a, b.key: b}, {a.key: 2e9, b.key: 1e9})
+    assert got[a.key].value == pytest.approx((2e9 + 1e9) * 200 * 50_000 * 27)

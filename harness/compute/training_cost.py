@@ -40,6 +40,11 @@ The reported rows (``leaderboard/training_recipes.csv``) also name methods ``oth
 code, in the same units (:data:`OTHER_METHODS`): exact, or a lower or upper bound when a part of
 the cost is not known (an extra network of unknown size, a data-dependent early stop), with what it
 leaves out. Methods it cannot derive keep "unknown" with the reason (:data:`UNDERIVED`).
+
+Post-training and training-free methods (MeanSparse, MixedNUTS, adaptive smoothing, SODEF) count
+only their own passes here; the recipe's ``base_models`` column adds the base models' training
+FLOPs (``leaderboard.recipes.training_computes``), and a part that is not known makes the total a
+lower bound.
 """
 from __future__ import annotations
 
@@ -75,9 +80,6 @@ SAME_PASSES_AS = {
     # Pang et al. 2022 (SCORE): TRADES with the squared error in place of the KL divergence, in
     # the attack and in the loss: the same clean target, K attack steps, clean and adversarial passes
     "score": "trades",
-    # Cui et al. 2023 (IKL-AT, "Decoupled KL"): TRADES with the improved KL loss; its class-wise
-    # global information is a running mean of the batch's outputs, no extra pass
-    "ikl-at": "trades",
     # Huang et al. 2020 (self-adaptive training on TRADES): the soft targets are a moving average
     # of the predictions the training pass computes anyway
     "trades-sat": "trades",
@@ -338,23 +340,6 @@ def _yopo(f: RecipeFacts) -> MethodCost | str:
                       "about 0.01% for a WRN-34-10)")
 
 
-def _meansparse(f: RecipeFacts) -> MethodCost | str:
-    # Amini et al. 2024: post-training of a frozen base. The recipe's numbers are the base's; all
-    # three MeanSparse bases (Bartoldson2024Adversarial_WRN-94-16, Peng2023Robust,
-    # Wang2023Better_WRN-70-16) are TRADES-K models. MeanSparse adds one forward pass over the
-    # training set for its statistics and a threshold search evaluated with APGD-CE.
-    if (why := _needs(f, steps=True, seen=True, awp_allowed=True, name="MeanSparse")) is not None:
-        return why
-    if (n_train := train_set_size(f.dataset)) is None:
-        return f"the training-set size of {f.dataset} is not known"
-    k = f.attack_steps
-    base = method_multiplier("trades", k, 0, bool(f.awp))
-    stats = n_train / f.examples_seen
-    return MethodCost(base + stats, f"the base model's {describe_method('trades', k, bool(f.awp))} training "
-                                    f"+ one forward pass over the {n_train:,} training images",
-                      "lower bound", "excludes MeanSparse's threshold search (APGD-CE on a few batches)")
-
-
 def _scheduled_trades_awp(f: RecipeFacts, early_steps: int | None) -> float:
     """Mean over the epochs of 2K_e + 6 + (6 once AWP starts): the CE attack, the clean and
     adversarial forward/backward, AWP's forward/backward of both; K_e = ``early_steps`` in the first
@@ -433,6 +418,94 @@ def _adv_interp(f: RecipeFacts) -> MethodCost | str:
                       "fraction of a percent of a WRN-28-10)")
 
 
+def _awp_epochs(f: RecipeFacts) -> float:
+    """How many of the recipe's epochs 1..E run AWP, which starts at epoch ``AWP_WARMUP_EPOCHS``
+    (``if epoch >= args.awp_warmup``, default 10, in the AWP, DKL, OA-AT and DAJAT repositories)."""
+    e = int(round(f.epochs))
+    return float(max(0, e - AWP_WARMUP_EPOCHS + 1)) if f.awp else 0.0
+
+
+def _ikl_at(f: RecipeFacts) -> MethodCost | str:
+    # Cui et al. 2023 (IKL-AT, jiequancui/DKL@c5e8ad2 DKLv1/Adv-training-dkl/train_dkl_cifar10.py,
+    # train_dkl_cifar100.py, utils_awp.py): each of the K attack steps runs model(x_natural) and
+    # model(x_adv) (2) and an input gradient through the adversarial branch only (1): 3K; the
+    # training loss runs model(x_adv) and model(x_natural) forward and backward (6); the class-wise
+    # weights are a running mean of those outputs (no extra pass). AWP (TradesAWP.calc_awp, from
+    # epoch 10) runs the proxy copy on the clean and the adversarial batch, forward and backward
+    # through both (the DKL loss keeps the clean logits in the graph): +6. Per example: 3K + 6,
+    # and 3K + 12 in the AWP epochs. K = 5, 200 epochs, AWP from epoch 10:
+    # (9 x 21 + 191 x 27) / 200 = 26.73.
+    if (why := _needs(f, steps=True, awp_allowed=True, name="IKL-AT")) is not None:
+        return why
+    if f.awp and f.epochs is None:
+        return "the epochs are unknown (AWP starts at epoch 10, so the cost changes during training)"
+    k = f.attack_steps
+    base = 3.0 * k + 6
+    if not f.awp:
+        return MethodCost(base, f"IKL-AT-{k}: {k} attack steps of 2 forwards + 1 input backward, clean and "
+                                "adversarial forward/backward (6)")
+    mult = base + 6.0 * _awp_epochs(f) / int(round(f.epochs))
+    return MethodCost(mult, f"IKL-AT-{k} ({base:g}: {k} attack steps of 2 forwards + 1 input backward, clean and "
+                            f"adversarial forward/backward) + AWP's proxy forward/backward on both batches (6) "
+                            f"from epoch {AWP_WARMUP_EPOCHS}")
+
+
+def _rst_awp(f: RecipeFacts) -> MethodCost | str:
+    # Wu et al. 2020 (RST-AWP): RST's TRADES loss with AWP. RST-AWP's own script is not released;
+    # the count combines the two released pieces it names. RST (yaircarmon/semisup-adv@3f05b28
+    # losses.py trades_loss): each of the K attack steps runs model(x_adv) and model(x_natural) (2)
+    # and an input gradient (1): 3K; the loss runs model(x_adv) and model(x_natural) forward and
+    # backward (6). AWP (csdongxian/AWP@a7acf5d trades_AWP/utils_awp.py TradesAWP.calc_awp): the
+    # proxy runs on the clean batch twice (cross-entropy and the KL target, not detached) and on the
+    # adversarial batch once, backward through all three: +9, from epoch awp_warmup = 10
+    # (trades_AWP/train_trades_cifar.py). Per example 3K + 6, then 3K + 15; K = 10, 200 epochs:
+    # (9 x 36 + 191 x 45) / 200 = 44.595.
+    if (why := _needs(f, steps=True, awp_allowed=True, name="RST-AWP")) is not None:
+        return why
+    if f.awp and f.epochs is None:
+        return "the epochs are unknown (AWP starts at epoch 10, so the cost changes during training)"
+    k = f.attack_steps
+    base = 3.0 * k + 6
+    mult = base + (9.0 * _awp_epochs(f) / int(round(f.epochs)) if f.awp else 0.0)
+    return MethodCost(mult, f"RST's TRADES-{k} ({base:g}: {k} attack steps of 2 forwards + 1 input backward, clean "
+                            "and adversarial forward/backward)"
+                      + (f" + TradesAWP's 3 proxy forwards and their backward (9) from epoch {AWP_WARMUP_EPOCHS}"
+                         if f.awp else ""))
+
+
+def _proxy_pgd(f: RecipeFacts) -> MethodCost | str:
+    # Sehwag et al. 2022 (inspire-group/proxy-distributions@3f6db1b utils.py trainfxn,
+    # get_adversarial_loss, pgd_attack): every batch first runs logits = model(images) for the
+    # accuracy meters (1; the PGD loss does not use it, so no backward); K PGD steps of a forward and
+    # an input gradient (2K); the adversarial batch's forward and backward (3): 2K + 4. A batch is a
+    # real batch and a synthetic batch of the same size (combine_dataloaders), so examples_per_epoch
+    # counts both.
+    if (why := _needs(f, steps=True, name="PGD (proxy data)")) is not None:
+        return why
+    k = f.attack_steps
+    return MethodCost(2.0 * k + 4, f"PGD-{k} ({2 * k + 3}) + the clean forward of the accuracy meters (1)")
+
+
+def _meansparse(f: RecipeFacts) -> MethodCost | str:
+    # Amini et al. 2024 (SPIN-UMass/MeanSparse@52e6c03): post-training of a frozen base, whose own
+    # training the recipe's base_models column adds. MeanSparse trains no weights: one forward pass
+    # over the training images for the per-channel mean and variance (calculate_statistics), then a
+    # threshold search evaluated with APGD-CE on a few batches. The recipe's epochs x
+    # examples_per_epoch are that statistics pass.
+    if (why := _needs(f, seen=True, awp_allowed=False, name="MeanSparse")) is not None:
+        return why
+    return MethodCost(1.0, "one forward pass per training image for MeanSparse's statistics", "lower bound",
+                      "excludes MeanSparse's threshold search (APGD-CE on a few batches)")
+
+
+def _mixednuts(f: RecipeFacts) -> MethodCost | str:
+    # Bai et al. 2024 (Bai-YT/MixedNUTS@d22270b README: 'MixedNUTS is a training-free method'):
+    # no weights are trained; the base models' training is added through base_models.
+    return MethodCost(0.0, "training-free (no weights trained)", "lower bound",
+                      "excludes the search of the four mixing hyper-parameters (s, p, c, alpha), which "
+                      "evaluates the mixed model")
+
+
 #: ``other:<name>`` -> its derivation from the recipe's facts (a MethodCost, or why there is none)
 OTHER_METHODS: dict[str, Callable[[RecipeFacts], MethodCost | str]] = {
     "gradalign": _gradalign,
@@ -445,6 +518,10 @@ OTHER_METHODS: dict[str, Callable[[RecipeFacts], MethodCost | str]] = {
     "dyart": _dyart,
     "yopo": _yopo,
     "meansparse": _meansparse,
+    "mixednuts": _mixednuts,
+    "ikl-at": _ikl_at,
+    "rst-awp": _rst_awp,
+    "proxy-pgd": _proxy_pgd,
     "oaat": _oaat,
     "oa-at": _oaat,
     "dajat": _dajat,
@@ -457,10 +534,8 @@ OTHER_METHODS: dict[str, Callable[[RecipeFacts], MethodCost | str]] = {
 UNDERIVED: dict[str, str] = {
     "las-at": "a strategy network picks each example's attack steps, and which LAS-AT variant (PGD-AT, TRADES "
               "or AWP) made the checkpoint is not identified",
-    "adaptive-smoothing": "the cost is mostly the two frozen base models' training (a robust WRN-70-16 whose "
-                          "recipe is partly unknown and a fine-tuned BiT ResNet-152), not only the mixing network's",
-    "mixednuts": "training-free: the cost is the two base models' training (a robust WRN-70-16 whose recipe is "
-                 "partly unknown and a fine-tuned BiT ResNet-152)",
+    "adaptive-smoothing": "the mixing network's training runs a randomized APGD attack through the two-model "
+                          "ensemble, whose passes per example were not counted from the code",
     "sodef": "the frozen base's epochs are unverified and the ODE block's FLOPs are not known",
     "levelset": "the level-set projection's passes per batch were not counted from the code",
     "jarn": "the discriminator's architecture is not known, and the Jacobian's double backprop runs only in "
