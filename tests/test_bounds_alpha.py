@@ -40,7 +40,8 @@ def _nets():
         res.bn.running_mean.uniform_(-0.2, 0.2)
         res.bn.running_var.uniform_(0.5, 2.0)
         res.bn.weight.uniform_(0.5, 1.5)
-    return [("mlp", mlp), ("conv-res-bn-maxpool", res.eval())]
+    # the conv net takes seconds on a loaded 2-core machine: slow
+    return [("mlp", mlp), pytest.param("conv-res-bn-maxpool", res.eval(), marks=pytest.mark.slow)]
 
 
 def _pgd_min(net, lo, hi, C, steps=60, restarts=16):
