@@ -73,9 +73,9 @@ def _check(instances, full_milp=True):
 
 
 def test_verify_agrees_with_milp_small():
-    # 15 instances (more in the slow test below); the MILP runs where verify does not return a checked counterexample
-    c = _check(_instances(5, seed=0), full_milp=False)
-    assert c["agree"] >= 8 and c["bab"] >= 1 and c["falsified"] >= 1, c
+    # 12 instances (more in the slow test below); the MILP runs where verify does not return a checked counterexample
+    c = _check(_instances(4, seed=0), full_milp=False)
+    assert c["agree"] >= 6 and c["bab"] >= 1 and c["falsified"] >= 1, c
 
 
 @pytest.mark.slow
