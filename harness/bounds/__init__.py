@@ -11,7 +11,10 @@ always computed on a specification ``C . f`` (margins ``f_y - f_j``):
 >>> ok = bm.certify(x, y, 0.1, norm="Linf", method="crown")
 >>> r, calls = certified_radius(bm, x, y, eps_max=0.3, norm="Linf", method="crown", tol=1e-3)
 
-Randomized smoothing (Cohen et al. 2019) lives in :mod:`.smoothing`.
+Randomized smoothing (Cohen et al. 2019) lives in :mod:`.smoothing`; alpha-CROWN (optimised
+slopes, declared per op in the operator table) in :mod:`.alpha`; complete verification of one
+property (IBP -> CROWN -> alpha-CROWN -> attack -> beta-CROWN branch and bound, ``verify``,
+``Budget``, ``Verdict``, ``robustness_spec``, ``check_counterexample``) in :mod:`.bab`.
 """
 from __future__ import annotations
 

@@ -69,23 +69,33 @@ def _accumulate(acc: dict, j: int, a_l: Optional[Tensor], a_u: Optional[Tensor])
 
 
 def backward(graph, target: int, lA: Optional[Tensor], uA: Optional[Tensor], relax: _Relax,
-             inputs: InputSet) -> tuple:
+             inputs: InputSet, hook=None) -> tuple:
     """Lower/upper bounds (B, S) on ``A . v_target`` for ``A = lA`` / ``uA`` of shape
     (B, S, *shape_target); either may be None (not computed)."""
     ref = lA if lA is not None else uA
     zero = torch.zeros(ref.shape[:2], dtype=ref.dtype, device=ref.device)
     return backward_from(graph, target, {target: [lA, uA]}, zero, zero, relax, inputs,
-                         lA is not None, uA is not None)
+                         lA is not None, uA is not None, hook)
 
 
 def backward_from(graph, top: int, acc: dict, lbias: Tensor, ubias: Tensor, relax: _Relax,
-                  inputs: InputSet, want_lower: bool, want_upper: bool) -> tuple:
+                  inputs: InputSet, want_lower: bool, want_upper: bool, hook=None) -> tuple:
     """Continue a backward pass: ``acc`` maps nodes (ancestors of ``top``) to coefficient pairs
-    ``[lA, uA]``; the bound so far is ``sum_n A_n . v_n + bias``."""
+    ``[lA, uA]``; the bound so far is ``sum_n A_n . v_n + bias``.
+
+    ``hook(i, lA, uA) -> (lA, uA)``, when given, sees (and may change) the complete
+    coefficients of every node ``i`` (the input included) before they are pushed further back:
+    beta-CROWN adds its split multipliers there, branching heuristics read them."""
     for i in sorted(graph.ancestors[top], reverse=True):
-        if i == 0 or i not in acc:
+        if i not in acc:
+            continue
+        if i == 0:
+            if hook is not None:
+                acc[0] = list(hook(0, *acc[0]))
             continue
         la, ua = acc.pop(i)
+        if hook is not None:
+            la, ua = hook(i, la, ua)
         if la is None and ua is None:
             continue
         node = graph.nodes[i]

@@ -116,6 +116,9 @@ class Op:
     diagonal = False
     #: backward rule independent of the example (linear, no input bounds): CROWN shares it
     shared_backward = False
+    #: the op has an optimisable lower relaxation (alpha-CROWN, :mod:`harness.bounds.alpha`):
+    #: it then implements ``alpha_range``, ``alpha_init``, ``relax_alpha`` and ``unstable``
+    optimisable = False
 
     def __init__(self) -> None:
         self.name = ""
@@ -160,6 +163,31 @@ class Op:
     def backward(self, lA, uA, relax):  # pragma: no cover
         raise NotImplementedError
 
+    # ---- optimisable relaxation (alpha-CROWN), only when ``optimisable`` -----------------------
+
+    def alpha_range(self) -> tuple[float, float]:  # pragma: no cover - abstract
+        """``(lo, hi)``: every lower slope in this interval gives a sound relaxation."""
+        raise NotImplementedError
+
+    def alpha_init(self, in_bounds) -> Tensor:  # pragma: no cover - abstract
+        """The non-optimised relaxation's lower slope, shaped like the input (B, *shape)."""
+        raise NotImplementedError
+
+    def unstable(self, in_bounds) -> Tensor:  # pragma: no cover - abstract
+        """Bool mask (B, *shape) of the neurons whose lower slope is free."""
+        raise NotImplementedError
+
+    def relax_alpha(self, in_bounds, alpha_l: Tensor, alpha_u: Tensor):  # pragma: no cover
+        """Relaxation data for :meth:`backward` with the lower slopes ``alpha_l`` (used by the
+        lower-bound pass, ``lA``) and ``alpha_u`` (the upper-bound pass, ``uA``), each
+        (B, S, *shape): one slope per neuron and per row of the specification."""
+        raise NotImplementedError
+
+
+class AlphaRelax(tuple):
+    """Relaxation data with per-row lower slopes: ``(d_l_for_lA, d_l_for_uA, b_l, d_u, b_u)``,
+    the slopes (B, S, *shape), the rest (B, *shape) (``b_l`` may be None)."""
+
 
 class ElementwiseRelaxedOp(Op):
     """An elementwise function ``y = f(x)`` of one input with a linear relaxation
@@ -192,7 +220,31 @@ class ElementwiseRelaxedOp(Op):
     def relax(self, in_bounds):
         return self.relaxation(*in_bounds[0])
 
+    # alpha-CROWN: subclasses with a free lower slope set ``optimisable = True`` and define
+    # ``alpha_range`` and ``unstable``; the lower line is ``alpha * x`` on unstable neurons
+    # (``b_l`` must be None there), the non-optimised line elsewhere.
+
+    def alpha_init(self, in_bounds):
+        return self.relaxation(*in_bounds[0])[0]
+
+    def unstable(self, in_bounds):
+        lo, hi = in_bounds[0]
+        return (lo < 0) & (hi > 0)
+
+    def relax_alpha(self, in_bounds, alpha_l, alpha_u):
+        d_l, b_l, d_u, b_u = self.relaxation(*in_bounds[0])
+        free = self.unstable(in_bounds).unsqueeze(1)
+        a, b = self.alpha_range()
+        base = d_l.unsqueeze(1)
+        # the slopes used are always clamped into the sound range; the gradient passes
+        # straight through (clamp's own gradient is 0 at the bounds, where slopes start)
+        dl_l = torch.where(free, _clamp_st(alpha_l, a, b), base)
+        dl_u = torch.where(free, _clamp_st(alpha_u, a, b), base)
+        return AlphaRelax((dl_l, dl_u, b_l, d_u, b_u))
+
     def backward(self, lA, uA, relax):
+        if isinstance(relax, AlphaRelax):
+            return self._backward_alpha(lA, uA, relax)
         d_l, b_l, d_u, b_u = relax
         gap = (d_u - d_l).unsqueeze(1)
         d_l = d_l.unsqueeze(1)
@@ -207,6 +259,27 @@ class ElementwiseRelaxedOp(Op):
             ua = uA * d_l + pos * gap
             ub = _add(_bias(pos, b_u), None if b_l is None else bias_dot(uA.clamp(max=0), b_l))
         return [(la, ua)], lb, ub
+
+    def _backward_alpha(self, lA, uA, relax):
+        """As :meth:`backward`, with one lower slope per neuron and per row (alpha-CROWN).
+        Sound for the same reason: each row picks, per neuron, a lower line valid on
+        ``[l, u]`` (any slope in ``alpha_range``) for the side its coefficient's sign needs."""
+        dl_l, dl_u, b_l, d_u, b_u = relax
+        d_u1 = d_u.unsqueeze(1)
+        la = ua = lb = ub = None
+        if lA is not None:
+            pos, neg = lA.clamp(min=0), lA.clamp(max=0)
+            la = pos * dl_l + neg * d_u1
+            lb = _add(_bias(neg, b_u), None if b_l is None else bias_dot(pos, b_l))
+        if uA is not None:
+            pos, neg = uA.clamp(min=0), uA.clamp(max=0)
+            ua = pos * d_u1 + neg * dl_u
+            ub = _add(_bias(pos, b_u), None if b_l is None else bias_dot(neg, b_l))
+        return [(la, ua)], lb, ub
+
+
+def _clamp_st(t: Tensor, a: float, b: float) -> Tensor:
+    return t + (t.clamp(a, b) - t).detach()
 
 
 def _bias(A: Tensor, b: Optional[Tensor]) -> Optional[Tensor]:

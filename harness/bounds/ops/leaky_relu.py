@@ -34,6 +34,17 @@ class LeakyReLUOp(ElementwiseRelaxedOp):
     functions = (F.leaky_relu, torch._C._nn.leaky_relu, getattr(F, "leaky_relu_", None),
                  getattr(torch._C._nn, "leaky_relu_", None))
     monotone = True
+    #: alpha-CROWN: any lower slope in ``[a, 1]`` is sound (see above)
+    optimisable = True
+
+    def alpha_range(self):
+        return self.slope, 1.0
+
+    def unstable(self, in_bounds):
+        lo, hi = in_bounds[0]
+        if self.slope == 1.0:
+            return torch.zeros_like(lo, dtype=torch.bool)
+        return (lo < 0) & (hi > 0)
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()

@@ -25,6 +25,12 @@ class ReLUOp(ElementwiseRelaxedOp):
     functions = (F.relu, torch.relu, getattr(torch, "relu_", None), getattr(F, "relu_", None))
     methods = ("relu", "relu_")
     monotone = True
+    #: alpha-CROWN: the lower line ``a x`` of an unstable neuron is sound for any ``a`` in [0, 1]
+    #: (``a x <= x`` for ``x >= 0`` and ``a x <= 0`` for ``x < 0``)
+    optimisable = True
+
+    def alpha_range(self):
+        return 0.0, 1.0
 
     @classmethod
     def from_node(cls, b, n):
