@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from harness.core.errors import HarnessError, one_line
 from harness.core.stats import clopper_pearson
-from harness.data.loaders import registry as datasets
+from harness.data import registry as datasets
 from harness.record.checks import check_against_submission
 from harness.record.read import read_record
 from harness.record.schema import Flag, ResultRecord

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from harness.bounds.bab import Budget, check_counterexample, robustness_spec, verify
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 sys.path.insert(0, os.path.dirname(__file__))
 from milp_ref import milp_robust_margin  # noqa: E402

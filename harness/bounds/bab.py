@@ -39,7 +39,8 @@ from typing import Literal, Optional
 import torch
 import torch.nn as nn
 
-from ..errors import HarnessError
+from harness.core.errors import HarnessError
+
 from . import crown as CR
 from . import ibp as I
 from .alpha import AlphaCrown, BoxSet, final_pass, relaxed_pre
