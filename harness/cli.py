@@ -360,7 +360,7 @@ def cmd_import_robustbench(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.root).resolve() / "leaderboard" / "reported.csv"
     rows = import_robustbench(Path(args.path), out, count=not args.no_count, recount=args.recount,
-                              log=None if args.quiet else main_log)
+                              log=None if args.quiet else main_log, recount_ops=args.recount_op or ())
     counted = sum(1 for r in rows if r["inference_flops"])
     print(f"wrote {len(rows)} reported rows ({counted} with counted parameters and FLOPs) to {out}")
     return 0
@@ -511,6 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     ir.add_argument("--no-count", action="store_true",
                     help="do not build architectures: new rows get unknown parameters and FLOPs")
     ir.add_argument("--recount", action="store_true", help="count every row again instead of reusing reported.csv")
+    ir.add_argument("--recount-op", action="append", metavar="OP",
+                    help="count again the rows whose count skipped this operator (e.g. "
+                         "aten::scaled_dot_product_attention after a new fvcore handle); repeatable")
     ir.add_argument("--quiet", action="store_true", help="no per-row progress lines")
     ir.set_defaults(func=cmd_import_robustbench)
     return p

@@ -33,6 +33,7 @@ from harness.submission.load import LoadedSubmission, parse_submission
 from harness.submission.schema import format_eps, parse_eps
 from leaderboard.importers.robustbench import COLUMNS as REPORTED_COLUMNS
 
+from . import fmt
 from . import frontier as fr
 from .best_known import ExternalEvaluation, load_attack_records, record_best_known, reported_best_known
 from .fmt import compute_key
@@ -120,6 +121,9 @@ class Entry:
     rank: int = 0
     tied: bool = False               # in a statistical tie group of two or more entries
     tie_group: tuple[int, int] | None = None  # (first rank, last rank) of its tie group
+    #: inside a tie group, the tie-breaker that puts it below the entry above it, as a sentence
+    #: (:func:`tie_break_reason`); "" for the first of a group and for untied entries
+    tie_break: str = ""
     on_frontier: dict[str, bool | None] = field(default_factory=dict)
     flop_saving: float | None = None
     measurably_robust: bool = False  # the lower end of the robust accuracy's 95% CI is above 0
@@ -687,7 +691,41 @@ def rank_board(entries: list[Entry]) -> list[Entry]:
             e.rank = pos[i]
             e.tied = len(g) > 1 and e.best_known is not None
             e.tie_group = (first, last) if e.tied else None
+            e.tie_break = ""
+        if len(g) > 1 and all(entries[i].best_known is not None for i in g):
+            members = [entries[i] for i in g]
+            for a, b in zip(members, members[1:], strict=False):
+                b.tie_break = tie_break_reason(a, b, members)
     return [entries[i] for i in order]
+
+
+def tie_break_reason(a: Entry, b: Entry, group: list[Entry]) -> str:
+    """Why ``b`` ranks right below ``a`` in their tie group (:func:`leaderboard.frontier.order_within_group`:
+    inference FLOPs, then training FLOPs when every entry of that inference count has an exact figure,
+    then best-known accuracy, then name)."""
+    ca, cb = compute_key(a.inference_flops), compute_key(b.inference_flops)
+    if ca != cb:
+        if cb is None:
+            return (f"its inference FLOPs are unknown, so it ranks after {a.name} ({fmt.flops(ca)}): nothing "
+                    "shows that it is cheaper")
+        return f"{a.name} needs fewer inference FLOPs ({fmt.flops(ca)} against {fmt.flops(cb)})"
+    same = [e for e in group if compute_key(e.inference_flops) == ca]
+    what = (f"the same inference FLOPs as {a.name} ({fmt.flops(ca)})" if ca is not None
+            else f"inference FLOPs unknown, as {a.name}'s")
+    ta, tb = compute_key(a.training_flops_exact), compute_key(b.training_flops_exact)
+    inexact = [e for e in same if compute_key(e.training_flops_exact) is None]
+    if not inexact and ta != tb:
+        return f"{what}; {a.name} needs fewer training FLOPs ({fmt.flops(ta)} against {fmt.flops(tb)})"
+    if inexact:
+        why = ", ".join(f"{e.name} ({'a ' + e.training_flops_bound if e.training_flops_bound else 'unknown'})"
+                        for e in inexact)
+        train = f"the training FLOPs are not all known exactly ({why}), so they do not decide"
+    else:
+        train = "the same training FLOPs"
+    if a.best_known != b.best_known:
+        return (f"{what}; {train}; {a.name} has the higher best-known accuracy "
+                f"({fmt.pct(a.best_known)} against {fmt.pct(b.best_known)})")
+    return f"{what}; {train}; the same best-known accuracy: by name"
 
 
 def _board_key(e: Entry) -> tuple[str, str, float]:

@@ -558,3 +558,60 @@ def test_every_reported_method_is_derived_or_says_why():
     for name in UNDERIVED:  # the reason reaches the board
         got = reported_method_cost(f"other:{name}", RecipeFacts("cifar10", 10, False, 100, 50_000))
         assert isinstance(got, str) and UNDERIVED[name] in got
+
+
+# --- issue 18: operators fvcore lacks that do multiply-add work ------------------------------------------
+class _Attention(nn.Module):
+    """One attention, fused (F.scaled_dot_product_attention) or written out as two matmuls, which
+    fvcore counts itself (aten::matmul: batch x L x D_qk x S, then batch x L x S x D_v)."""
+
+    def __init__(self, fused: bool, kv_batch_broadcast: bool = False):
+        super().__init__()
+        self.fused, self.broadcast = fused, kv_batch_broadcast
+
+    def forward(self, x):
+        b = x.shape[0]
+        q = x.reshape(b, 3, 5, 7)                         # batch 1, 3 heads, L = 5, D_qk = 7
+        k = x.reshape(b, 3, 5, 7)[..., :4, :]             # S = 4
+        v = torch.cat([k, k[..., :2]], dim=-1)            # D_v = 9
+        if self.broadcast:                                # key/value shared over a broadcast head dimension
+            k, v = k[:, :1], v[:, :1]
+        if self.fused:
+            return F.scaled_dot_product_attention(q, k, v)
+        w = (q @ k.transpose(-2, -1) * 7 ** -0.5).softmax(-1)
+        return w @ v
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_fused_attention_counts_as_its_two_matmuls(broadcast):
+    fused = count_inference_flops(_Attention(True, broadcast), (105,))
+    explicit = count_inference_flops(_Attention(False, broadcast), (105,))
+    assert "aten::scaled_dot_product_attention" not in fused.skipped
+    assert explicit.by_operator["matmul"] == 3 * 5 * 4 * (7 + 9)  # fvcore's own count, B*H*L*S*(D_qk + D_v)
+    assert fused.total == explicit.total == explicit.by_operator["matmul"]
+    assert fused.by_operator == {"scaled_dot_product_attention": explicit.total}
+
+
+def test_norms_and_variances_count_one_multiply_add_per_element():
+    class Stats(nn.Module):
+        def forward(self, x):
+            return (x.norm(dim=-1).sum() + torch.linalg.vector_norm(x, dim=1).sum() + x.var(dim=-1).sum()
+                    + torch.var_mean(x, dim=0)[0].sum() + x.std())
+
+    fc = count_inference_flops(Stats(), (6, 11))
+    assert fc.total == 5 * 6 * 11
+    assert not {"aten::linalg_vector_norm", "aten::var", "aten::var_mean", "aten::std"} & set(fc.skipped)
+
+
+@pytest.mark.slow
+def test_vit_b16_at_224_matches_its_published_count():
+    """RobustBench's Mo2022When_ViT-B (timm's ViT-B/16 at 224), built with random weights exactly as the
+    board counts it: 17.58 G multiply-adds (Dosovitskiy et al. 2021 / timm: 17.6 GMACs), of which
+    12 layers x 2 x 197^2 x 768 = 0.716 G in the fused attention that fvcore alone skips."""
+    from leaderboard.importers.robustbench import count_compute
+
+    c = count_compute("imagenet", "Linf", "Mo2022When_ViT-B", "ViT-B", 1)
+    assert c.flops is not None, c.source
+    assert c.flops / 1e9 == pytest.approx(17.58, rel=0.01)
+    assert "scaled_dot_product_attention" not in c.source
+    assert c.params / 1e6 == pytest.approx(86.6, rel=0.01)

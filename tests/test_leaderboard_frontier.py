@@ -303,6 +303,32 @@ def test_a_cheap_weak_model_ranks_below_every_measurably_more_robust_entry():
     # weak-cnn (2.4%) overlaps it: a statistical tie, which the cheaper one wins
     weak = next(e for e in board.entries if e.id == "weak-cnn")
     assert tiny.tie_group == weak.tie_group and tiny.rank < weak.rank
+    assert tiny.tie_break == "" and weak.tie_break == "mlp-3-epochs needs fewer inference FLOPs (10 k against 610 k)"
+
+
+def test_tie_break_reasons_name_the_deciding_criterion():
+    """Each entry of a tie group says which tie-breaker put it below the one above it."""
+    from harness.core.stats import clopper_pearson
+    from leaderboard.boards import Entry, make_boards
+
+    def entry(name, k, flops, tflops=None, bound=None):
+        return Entry(id=name, name=name, kind="reported", dataset="cifar10", norm="Linf", eps=8 / 255,
+                     n_examples=10_000, robust=k / 10_000, robust_ci=clopper_pearson(k, 10_000),
+                     inference_flops=flops, training_flops=tflops, training_flops_bound=bound)
+
+    # all within one tie group (intervals of about +-0.9 points around 60%)
+    a, b, c = entry("a", 6000, 1e9, 3e18), entry("b", 6010, 1e9, 2e18), entry("c", 5990, 2e9, 1e18)
+    (board,) = make_boards([a, b, c])
+    assert [e.id for e in board.entries] == ["b", "a", "c"]
+    assert a.tie_break == "the same inference FLOPs as b (1 G); b needs fewer training FLOPs (2 E against 3 E)"
+    assert c.tie_break == "a needs fewer inference FLOPs (1 G against 2 G)"
+    d, e2, f = entry("d", 6000, 1e9, 3e18), entry("e", 6010, 1e9, 2e18, "lower bound"), entry("f", 6005, None)
+    (board,) = make_boards([d, e2, f])
+    assert [x.id for x in board.entries] == ["e", "d", "f"]
+    assert d.tie_break == ("the same inference FLOPs as e (1 G); the training FLOPs are not all known exactly "
+                           "(e (a lower bound)), so they do not decide; e has the higher best-known accuracy "
+                           "(60.10% against 60.00%)")
+    assert f.tie_break.startswith("its inference FLOPs are unknown, so it ranks after d (1 G)")
 
 
 def test_bounded_training_flops_on_the_frontier_and_in_the_fit():

@@ -166,6 +166,7 @@ CIFAR10_LINF_WITH_TRAINING_FLOPS = {
     "Sehwag2021Proxy_ResNest152", "Shafahi2019Adversarial", "Sridhar2021Robust", "Sridhar2021Robust_34_15",
     "Wang2023Better_WRN-70-16", "Wong2020Fast", "Wu2020Adversarial", "Wu2020Adversarial_extra",
     "Xu2023Exploring_WRN-28-10", "Zhang2019Theoretically", "Zhang2019You", "Zhang2020Attacks", "Zhang2020Geometry",
+    "Zhang2020Towards",  # CROWN-IBP (an upper bound); its dm-large CNN counted since issue 18
     "ZhangWang2019Defense", "ZhangXu2020Adversarial",
 }
 

@@ -360,6 +360,32 @@ ZOO_OVERRIDES: dict[tuple[str, str, str], Callable[[], Any]] = {
 }
 
 
+def _crown_ibp_dm_large():
+    """Zhang et al. (ICLR 2020)'s CIFAR-10 CROWN-IBP model, RobustBench's "5-layer-CNN" (no zoo
+    weights): the "dm-large" structure of Gowal et al. (2018) that the authors' README says their
+    best CIFAR model uses, ``IBP_large(in_ch=3, in_dim=32, linear_size=512)`` of
+    huanzhang12/CROWN-IBP@6894321 model_defs_gowal.py, named by config/cifar_dm-large_8_255.json:
+    five 3x3 convolutions (64, 64, 128 with stride 2, 128, 128; padding 1, ReLU), then linear
+    16*16*128 -> 512 -> 10. Written out from that description (the repository is not a package)."""
+    import torch.nn as nn
+
+    convs = [(3, 64, 1), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 128, 1)]
+    layers: list[nn.Module] = []
+    for cin, cout, stride in convs:
+        layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.ReLU()]
+    layers += [nn.Flatten(), nn.Linear(16 * 16 * 128, 512), nn.ReLU(), nn.Linear(512, 10)]
+    return nn.Sequential(*layers)
+
+
+#: entries without zoo weights whose exact architecture the authors' code names: (builder, source)
+NAMED_ARCHITECTURES: dict[tuple[str, str, str], tuple[Callable[[], Any], str]] = {
+    ("cifar10", "Linf", "Zhang2020Towards"): (
+        _crown_ibp_dm_large,
+        "CROWN-IBP's dm-large CNN, IBP_large(3, 32, 512) (huanzhang12/CROWN-IBP@6894321 model_defs_gowal.py and "
+        "config/cifar_dm-large_8_255.json; no model-zoo entry)"),
+}
+
+
 #: what is known about entries whose count fails, beyond the exception
 WHY_NOT_COUNTED = {
     ("cifar10", "Linf", "Kang2021Stable"): (
@@ -410,6 +436,8 @@ def architecture_builder(dataset: str, norm: str, rb_id: str, architecture: str)
     """How to build an entry's architecture: its model-zoo constructor, or (for leaderboard
     entries without zoo weights) the standard architecture its ``architecture`` string names.
     Raises ValueError with the reason when neither is possible."""
+    if (dataset, norm, rb_id) in NAMED_ARCHITECTURES:
+        return NAMED_ARCHITECTURES[(dataset, norm, rb_id)]
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
 
@@ -473,6 +501,9 @@ def input_size(dataset: str, norm: str, rb_id: str) -> tuple[int, int, int]:
     return (3, int(h), int(w))
 
 
+SKIPPED_PREFIX = "; operators fvcore does not count: "
+
+
 def count_compute(dataset: str, norm: str, rb_id: str, architecture: str, forward_passes: int) -> Compute:
     """fvcore's count of one entry (the whole module: an ensemble's members are all in it)."""
     import torch
@@ -505,7 +536,7 @@ def count_compute(dataset: str, norm: str, rb_id: str, architecture: str, forwar
     if fc.params_unused:
         src += f"; {fc.params_unused:,} parameters of modules the forward pass never calls are left out"
     if fc.skipped:
-        src += "; operators fvcore does not count: " + ", ".join(f"{k} x{v}" for k, v in sorted(fc.skipped.items()))
+        src += SKIPPED_PREFIX + ", ".join(f"{k} x{v}" for k, v in sorted(fc.skipped.items()))
     return Compute(fc.params, fc.total, size, src)
 
 
@@ -519,10 +550,14 @@ def read_existing(path: Path) -> dict[str, dict[str, str]]:
 
 def make_rows(info_rows: Iterable[InfoRow], existing: dict[str, dict[str, str]], *, count: bool = True,
               recount: bool = False, log: Callable[[str], None] | None = None,
-              progress: Callable[[dict[str, str]], None] | None = None) -> list[dict[str, str]]:
+              progress: Callable[[dict[str, str]], None] | None = None,
+              recount_ops: Iterable[str] = ()) -> list[dict[str, str]]:
     """The reported rows, sorted by board then AutoAttack accuracy; compute reused from ``existing``
-    (keyed by row id) unless ``recount``; counted when ``count``, else left unknown. ``progress`` is
-    called with every freshly counted row (to save the work so far)."""
+    (keyed by row id) unless ``recount``, or unless its count skipped one of ``recount_ops``
+    (:func:`skipped_ops`: after a new fvcore handle, only the rows it changes are counted again);
+    counted when ``count``, else left unknown. ``progress`` is called with every freshly counted
+    row (to save the work so far)."""
+    recount_ops = set(recount_ops)
     rows = []
     seen: dict[str, str] = {}
     for r in info_rows:
@@ -531,7 +566,8 @@ def make_rows(info_rows: Iterable[InfoRow], existing: dict[str, dict[str, str]],
             raise HarnessError(f"{r.where}: duplicate entry {row['id']!r} (also {seen[row['id']]})")
         seen[row["id"]] = r.where
         old = existing.get(row["id"])
-        if old is not None and not recount and old.get("inference_flops") and old.get("compute_source"):
+        if old is not None and not recount and old.get("inference_flops") and old.get("compute_source") \
+                and not recount_ops & skipped_ops(old["compute_source"]):
             for k in ("params", "inference_flops", "input_size", "compute_source"):
                 row[k] = old.get(k, "")
         elif count:
@@ -565,8 +601,15 @@ def write_rows(rows: list[dict[str, str]], out: Path) -> None:
     atomic_write_text(Path(out), buf.getvalue())
 
 
+def skipped_ops(compute_source: str) -> set[str]:
+    """The operators a row's ``compute_source`` lists as not counted by fvcore (``aten::x``)."""
+    _, sep, tail = compute_source.partition(SKIPPED_PREFIX)
+    return set(re.findall(r"aten::[A-Za-z0-9_]+", tail)) if sep else set()
+
+
 def import_robustbench(source: Path, out: Path, *, count: bool = True, recount: bool = False,
-                       log: Callable[[str], None] | None = None) -> list[dict[str, str]]:
+                       log: Callable[[str], None] | None = None,
+                       recount_ops: Iterable[str] = ()) -> list[dict[str, str]]:
     """Regenerate ``out`` (reported.csv) from ``source``: a RobustBench checkout (or its
     ``model_info/`` folder) or the snapshot CSV. Returns the rows written."""
     existing = read_existing(out)
@@ -580,7 +623,7 @@ def import_robustbench(source: Path, out: Path, *, count: bool = True, recount: 
             write_rows([{k: r.get(k, "") for k in COLUMNS} for r in merged.values()], out)
 
     rows = make_rows(read_source(source), {} if recount else existing, count=count, recount=False, log=log,
-                     progress=save)
+                     progress=save, recount_ops=recount_ops)
     write_rows(rows, out)
     return rows
 

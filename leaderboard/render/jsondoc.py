@@ -95,6 +95,7 @@ def entry_json(e: Entry) -> dict[str, Any]:
         "rank": e.rank,
         "tied": e.tied,
         "tie_group": list(e.tie_group) if e.tie_group else None,
+        "tie_break": e.tie_break or None,
         "measurably_robust": e.measurably_robust,
         "frontier_layer": e.layer,
         "on_frontier": dict(e.on_frontier),
