@@ -59,6 +59,39 @@ FRONTIERS: list[tuple[str, str, str, str]] = [
 
 
 
+SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+
+
+@dataclass(frozen=True)
+class FlagChip:
+    """One chip per flag name, as the tables show flags: the most severe level among the entry's flags
+    of that name, and every distinct message of them (in order), ``count`` flags merged."""
+    name: str
+    severity: str
+    messages: tuple[str, ...]
+    count: int = 1
+
+    @property
+    def message(self) -> str:
+        return "\n".join(self.messages)
+
+
+def merge_flags(flags: list[Any]) -> list[FlagChip]:
+    """Duplicate flags (the same name, e.g. from a record's diagnostics and from the board) become one
+    chip: the most severe level, both messages. Order: each name where it first appears."""
+    chips: dict[str, FlagChip] = {}
+    for f in flags:
+        old = chips.get(f.name)
+        msg = (f.message or "").strip()
+        if old is None:
+            chips[f.name] = FlagChip(f.name, f.severity, (msg,) if msg else ())
+            continue
+        sev = f.severity if SEVERITY_RANK.get(f.severity, 0) > SEVERITY_RANK.get(old.severity, 0) else old.severity
+        msgs = old.messages + ((msg,) if msg and msg not in old.messages else ())
+        chips[f.name] = FlagChip(f.name, sev, msgs, old.count + 1)
+    return list(chips.values())
+
+
 @dataclass
 class Entry:
     id: str
@@ -149,6 +182,11 @@ class Entry:
     def training_flops_exact(self) -> float | None:
         """The training FLOPs when they are a point estimate (what the scaling-law fit may use)."""
         return self.training_flops if self.training_flops_bound is None else None
+
+    @property
+    def flag_chips(self) -> list[FlagChip]:
+        """The flags as the tables show them: one chip per name (:func:`merge_flags`)."""
+        return merge_flags(self.flags)
 
     @property
     def best_known_below(self) -> bool:

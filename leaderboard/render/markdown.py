@@ -89,7 +89,7 @@ def board_table(b: Board) -> str:
             ", ".join(on) or DASH,
             overhead(e.overhead),
             gap(e.gap),
-            md_text(", ".join(f.name for f in e.flags)) or DASH,
+            md_text(", ".join(f.name for f in e.flag_chips)) or DASH,
         ])
     return tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True)
 

@@ -122,7 +122,8 @@ def _place_labels(fig, ax, points: list[tuple[str, float, float]], avoid: tuple 
     for i, (name, x, y) in enumerate(points):
         for dx, dy, ha in offsets:
             far = abs(dy) > 10 or abs(dx) > 10
-            ann = ax.annotate(_short(name, 40), (x, y), xytext=(dx, dy), textcoords="offset points",
+            # the full name or none: a label that does not fit is left out (the point keeps its tooltip)
+            ann = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points",
                               fontsize=LABEL_FONT, color="#222222", ha=ha, va="bottom", zorder=5,
                               arrowprops=dict(arrowstyle="-", color="#9a9a9a", lw=0.6, shrinkA=1, shrinkB=3)
                               if far else None)
@@ -168,8 +169,31 @@ def _save(fig: Figure, path: Path, tips: list[str] | None = None) -> None:
     path.write_text(svg, encoding="utf-8")
 
 
-def _short(name: str, n: int = 36) -> str:
-    return name if len(name) <= n else name[: n - 1] + "…"
+def _fit_bottom(fig: Figure, ax, pad_px: float = 4.0) -> None:
+    """Raise the bottom margin until everything under the axes (tick labels, the x label, a legend
+    placed below) lies inside the figure, ``pad_px`` from its edge; measured with Agg's renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for _ in range(6):
+        bb = ax.get_tightbbox(renderer)
+        for leg in fig.legends:
+            bb = type(bb).union([bb, leg.get_window_extent(renderer)])
+        if bb.y0 >= pad_px and bb.x0 >= pad_px:
+            return
+        sp = fig.subplotpars
+        if bb.y0 < pad_px:
+            bottom = min(0.85, sp.bottom + (pad_px - bb.y0 + 2) / fig.bbox.height)
+            fig.subplots_adjust(bottom=bottom, top=max(sp.top, bottom + 0.1))
+        if bb.x0 < pad_px:
+            fig.subplots_adjust(left=min(0.5, sp.left + (pad_px - bb.x0 + 2) / fig.bbox.width))
+
+
+#: 12 distinct colours for the certified-vs-ε curves (Paul Tol's "muted" and "bright" qualitative
+#: schemes, which stay apart for the common colour-vision deficiencies), and a dash style per method
+CURVE_COLORS = ["#332288", "#117733", "#44AA99", "#88CCEE", "#DDCC77", "#CC6677", "#AA4499", "#882255",
+                "#4477AA", "#EE7733", "#000000", "#999933"]
+METHOD_DASHES = ["-", "--", "-.", ":"]
 
 
 def _ylim(ax, values_pct: list[float], headroom: float = 0.0) -> None:
@@ -234,38 +258,75 @@ def frontier_plot(board: Board, key: str, cost_attr: str, value_attr: str, title
 
 
 def sandwich_plot(board: Board, path: Path) -> bool:
-    """certified <= AutoAttack <= clean, per entry with a certified accuracy."""
+    """certified <= best-known robust <= clean, per entry with a certified accuracy. The x ticks are
+    the entries' board ranks (a name would have to be cut short to fit); every entry's column is one
+    SVG group whose tooltip gives its full name and its three accuracies."""
+    drawn = sandwich_figure(board)
+    if drawn is None:
+        return False
+    fig, tips = drawn
+    _save(fig, path, tips)
+    return True
+
+
+def sandwich_figure(board: Board) -> tuple[Figure, list[str]] | None:
+    """The figure of :func:`sandwich_plot` and its tooltips, or None when no entry is certified."""
     sel = [e for e in board.entries if e.certified is not None]
     if not sel:
-        return False
+        return None
     sel.sort(key=lambda e: (e.best_known if e.best_known is not None else -1, e.certified))
-    fig = _fig(FIG_W, FIG_H + 0.6, bottom=0.3 if len(sel) <= 25 else 0.1)
+    fig = _fig(FIG_W, FIG_H + 0.6, bottom=0.15)
     ax = fig.add_subplot()
+    tips: list[str] = []
+    labels_used: set[str] = set()
+    for i, e in enumerate(sel):
+        cert = 100 * e.certified
+        rob = 100 * e.best_known if e.best_known is not None else np.nan
+        clean = 100 * e.clean if e.clean is not None else np.nan
+        hi = clean if not np.isnan(clean) else rob
+        tips.append(f"{e.name} (rank {e.rank}): clean {fmt.pct(e.clean)}, best-known robust {fmt.pct(e.best_known)}, "
+                    f"certified {fmt.pct(e.certified)}")
+        g = f"rfpt{i}"
+        ax.plot([i, i], [cert, hi], color="#bbbbbb", lw=1.2, zorder=1, gid=f"rfline{i}")
+        for y, marker, color, label in ((clean, "^", "#2e8b57", "clean"),
+                                        (rob, "o", "#1f5fa8", "best-known robust (empirical)"),
+                                        (cert, "v", FRONTIER_COLOR, "certified (best method)")):
+            ax.plot([i], [y], ls="none", marker=marker, color=color, markersize=5.5, zorder=3,
+                    gid=g if marker == "v" else None,
+                    label=label if label not in labels_used else "_nolegend_")
+            labels_used.add(label)
     x = np.arange(len(sel))
-    cert = [100 * e.certified for e in sel]
-    rob = [100 * e.best_known if e.best_known is not None else np.nan for e in sel]
-    clean = [100 * e.clean if e.clean is not None else np.nan for e in sel]
-    lo = [c for c in cert]
-    hi = [c if not np.isnan(c) else r for c, r in zip(clean, rob, strict=False)]
-    ax.vlines(x, lo, hi, color="#bbbbbb", lw=1.2, zorder=1)
-    ax.scatter(x, clean, marker="^", color="#2e8b57", s=22, label="clean", zorder=3)
-    ax.scatter(x, rob, marker="o", color="#1f5fa8", s=22, label="best-known robust (empirical)", zorder=3)
-    ax.scatter(x, cert, marker="v", color=FRONTIER_COLOR, s=22, label="certified (best method)", zorder=3)
-    if len(sel) <= 25:
-        ax.set_xticks(x, [_short(e.name, 18) for e in sel], rotation=40, ha="right", fontsize=FONT)
+    if len(sel) <= 40:
+        ax.set_xticks(x, [str(e.rank) for e in sel], fontsize=FONT)
     else:
         ax.set_xticks([])
-        ax.set_xlabel(f"{len(sel)} entries, by best-known robust accuracy")
+    ax.set_xlabel(f"{len(sel)} entries with a certified accuracy, by best-known robust accuracy\n"
+                  "(tick: the entry's rank on the board; hover a point for its name)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{board.title}: certified ≤ best-known robust ≤ clean", fontsize=FONT + 0.5)
     _style_axes(ax)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=FONT, loc="lower right")
-    _save(fig, path)
-    return True
+    _fit_bottom(fig, ax)
+    return fig, tips
 
 
 def certified_vs_eps_plot(board: Board, path: Path) -> bool:
+    """Certified accuracy against ε, one curve per (entry, certification method): each curve has its
+    own colour (:data:`CURVE_COLORS`) and its method's dash style; the legend, below the axes, names the
+    entry in full and the method of each curve, and each curve's tooltip says the same."""
+    drawn = certified_vs_eps_figure(board)
+    if drawn is None:
+        return False
+    fig, tips = drawn
+    _save(fig, path, tips)
+    return True
+
+
+def certified_vs_eps_figure(board: Board) -> tuple[Figure, list[str]] | None:
+    """The figure of :func:`certified_vs_eps_plot` and its tooltips, or None without curves."""
+    import textwrap
+
     curves: list[tuple[Entry, str, list[tuple[float, float]]]] = []
     for e in board.entries:
         rec = e.record
@@ -275,24 +336,37 @@ def certified_vs_eps_plot(board: Board, path: Path) -> bool:
             if c.curve:
                 curves.append((e, method, c.curve))
     if not curves:
-        return False
+        return None
     curves.sort(key=lambda t: (-(t[0].certified or 0), t[0].name, t[1]))
     shown = curves[:MAX_CURVES]
-    fig = _fig()
+    methods = sorted({m for _, m, _ in shown})
+    fig = _fig(FIG_W, FIG_H + 0.25 * len(shown) + 0.4, bottom=0.4)
     ax = fig.add_subplot()
-    for e, method, curve in shown:
+    tips: list[str] = []
+    for n, (e, method, curve) in enumerate(shown):
         arr = np.asarray(curve, dtype=float)
-        ax.plot(arr[:, 0], 100 * arr[:, 1], lw=1.2, label=_short(f"{e.name} ({method})", 40))
-    ax.axvline(board.eps, color="#444444", ls="--", lw=0.9, label=f"ε = {board.eps_label}")
+        label = f"{e.name}, certified by {method}"
+        tips.append(label + f": {fmt.pct(float(arr[0, 1]))} at ε = {arr[0, 0]:.4g} to "
+                    f"{fmt.pct(float(arr[-1, 1]))} at ε = {arr[-1, 0]:.4g}")
+        ax.plot(arr[:, 0], 100 * arr[:, 1], lw=1.4, color=CURVE_COLORS[n % len(CURVE_COLORS)],
+                ls=METHOD_DASHES[methods.index(method) % len(METHOD_DASHES)], gid=f"rfpt{n}",
+                label=textwrap.fill(label, 95))
+    ax.axvline(board.eps, color="#444444", ls="--", lw=0.9, label=f"ε = {board.eps_label} (the board's)")
     ax.set_xlabel("ε")
     ax.set_ylabel("certified accuracy (%)")
     extra = f" (top {MAX_CURVES} of {len(curves)} curves)" if len(curves) > MAX_CURVES else ""
     ax.set_title(f"{board.title}: certified accuracy vs ε{extra}", fontsize=FONT + 0.5)
     _style_axes(ax)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=FONT, loc="upper right")
-    _save(fig, path)
-    return True
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=FONT, loc="lower left", bbox_to_anchor=(0.02, 0.01),
+               frameon=False, handlelength=2.6)
+    # the axes end above the legend (whose height depends on the curves' number)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    leg_top = fig.legends[0].get_window_extent(renderer).y1 / fig.bbox.height
+    fig.subplots_adjust(bottom=min(0.8, leg_top + 0.1))
+    _fit_bottom(fig, ax)
+    return fig, tips
 
 
 def scaling_plot(board: Board, path: Path) -> bool:
