@@ -414,6 +414,14 @@ def test_must_show_on_the_repository_board(browser, repo_site):
     b94, ms = ("reported-cifar10-Linf-Bartoldson2024Adversarial_WRN-94-16",
                "reported-cifar10-Linf-Amini2024MeanSparse_S-WRN-94-16")
     assert ids.index(b94) < ids.index(ms)
+    # shown as ranks 1 and 2 of one tie group, and the tooltip of MeanSparse's "≈" names the tie-breaker
+    cell = "document.querySelector('#{t} tr[data-id=\"{i}\"] td.rank')"
+    assert browser.js(cell.format(t=C10, i=b94) + ".textContent").strip() == "1≈"
+    assert browser.js(cell.format(t=C10, i=ms) + ".textContent").strip() == "2≈"
+    tip = browser.js(cell.format(t=C10, i=ms) + ".querySelector('.tie').getAttribute('title')")
+    assert "ranks 1 to 2" in tip and ("below the entry above because the same inference FLOPs as "
+                                      "Bartoldson2024Adversarial_WRN-94-16") in tip
+    assert "73.71% against 73.10%" in tip
     r18 = "cifar10-autoattack-resnet18"
     badges = browser.js(f"document.querySelector('#{C10} tr[data-id=\"{r18}\"]').querySelectorAll('.fbadge, "
                         ".layer1').length")
