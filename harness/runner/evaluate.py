@@ -54,7 +54,6 @@ from harness.runner.blocks import StageStore, first_error, new_generation, write
 from harness.runner.distributed import Distributed
 from harness.runner.schedule import (
     POLL_S,
-    Aborted,
     Plan,
     gather,
     other_rank_failed,
@@ -63,6 +62,7 @@ from harness.runner.schedule import (
     snapshot,
     stage_finished,
 )
+from harness.sandbox.job import Aborted
 from harness.stages import STAGE_ORDER, EvalContext, EvalOptions, StageResult, get_stage, ordered, stage_class
 from harness.stages.base import concat_blocks
 from harness.submission.load import LoadedSubmission, load_submission
