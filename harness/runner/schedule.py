@@ -20,8 +20,8 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.runner.blocks import StageStore, first_error, make_block, unit_count
 from harness.sandbox.job import Aborted
+from harness.stages.blocks import StageStore, first_error, make_block, unit_count
 from harness.stages.registry import entry
 
 #: seconds between two looks at the state folder while a worker or a supervisor waits
