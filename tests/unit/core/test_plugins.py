@@ -51,7 +51,8 @@ def test_an_installed_certifier_is_in_the_registry_once(site):
 
 
 def test_a_failing_plugin_is_one_line_naming_it(site):
-    write_dist_info(site, dist="rf-bad", module="rf_bad", body="def register():\n    raise RuntimeError('boom\\nsecond')\n")
+    body = "def register():\n    raise RuntimeError('boom\\nsecond')\n"
+    write_dist_info(site, dist="rf-bad", module="rf_bad", body=body)
     from harness.certifiers import registry
 
     with pytest.raises(HarnessError) as e:
