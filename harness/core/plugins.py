@@ -20,7 +20,6 @@ all off (a run then uses only the built-in entries).
 """
 from __future__ import annotations
 
-import os
 from importlib import metadata
 
 from harness.core.errors import HarnessError, one_line
@@ -37,7 +36,9 @@ _loaded: dict[str, list[str]] = {}  # kind -> "name = value" of each plug-in loa
 
 
 def enabled() -> bool:
-    return os.environ.get("ROBUST_FRONTIER_PLUGINS", "1") != "0"
+    from harness.core.settings import settings
+
+    return settings().plugins != "0"
 
 
 def load(kind: str) -> list[str]:
