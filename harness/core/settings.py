@@ -17,6 +17,13 @@ caps). Memory ``none`` (flag or environment) lifts the memory cap; nothing lifts
 infinite, negative, zero or unparsable value is a one-line :class:`~harness.core.errors.HarnessError`
 naming the flag or variable.
 
+All of the runner's settings from the environment are one object, :class:`Settings`
+(pydantic-settings, prefix ``ROBUST_FRONTIER_``): the caps above, the checkpoint cache, the hosts a
+fetch may reach although not public, and whether plug-ins load. :func:`settings` reads it afresh
+(the environment of a test or a runner may change); the modules that use a value ask it, and no other
+module reads a ``ROBUST_FRONTIER_*`` variable. The signing key's variables stay with the signing code
+(:mod:`harness.record.signing`): a secret is read only by the one step that signs.
+
 Torch-free: imported by the schema (:mod:`harness.submission`) and the fetcher.
 """
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import math
 import os
 from typing import Any
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from harness.core.errors import HarnessError, one_line
 
@@ -69,8 +78,32 @@ def parse_bytes(value: Any, what: str, *, allow_none: bool) -> int | None:
     return size
 
 
+class Settings(BaseSettings):
+    """The runner's settings from its environment (``ROBUST_FRONTIER_<FIELD>``). Values are kept as
+    given and parsed where they are used, so that a bad one is a one-line error naming its variable."""
+
+    model_config = SettingsConfigDict(env_prefix="ROBUST_FRONTIER_", extra="ignore", frozen=True)
+
+    max_memory: str | None = None  # a size (16G) or none: the cap on the worker's memory
+    max_stage_timeout_s: str | None = None  # seconds: the cap on a stage's wall clock
+    max_cpu_s: str | None = None  # seconds: the cap on a stage's CPU time
+    max_download_bytes: str | None = None  # a size: the cap on one download
+    cache: str | None = None  # the checkpoint cache folder (default ~/.cache/robust-frontier)
+    fetch_allow_hosts: str = ""  # host:port origins a fetch may reach although not public (tests)
+    plugins: str = "1"  # "0": load no plug-in (harness.core.plugins)
+
+
+def settings() -> Settings:
+    """The settings, read from the environment now."""
+    return Settings()
+
+
+_FIELD_OF = {MEMORY_ENV: "max_memory", STAGE_TIMEOUT_ENV: "max_stage_timeout_s", CPU_ENV: "max_cpu_s",
+             DOWNLOAD_ENV: "max_download_bytes"}
+
+
 def _env(name: str) -> str | None:
-    value = os.environ.get(name)
+    value = getattr(settings(), _FIELD_OF[name])
     return value if value is not None and value.strip() != "" else None
 
 

@@ -48,6 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 from harness.core.errors import HarnessError, one_line
 from harness.core.files import sha256_file
+from harness.core.settings import settings
 
 CACHE_ENV = "ROBUST_FRONTIER_CACHE"
 ALLOW_HOSTS_ENV = "ROBUST_FRONTIER_FETCH_ALLOW_HOSTS"  # host:port origins allowed although not public
@@ -108,8 +109,8 @@ def parse_url(url: str) -> HostedRef:
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     if override:
         return Path(override).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+    if cache := settings().cache:  # ROBUST_FRONTIER_CACHE
+        return Path(cache).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "robust-frontier"
 
@@ -139,7 +140,7 @@ def _looks_like_html(path: Path) -> bool:
 
 
 def _allowed_origins() -> set[str]:
-    raw = os.environ.get(ALLOW_HOSTS_ENV, "")
+    raw = settings().fetch_allow_hosts  # ROBUST_FRONTIER_FETCH_ALLOW_HOSTS
     return {o.strip().lower() for o in raw.split(",") if o.strip()}
 
 
@@ -287,7 +288,7 @@ def download_cap(size_bytes: int | None) -> tuple[int, str]:
     cap = max_download_bytes()
     if size_bytes is not None and size_bytes < cap:
         return size_bytes, "the submission's model.checkpoint.size_bytes"
-    return cap, f"{DOWNLOAD_ENV}" if os.environ.get(DOWNLOAD_ENV) else f"{DOWNLOAD_ENV}'s default"
+    return cap, f"{DOWNLOAD_ENV}" if settings().max_download_bytes else f"{DOWNLOAD_ENV}'s default"
 
 
 def _download_https(ref: HostedRef, staging: Path, progress: bool, max_bytes: int, cap_source: str) -> Path:
