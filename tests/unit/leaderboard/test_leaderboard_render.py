@@ -12,7 +12,7 @@ import pytest
 from harness.record.schema import Flag
 from leaderboard.boards import load_entries, make_boards, merge_flags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_duplicate_flags_merge_into_one_chip_with_the_most_severe_level_and_every_message():
