@@ -4,7 +4,7 @@
 
 Prints the build time, the seconds per 100 entries at each size and their ratio (about 1 means
 linear growth; the fixed cost of the figures, a few dozen SVGs whatever the size, makes small builds
-cost more per entry). The synthetic entries (``leaderboard.synthetic``) spread over three boards; each
+cost more per entry). The synthetic entries (``tests/helpers/synthetic.py``) spread over three boards; each
 has an ``.examples.npz`` without gallery images (the build checks every record against its arrays and
 hashes every submission folder again), so no gallery PNGs are written; writing the synthetic
 repository is not timed. Also runs under pytest-benchmark:
@@ -19,10 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic boards of the tests
+
+from helpers.synthetic import write_synthetic_repo  # noqa: E402
+
 from leaderboard.boards import load_entries, make_boards
 from leaderboard.build import build_leaderboard, render_plots
 from leaderboard.render.html import render_site
-from leaderboard.synthetic import write_synthetic_repo
 
 
 def time_build(n: int, workdir: Path, repeat: int = 1) -> float:

@@ -213,7 +213,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             print(f"{p}: {'downloaded and verified' if downloaded else 'already in the cache'}: {got}")
         except HarnessError as e:
             failed += 1
-            print(f"error: {p}: {e}", file=sys.stderr)
+            print(f"error: {one_line(p, 300)}: {one_line(e)}", file=sys.stderr)
     if failed:
         print(f"(cache: {cache_dir()})", file=sys.stderr)
     return 2 if failed else 0
@@ -310,7 +310,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
         except HarnessError as e:
             failed += 1
             msg = str(e)
-            print(f"error: {msg if msg.startswith(where) else f'{where}: {msg}'}", file=sys.stderr)
+            print(f"error: {one_line(msg if msg.startswith(where) else f'{where}: {msg}')}", file=sys.stderr)
             continue
         if res.status == "unchanged":
             print(f"{where}: already signed by key {res.key_id}; unchanged")
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

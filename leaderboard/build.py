@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, one_line
 from leaderboard.render import plots as rp
 from leaderboard.render.html import render_site
 from leaderboard.render.jsondoc import dumps, site_json
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         out = build_leaderboard(Path(args.root), Path(args.out) if args.out else None, local=args.local,
                                 trust_keys=[Path(k) for k in args.trust_key or ()])
     except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(f"site written to {out} (open {out / 'index.html'})")
     return 0

@@ -22,7 +22,7 @@ DEFAULT_SOURCE = REPO.parent / "shared" / "reference" / "robustbench_model_info.
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.core.errors import HarnessError
+    from harness.core.errors import HarnessError, one_line
     from leaderboard.importers.robustbench import import_robustbench, main_log
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = import_robustbench(args.source, args.out, count=not args.no_count, recount=args.recount, log=main_log)
     except HarnessError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     counted = sum(1 for r in rows if r["inference_flops"])
     print(f"wrote {len(rows)} rows ({counted} with counted compute) to {args.out}", file=sys.stderr)

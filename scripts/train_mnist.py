@@ -56,6 +56,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from harness.core.errors import one_line  # noqa: E402
 from harness.models.architectures import mnist_small_cnn  # noqa: E402
 
 #: the MNIST training set is not shipped (9.8 MB): the maintainers keep it in ../shared/data/ beside
@@ -547,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"--test-data {args.test_data}: no such file")
         return _run(args, train_path, test_path)
     except DataError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -195,7 +195,7 @@ def base_record() -> tuple[dict, dict[str, np.ndarray]]:
 
 @functools.lru_cache(maxsize=1)
 def _base_record() -> tuple[dict, dict[str, np.ndarray]]:
-    from leaderboard.synthetic import BOARDS, example_arrays, gallery_arrays, synthetic_record
+    from helpers.synthetic import BOARDS, example_arrays, gallery_arrays, synthetic_record
 
     rng = random.Random(1)
     rec = synthetic_record("fz", rng, board=BOARDS[1], submission_sha="a" * 64, checkpoint_sha="b" * 64,

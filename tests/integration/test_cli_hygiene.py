@@ -157,8 +157,9 @@ def test_dev_null_is_left_alone():
 
 # ------------------------------------------------------------------------------- mathtext in names
 def test_a_name_with_mathtext_builds(tmp_path):
+    from helpers.synthetic import resign, write_synthetic_repo
+
     from leaderboard.build import build_leaderboard
-    from leaderboard.synthetic import resign, write_synthetic_repo
 
     root = tmp_path / "repo"
     ids = write_synthetic_repo(root, 4)

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.synthetic import write_synthetic_repo
 
 from leaderboard.build import build_leaderboard
-from leaderboard.synthetic import write_synthetic_repo
 
 pytestmark = pytest.mark.browser
 

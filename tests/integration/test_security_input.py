@@ -20,6 +20,7 @@ import torch
 import yaml
 from helpers.fuzzing import forged_header_npz
 from helpers.spec import base_spec
+from helpers.synthetic import resign, write_synthetic_repo
 
 from harness.cli import main
 from harness.core.errors import HarnessError
@@ -27,7 +28,6 @@ from harness.core.files import sha256_file
 from harness.record.read import read_record
 from harness.submission.load import load_submission, parse_submission, verify_files
 from leaderboard.build import build_leaderboard
-from leaderboard.synthetic import resign, write_synthetic_repo
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -57,9 +57,10 @@ def test_an_unknown_severity_is_refused_where_a_flag_is_made():
 
 
 def test_the_board_shows_a_diagnostics_flag_as_the_record_holds_it(tmp_path):
+    from helpers.synthetic import resign, write_synthetic_repo
+
     from leaderboard.boards import load_entries
     from leaderboard.build import build_leaderboard
-    from leaderboard.synthetic import resign, write_synthetic_repo
 
     root = tmp_path / "repo"
     (sub_id,) = write_synthetic_repo(root, 1)
@@ -102,9 +103,10 @@ def test_an_autoattack_message_the_diagnostics_classified_is_shown_once():
 
 
 def test_cli_summary_table_uses_the_leaderboard_number_format():
+    from helpers.synthetic import BOARDS, synthetic_record
+
     from harness.cli import summary_table
     from leaderboard.fmt import pct, pct_ci, si
-    from leaderboard.synthetic import BOARDS, synthetic_record
 
     rec: ResultRecord = synthetic_record("syn-cli", random.Random(1), board=BOARDS[0], submission_sha="a" * 64,
                                          checkpoint_sha="b" * 64, certified=True, flags=True)

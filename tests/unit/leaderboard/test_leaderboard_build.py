@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from helpers.synthetic import resign, write_synthetic_repo
 
 from harness.core.errors import HarnessError
 from harness.core.files import sha256_file
@@ -18,7 +19,6 @@ from leaderboard import frontier as fr
 from leaderboard.boards import load_reported
 from leaderboard.build import MARKER, build_leaderboard, main
 from leaderboard.fmt import compute_key
-from leaderboard.synthetic import resign, write_synthetic_repo
 
 REPO = Path(__file__).resolve().parents[3]
 REPORTED = REPO / "leaderboard" / "reported.csv"

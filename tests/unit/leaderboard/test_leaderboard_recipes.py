@@ -103,8 +103,9 @@ def test_scaling_law_rows_reproduce_the_published_training_flops():
 
 
 def test_build_refuses_a_recipe_for_a_row_that_does_not_exist(tmp_path):
+    from helpers.synthetic import write_synthetic_repo
+
     from leaderboard.build import build_leaderboard
-    from leaderboard.synthetic import write_synthetic_repo
 
     root = tmp_path / "repo"
     lines = (REPO / "leaderboard" / "reported.csv").read_text(encoding="utf-8").splitlines(keepends=True)
