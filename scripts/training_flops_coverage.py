@@ -32,6 +32,7 @@ def _drop_note(why: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.core.errors import HarnessError, one_line
     from leaderboard.boards import load_entries
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--norm", default="Linf")
     ap.add_argument("--full", action="store_true", help="print the whole reason, with the recipe's note")
     args = ap.parse_args(argv)
-    rows = [e for e in load_entries(REPO).entries
-            if e.reported and (e.dataset, e.norm) == (args.dataset, args.norm)]
+    try:
+        entries = load_entries(REPO).entries
+    except HarnessError as e:  # the build's own checks: one line, as the CLI prints it
+        print(f"error: {one_line(str(e), 500)}", file=sys.stderr)
+        return 2
+    rows = [e for e in entries if e.reported and (e.dataset, e.norm) == (args.dataset, args.norm)]
     known = [e for e in rows if e.training_flops is not None]
     bounded = [e for e in known if e.training_flops_bound]
     print(f"{args.dataset} {args.norm}: {len(known)} of {len(rows)} reported rows have training FLOPs "
