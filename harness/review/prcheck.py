@@ -55,7 +55,8 @@ The eps-ball needs the original images: MNIST and the first 100 CIFAR-10 test im
 with the harness, so for them everything is checked; for other data (no dataset on the CI runner)
 every check but the eps-ball runs, the labels taken from the record's examples file, and the
 report says that the ball is checked by the trusted job. pr-check writes no attack record
-(``--keep DIR`` keeps the one it would write, for a fully checked attack); the trusted job runs
+(``--keep DIR`` keeps the one it would write, for a fully checked attack, as
+``DIR/attacks/<name>.json``); the trusted job runs
 ``harness attack-check --out leaderboard/results/attacks/<id>/<name>.json`` and signs it.
 
 No smoke attack and no audit run here any more: both moved to the trusted GPU job
@@ -386,7 +387,7 @@ def check_attack(rep: PRCheckReport, root: Path, eid: str, opts: PRCheckOptions,
             say(f"pr-check: fetching {ck.url}")
             fetch(ck.url, ck.sha256, progress=opts.bars, size_bytes=ck.size_bytes)
         say(f"pr-check: attack-check {rel} (the model in the sandboxed worker, CPU)")
-        out = Path(opts.keep) / f"{name}.json" if opts.keep is not None else None
+        out = Path(opts.keep) / "attacks" / f"{name}.json" if opts.keep is not None else None
         res = attack_check(folder / "attack.yaml", out=out, device="cpu", sandbox=opts.sandbox,
                            command=f"harness attack-check {rel}/attack.yaml", write=out is not None,
                            data_optional=True)

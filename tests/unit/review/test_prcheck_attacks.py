@@ -71,7 +71,7 @@ def test_an_attack_pr_is_checked_with_attack_check_and_passes(repo, capsys, tmp_
     row = rows["attack-check (sandboxed worker)"]
     assert f"{k} example(s)" in row and "within eps of the original" in row and f"{k} that AutoAttack missed" in row
     assert "No attack record is written here" in out
-    kept = json.loads((tmp_path / "keep" / "pgd.json").read_text())  # --keep: the record it would write
+    kept = json.loads((tmp_path / "keep" / "attacks" / "pgd.json").read_text())  # --keep: the record it would write
     assert kept["broken_index"] == sorted(int(i) for i in repo["index"]) == kept["missed_by_autoattack"]
 
 
