@@ -114,3 +114,16 @@ def get(name: str) -> Certifier:
     if c is None:
         raise HarnessError(unknown_message(name))
     return c
+
+
+# ---- the registry: one line per certifier ------------------------------------------------------
+register(lazy("ibp", "harness.certifiers.bound_methods:IBP", sound=True, norms=("Linf", "L2"),
+              title="interval bound propagation"))
+register(lazy("crown", "harness.certifiers.bound_methods:CROWN", sound=True, norms=("Linf", "L2"),
+              title="CROWN linear relaxation bounds"))
+register(lazy("crown-ibp", "harness.certifiers.bound_methods:CROWNIBP", sound=True, norms=("Linf", "L2"),
+              title="CROWN-IBP (IBP intermediate bounds, CROWN on the margins)"))
+register(lazy("lipschitz", "harness.certifiers.lipschitz:Lipschitz", sound=True, norms=("L2",),
+              title="Lipschitz margin (product of the layers' spectral norms)"))
+register(lazy("smoothing", "harness.certifiers.smoothing:Smoothing", sound=False, norms=("L2",),
+              title="randomized smoothing (probabilistic; needs the smoothing section)"))

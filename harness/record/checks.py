@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness import certifiers
+from harness.certifiers import registry as certifiers
 from harness.core.errors import HarnessError
 from harness.data import registry as datasets
 from harness.record.schema import ResultRecord

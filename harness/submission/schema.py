@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness import certifiers
+from harness.certifiers import registry as certifiers
 from harness.core.errors import field_path
 from harness.core.settings import DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S
 from harness.core.units import parse_size
