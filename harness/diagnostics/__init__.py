@@ -5,7 +5,8 @@
 - :mod:`.probes`: measurements on the model (randomized forward pass, zero input gradients) and
   the AutoAttack version they call for;
 - :mod:`.rules`: the flag rules that turn measurements into :class:`~harness.record.Flag` objects
-  (``weak-attack-gap``, ``catastrophic-overfitting``, ``randomized-model``, ``zero-gradients``);
+  (``weak-attack-gap``, ``catastrophic-overfitting``, ``randomized-model``, ``randomized-defense``,
+  ``autoattack-not-rand``, ``zero-gradients``);
 - :mod:`.aa_messages`: the one capture of AutoAttack's own check messages, and their parsing into
   ``aa-*`` flags;
 - :mod:`.linearity`: gradient alignment and input-Hessian curvature (Lanczos on finite-difference
@@ -26,6 +27,7 @@ from .rules import (
     catastrophic_overfitting_flag,
     gap_threshold,
     ladder_flags,
+    randomized_evaluation_flag,
     randomized_model_flag,
     weak_attack_gap_flags,
     zero_gradient_flag,
@@ -36,7 +38,8 @@ __all__ = [
     "fgsm", "pgd", "robust_flags", "attack_ladder",
     "Flag", "gap_threshold", "weak_attack_gap_flags", "catastrophic_overfitting_flag",
     "ladder_flags", "classify_autoattack_messages", "capture_autoattack_messages",
-    "AutoAttackCapture", "detect_randomized", "randomized_model_flag", "autoattack_version_for",
+    "AutoAttackCapture", "detect_randomized", "randomized_model_flag", "randomized_evaluation_flag",
+    "autoattack_version_for",
     "zero_gradient_fraction", "zero_gradient_flag",
     "gradient_alignment", "lanczos", "input_hessian_top_eigenvalue", "fd_step_for",
     "local_lipschitz", "lipschitz_report",

@@ -32,6 +32,16 @@ AutoAttack's own check messages become flags in :mod:`.aa_messages`.
     :func:`harness.diagnostics.probes.detect_randomized`. The pipeline then runs AutoAttack's
     ``rand`` version (APGD-CE and APGD-DLR with EOT over 20 draws).
 
+``randomized-defense`` (warning) and ``autoattack-not-rand`` (error)
+    The diagnostics stage's own randomness probe (the same detector, run again after AutoAttack) still
+    finds the forward pass random. When AutoAttack ran its ``rand`` version, as its documentation
+    advises for randomized defenses, the entry is marked ``randomized-defense``: its robust accuracy
+    is one draw of a random variable (EOT estimates the gradient; a second run can differ), the kind of
+    defense RobustBench keeps apart from its leaderboard of deterministic models. When AutoAttack ran
+    another version on a random model (the probe before it saw no randomness, or the version was
+    fixed), ``autoattack-not-rand``: that number is not valid for a randomized model; evaluate again
+    with ``evaluation.autoattack_version: rand``. See :func:`randomized_evaluation_flag`.
+
 ``zero-gradients`` (warning; error when at least half the points)
     The input gradient of the loss is exactly zero at some evaluated points, so gradient attacks
     cannot move there (quantisation, rounding, saturated outputs): see
@@ -50,7 +60,8 @@ from harness.record.schema import Flag
 __all__ = [
     "WEAK_GAP_TOLERANCE", "WEAK_GAP_Z", "CO_MIN_FGSM", "CO_MIN_FGSM_CLEAN_RATIO",
     "CO_MAX_MULTISTEP", "RANDOMIZED_TOLERANCE", "gap_threshold", "weak_attack_gap_flags",
-    "catastrophic_overfitting_flag", "ladder_flags", "randomized_model_flag", "zero_gradient_flag",
+    "catastrophic_overfitting_flag", "ladder_flags", "randomized_model_flag", "randomized_evaluation_flag",
+    "zero_gradient_flag",
 ]
 
 WEAK_GAP_TOLERANCE: dict[str, float] = {"pgd": 0.05, "fgsm": 0.15}
@@ -162,6 +173,28 @@ def randomized_model_flag(result: dict, tolerance: float = RANDOMIZED_TOLERANCE)
                 f"evaluating with AutoAttack's 'rand' version (APGD with EOT)",
                 value=float(result["max_diff"]), threshold=float(tolerance),
                 details={"prediction_changes": int(result["prediction_changes"])})
+
+
+def randomized_evaluation_flag(result: dict, autoattack_version: str | None) -> Flag | None:
+    """The mark of an entry whose forward pass is still random when AutoAttack has run (see the module
+    docstring): ``randomized-defense`` after the ``rand`` version, ``autoattack-not-rand`` after any
+    other; None when the pass is deterministic or AutoAttack did not run."""
+    if not result.get("randomized") or autoattack_version is None:
+        return None
+    seen = (f"max normalised-logit difference {result['max_diff']:.2e}, {result['prediction_changes']} prediction "
+            "changes over repeated passes")
+    details = {"prediction_changes": int(result["prediction_changes"]), "autoattack_version": autoattack_version}
+    if autoattack_version == "rand":
+        return Flag("randomized-defense", "warning",
+                    f"randomized defense: the forward pass is still random after AutoAttack's 'rand' version (APGD "
+                    f"with EOT) evaluated it ({seen}); its robust accuracy is one draw of a random variable and a "
+                    "second run can differ (RobustBench lists randomized defenses apart from deterministic ones)",
+                    value=float(result["max_diff"]), threshold=RANDOMIZED_TOLERANCE, details=details)
+    return Flag("autoattack-not-rand", "error",
+                f"the forward pass is random ({seen}) but AutoAttack ran its {autoattack_version!r} version: "
+                "AutoAttack's documentation asks for version='rand' (EOT) on randomized defenses, so this robust "
+                "accuracy is not valid; evaluate again with evaluation.autoattack_version: rand",
+                value=float(result["max_diff"]), threshold=RANDOMIZED_TOLERANCE, details=details)
 
 
 def zero_gradient_flag(fraction: float, n: int | None = None) -> Flag | None:

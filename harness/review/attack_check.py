@@ -85,6 +85,9 @@ class AttackCheckResult:
     out: Path
     autoattack_accuracy: float
     notes: list[str] = field(default_factory=list)
+    #: False when the dataset was not available (``data_optional``): the eps-ball was not checked and
+    #: no record was written
+    ball_checked: bool = True
 
     def summary(self) -> str:
         r = self.record
@@ -268,9 +271,15 @@ def _resolve_device(device: str) -> str:
 
 def attack_check(yaml_path: str | Path, *, out: str | Path | None = None, record: str | Path | None = None,
                  device: str = "cpu", data_dir: str | Path | None = None, sandbox: str = "worker",
-                 batch_size: int | None = None, command: str = "", write: bool = True) -> AttackCheckResult:
+                 batch_size: int | None = None, command: str = "", write: bool = True,
+                 data_optional: bool = False) -> AttackCheckResult:
     """Check the external attack of ``yaml_path`` (see the module docstring) and write its attack
-    record (unless ``write`` is False); every refusal is a one-line HarnessError, with nothing written."""
+    record (unless ``write`` is False); every refusal is a one-line HarnessError, with nothing written.
+
+    ``data_optional`` (pr-check, on a runner without the dataset): when the original images cannot
+    be loaded, every check but the eps-ball runs (the labels come from the record's examples file),
+    the result says ``ball_checked=False`` and no attack record is written: a record is only ever
+    written for a fully checked attack."""
     from harness import __version__
     from harness.core.provenance import now, package_versions
     from harness.data import registry as datasets
@@ -322,25 +331,36 @@ def attack_check(yaml_path: str | Path, *, out: str | Path | None = None, record
     pos = check_examples(where, index, images, record_index=arrays["index"], clean_correct=arrays["clean_correct"])
 
     need = int(pos.max()) + 1
+    adv = np.clip(images.astype(np.float32), 0.0, 1.0)  # exactly what the model will see
     try:
         data = load_test_data(rec.dataset, need, data_dir=data_dir, custom_path=sub.dataset_path(),
                               preprocessing=sub.spec.resize_crop)
     except HarnessError as e:
-        raise HarnessError(f"{where}: the original images are needed to check the eps-ball: {e}")
-    labels = data.y.numpy()[pos]
-    if not np.array_equal(labels, arrays["label"][pos].astype(np.int64)):
-        bad = [int(index[j]) for j in np.nonzero(labels != arrays["label"][pos])[0][:3]]
-        raise HarnessError(f"{where}: the record's labels differ from the dataset's at indices {bad}; "
-                           "the record was made on other data")
-    adv = np.clip(images.astype(np.float32), 0.0, 1.0)  # exactly what the model will see
-    orig = data.floats(pos).numpy()
-    dist = check_ball(where, index, adv, orig, norm=rec.threat_model.norm, eps=float(rec.threat_model.eps))
+        if not data_optional:
+            raise HarnessError(f"{where}: the original images are needed to check the eps-ball: {e}")
+        data, no_data = None, one_line(e, 300)
+    if data is not None:
+        labels = data.y.numpy()[pos]
+        if not np.array_equal(labels, arrays["label"][pos].astype(np.int64)):
+            bad = [int(index[j]) for j in np.nonzero(labels != arrays["label"][pos])[0][:3]]
+            raise HarnessError(f"{where}: the record's labels differ from the dataset's at indices {bad}; "
+                               "the record was made on other data")
+        orig = data.floats(pos).numpy()
+        dist = check_ball(where, index, adv, orig, norm=rec.threat_model.norm, eps=float(rec.threat_model.eps))
+    else:  # data_optional: the model is still run; the labels are the record's
+        labels = arrays["label"][pos].astype(np.int64)
+        dist = np.full(pos.size, np.nan)
 
     inputs = AttackInputs(pos, adv, labels, dist)
+    if data is not None:
+        n_classes = num_classes_of(data)
+    else:  # the registry's count; a custom dataset without its file: the record's largest label + 1
+        n_classes = (d.num_classes if d is not None and d.num_classes is not None
+                     else int(arrays["label"].max()) + 1)
     passes = RANDOM_PASSES if rec.autoattack is not None and rec.autoattack.version == "rand" else 1
     dev = _resolve_device(device)
     bs = int(batch_size or min(sub.spec.evaluation.batch_size, 256))
-    pred, runtime = classify_sandboxed(sub, inputs, input_shape=tuple(adv.shape[1:]), num_classes=num_classes_of(data),
+    pred, runtime = classify_sandboxed(sub, inputs, input_shape=tuple(adv.shape[1:]), num_classes=n_classes,
                                        forward_passes=passes, seed=int(rec.provenance.seed), device=dev,
                                        batch_size=bs, sandbox=sandbox, data_dir=Path(data_dir) if data_dir else None)
     wrong = (pred != labels[None, :]).all(axis=0)
@@ -376,12 +396,16 @@ def attack_check(yaml_path: str | Path, *, out: str | Path | None = None, record
     attack_record = AttackRecord.model_validate(raw)
     notes = [] if signed_by else [f"the result record {record_path.name} is not signed by a key of leaderboard/keys/: "
                                   "this check counts only on a local board"]
+    if data is None:
+        notes.append(f"the eps-ball was not checked, and no attack record written: the original images are not "
+                     f"available here ({no_data})")
+        write = False
     if write:
         from harness.core.files import atomic_write_text
 
         out_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_path, json.dumps(_dump(attack_record), indent=2) + "\n")
-    return AttackCheckResult(attack_record, out_path, float(rec.robust_accuracy), notes)
+    return AttackCheckResult(attack_record, out_path, float(rec.robust_accuracy), notes, ball_checked=data is not None)
 
 
 def _dump(r: AttackRecord) -> dict[str, Any]:

@@ -42,6 +42,23 @@ and stops at the first step that finds a problem:
    reaches the terminal or the job summary raw. Each problem is also one line on stderr. Exit
    status 1 on any problem.
 
+**Attack PRs.** A PR that only adds ``submissions/<id>/attacks/<name>/attack.yaml`` and
+``adversarial.npz`` (and optionally a ``LICENSE`` file there), for one attack on an entry that is on
+the base branch with its result record, is an external attack (:mod:`harness.record.attack`), not a
+submission. pr-check then checks the attack folder's files (size, no symlinks or executables) and
+runs ``harness attack-check`` on it (:func:`harness.review.attack_check.attack_check`, the model in
+the sandboxed worker, on the CPU) against the record as it is on the base branch (the PR changes no
+record and no key): ``attack.yaml``'s schema and licence, ``adversarial.npz`` read without pickle,
+every index in the evaluated set and given once, every pixel in [0, 1], every point one the model
+got right clean, every image within eps of the original, and every image misclassified by the model.
+The eps-ball needs the original images: MNIST and the first 100 CIFAR-10 test images are bundled
+with the harness, so for them everything is checked; for other data (no dataset on the CI runner)
+every check but the eps-ball runs, the labels taken from the record's examples file, and the
+report says that the ball is checked by the trusted job. pr-check writes no attack record
+(``--keep DIR`` keeps the one it would write, for a fully checked attack, as
+``DIR/attacks/<name>.json``); the trusted job runs
+``harness attack-check --out leaderboard/results/attacks/<id>/<name>.json`` and signs it.
+
 No smoke attack and no audit run here any more: both moved to the trusted GPU job
 (``harness eval`` + ``harness audit``).
 """
@@ -150,6 +167,7 @@ class PRCheckReport:
     count: ModelCount | None = None
     forward: ForwardResult | None = None
     submission_pr: bool = True
+    attack_name: str | None = None  # an attack PR's submissions/<entry>/attacks/<name>/
 
     @property
     def ok(self) -> bool:
@@ -283,6 +301,18 @@ def scope_problems(root: Path, base: str, changes: list[Change], allow_update: t
             ids.setdefault(eid, []).append(c)
     if not ids and other and records_only(changes):
         return None, "records", [], False
+    if not other and attack_only(changes):
+        found = sorted({(m.group(1), m.group(2)) for c in changes if (m := ATTACK_PATH.fullmatch(c.path))})
+        if len(found) > 1:
+            shown = _few([f"{e}/attacks/{a}" for e, a in found])
+            return None, "attack", [f"the PR adds {len(found)} attacks ({shown}); send one attack per pull "
+                                    "request"], True
+        eid = found[0][0]
+        if not (exists_at(root, base, f"submissions/{eid}/submission.yaml")
+                and exists_at(root, base, f"leaderboard/results/{eid}.json")):
+            return eid, "attack", [f"{changes[0].path}: an attack is checked against an entry re-evaluated on the "
+                                   f"base branch, and {eid!r} has no submission and result record there"], True
+        return eid, "attack", [], True
     if not ids:
         shown = f" ({_few(other)})" if other else ""
         return None, None, [f"not a submission PR: it changes {len(other)} file(s){shown} and no "
@@ -316,6 +346,66 @@ def scope_problems(root: Path, base: str, changes: list[Change], allow_update: t
 
 
 RECORD_PATH = re.compile(rf"leaderboard/results/({ENTRY_ID})(\.json|\.examples\.npz)")
+#: the files of an attack PR: submissions/<entry>/attacks/<name>/{attack.yaml,adversarial.npz,LICENSE[.ext]}
+ATTACK_PATH = re.compile(rf"submissions/({ENTRY_ID})/attacks/({ENTRY_ID})/(attack\.yaml|adversarial\.npz|"
+                         r"LICEN[CS]E(\.[a-z]{1,8})?)")
+
+
+def attack_only(changes: list[Change]) -> bool:
+    """An attack PR: it only adds files of ``submissions/<entry>/attacks/<name>/`` (a merged attack is
+    changed by maintainers only), among them its attack.yaml."""
+    return bool(changes) and all(c.status == "A" and ATTACK_PATH.fullmatch(c.path) for c in changes) \
+        and any(c.path.endswith("/attack.yaml") for c in changes)
+
+
+def check_attack(rep: PRCheckReport, root: Path, eid: str, opts: PRCheckOptions, say: Callable[[str], None]) -> None:
+    """An attack PR: the attack folder's files, then ``harness attack-check`` in the sandboxed worker
+    (see the module docstring); no attack record is written unless ``--keep`` names a folder."""
+    from harness.review.attack_check import attack_check
+    from harness.submission.load import load_submission
+
+    m = next(m for c in rep.changes if (m := ATTACK_PATH.fullmatch(c.path)))
+    name = rep.attack_name = m.group(2)
+    rel = f"submissions/{eid}/attacks/{name}"
+    folder = root / rel
+    for p in folder_problems(folder, int(opts.max_file_mb * 1e6)):
+        rep.problem(p)
+    for f in ("attack.yaml", "adversarial.npz"):
+        if not (folder / f).is_file():
+            rep.problem(f"{rel}/{f}: missing (an attack is attack.yaml and adversarial.npz)")
+    if rep.problems:
+        return
+    rep.check("path rules", f"one attack {rel}/ on an entry of the base branch, nothing else "
+                            f"({len(rep.changes)} file(s))")
+    n_files = sum(1 for p in folder.rglob("*") if p.is_file())
+    rep.check("folder", f"{n_files} file(s), no symlinks or executables, each at most {opts.max_file_mb:g} MB")
+    try:
+        ck = load_submission(root / "submissions" / eid / "submission.yaml").spec.model.checkpoint
+        if ck.url is not None:  # the entry's hosted checkpoint, into the cache (hash and size checked)
+            from harness.submission.hosted import fetch
+
+            say(f"pr-check: fetching {ck.url}")
+            fetch(ck.url, ck.sha256, progress=opts.bars, size_bytes=ck.size_bytes)
+        say(f"pr-check: attack-check {rel} (the model in the sandboxed worker, CPU)")
+        out = Path(opts.keep) / "attacks" / f"{name}.json" if opts.keep is not None else None
+        res = attack_check(folder / "attack.yaml", out=out, device="cpu", sandbox=opts.sandbox,
+                           command=f"harness attack-check {rel}/attack.yaml", write=out is not None,
+                           data_optional=True)
+    except HarnessError as e:
+        rep.problem(str(e).replace(str(root) + os.sep, ""))
+        return
+    r = res.record
+    what = ("index in the evaluated set and once, pixels in [0, 1], clean point correct, "
+            + ("within eps of the original, " if res.ball_checked else "") + "misclassified by the model")
+    rep.check("attack-check (sandboxed worker)",
+              f"{r.n_submitted} example(s): {what}; {len(r.missed_by_autoattack)} that AutoAttack missed; "
+              f"best-known accuracy {100 * r.best_known_accuracy:.2f}% "
+              f"(AutoAttack {100 * res.autoattack_accuracy:.2f}%, N = {r.n_examples})")
+    if not res.ball_checked:
+        rep.notes.append(f"the eps-ball ({r.threat_model.norm}, eps = {r.threat_model.eps:g}) was not checked: "
+                         f"{r.dataset} is not available on this runner; the trusted job checks it before it "
+                         "writes and signs the attack record")
+    rep.notes += [n for n in res.notes if "eps-ball was not checked" not in n]
 
 
 def records_only(changes: list[Change]) -> bool:
@@ -601,6 +691,10 @@ def run_pr_check(opts: PRCheckOptions) -> PRCheckReport:
     if rep.kind == "records":
         check_records(rep, root, opts.base)
         return rep
+    if rep.kind == "attack":
+        if not rep.problems:
+            check_attack(rep, root, rep.entry_id, opts, say)
+        return rep
     if rep.problems:  # nothing is checked further until the PR holds one entry and nothing else
         return rep
     eid = rep.entry_id
@@ -766,6 +860,9 @@ def render_report(rep: PRCheckReport) -> str:
     status = "passed" if rep.ok else f"failed ({n} problem{'s' if n != 1 else ''})"
     if rep.kind == "records":
         head = f"## pr-check: records PR: {status}"
+    elif rep.kind == "attack":
+        head = (f"## pr-check: attack {md(rep.entry_id or '')}/{md(rep.attack_name or '')}: {status}"
+                if rep.attack_name else f"## pr-check: attack PR: {status}")
     elif rep.entry_id is not None:
         head = f"## pr-check: {md(rep.entry_id)} ({rep.kind}): {status}"
     else:
@@ -780,7 +877,10 @@ def render_report(rep: PRCheckReport) -> str:
         out += ["### Checks", "", "| Check | Result | Time |", "|---|---|---|"]
         out += [f"| {md(what)} | {md(result)} | {t:.1f} s |" for what, result, t in rep.checks]
         out += [f"| total | | {rep.seconds:.1f} s |", ""]
-    if rep.ok and rep.entry_id is not None:
+    if rep.ok and rep.kind == "attack":
+        out += ["No attack record is written here: the trusted job runs `harness attack-check --out "
+                "leaderboard/results/attacks/<id>/<name>.json` and signs it; only then does the board apply it.", ""]
+    elif rep.ok and rep.entry_id is not None:
         out += ["The board's figures come only from the trusted evaluation on the GPU runner (a maintainer starts "
                 "it), which signs its record; this check runs no attack and claims no accuracy.", ""]
     if rep.notes:

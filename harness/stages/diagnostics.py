@@ -168,14 +168,23 @@ class DiagnosticsStage(Stage):
         return BlockResult(arrays, _json(extras))
 
     def reduce(self, ctx: EvalContext, arrays, extras) -> StageResult:
-        from ..diagnostics import classify_autoattack_messages, ladder_flags, randomized_model_flag, zero_gradient_flag
+        from ..diagnostics import (
+            classify_autoattack_messages,
+            ladder_flags,
+            randomized_evaluation_flag,
+            randomized_model_flag,
+            zero_gradient_flag,
+        )
         from ..diagnostics.linearity import _summary
 
         n, eps, norm, seed = len(ctx.data), ctx.eps, ctx.norm, ctx.seed
         first = extras[0]
         flags = []
         rnd = first["randomized"]
-        if (f := randomized_model_flag(rnd)) is not None:
+        aa_run = ctx.results.get("autoattack")
+        aa_version = (aa_run.summary.get("autoattack") or {}).get("version") if aa_run is not None else None
+        # "evaluating with the rand version" is true unless AutoAttack ran another (autoattack-not-rand below)
+        if aa_version in (None, "rand") and (f := randomized_model_flag(rnd)) is not None:
             flags.append(f)
 
         fgsm_rob = arrays["diagnostics_fgsm_robust"].astype(bool)
@@ -189,6 +198,9 @@ class DiagnosticsStage(Stage):
         aa = ctx.results.get("autoattack")
         aa_acc = aa.summary.get("robust_accuracy") if aa is not None else None
         aa_checks = (aa.summary.get("autoattack") or {}).get("checks", []) if aa is not None else []
+        # still random with AutoAttack's version known: marked (rand) or refused as invalid (another version)
+        if (f := randomized_evaluation_flag(rnd, aa_version)) is not None:
+            flags.append(f)
         flags += ladder_flags(lad, aa_acc)
         # the harness's own note about switching to the rand version is covered by randomized-model
         flags += classify_autoattack_messages([m for m in aa_checks if not m.startswith("harness:")])

@@ -1,9 +1,7 @@
-"""harness attack-check end to end on the bundled MNIST entry mnist-pgd: a PGD attack written here
-with torch breaks points that a deliberately weakened AutoAttack record (made here, signed with a
+"""harness attack-check on the bundled MNIST entry mnist-pgd (the API): a PGD attack written with torch
+breaks points that a deliberately weakened AutoAttack record (tests/helpers/attack.py, signed with a
 throw-away key) left standing; every kind of bad example is refused in one line with nothing written.
-
-The weakened record: 12 of the points AutoAttack's APGD-CE broke are marked robust (as if APGD-CE
-had missed them), with every summary figure recomputed so that the record passes all invariants."""
+The same through the CLI and the rebuilt board: tests/e2e/test_attack_check_board.py."""
 from __future__ import annotations
 
 import json
@@ -12,98 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers.attack import ENTRY, YAML, model_and_data, pgd, weakened_repo
+from helpers.attack import attack_dir as _attack_dir
 
 from harness.core.errors import HarnessError
-from harness.core.stats import accuracy_with_ci
 from harness.record.attack import BOX_ATOL, NORM_ATOL, read_attack_record
-from harness.record.signing import generate_key, load_trusted_keys, private_pem, public_pem, sign_record, verify_record
+from harness.record.signing import load_trusted_keys, sign_record, verify_record
 from harness.review.attack_check import attack_check
-
-REPO = Path(__file__).resolve().parents[3]
-ENTRY = "mnist-pgd"
-N_WEAKENED = 12
-YAML = ("authors: [A. Tester]\nmethod: PGD-50, Linf, step 0.02, random start\n"
-        "url: https://example.org/pgd\nlicence: MIT\n")
-
-
-def _weaken(rec_path: Path, npz_path: Path) -> np.ndarray:
-    """Mark N_WEAKENED points broken by APGD-CE (broken_by 0) robust; returns their positions."""
-    raw = json.loads(rec_path.read_text())
-    with np.load(npz_path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    pos = np.nonzero(arrays["autoattack_broken_by"] == 0)[0][:N_WEAKENED]
-    arrays["autoattack_robust"][pos] = True
-    arrays["autoattack_broken_by"][pos] = -1
-    n = raw["n_examples"]
-    acc, ci = accuracy_with_ci(arrays["autoattack_robust"])
-    raw["robust_accuracy"], raw["robust_accuracy_ci95"] = acc, list(ci)
-    aa = raw["autoattack"]
-    for a in aa["attacks"]:
-        aa["accuracy_after"][a] = round(aa["accuracy_after"][a] * n + N_WEAKENED) / n
-    raw["signature"] = None
-    if raw.get("diagnostics") and raw["diagnostics"].get("ladder"):
-        raw["diagnostics"]["ladder"]["autoattack"] = acc
-    np.savez(npz_path, **arrays)
-    rec_path.write_text(json.dumps(raw, indent=2) + "\n")
-    return pos
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> dict:
     """A repository copy: the entry, its weakened record signed by a throw-away trusted key."""
-    root = tmp_path_factory.mktemp("repo")
-    shutil.copytree(REPO / "submissions" / ENTRY, root / "submissions" / ENTRY)
-    res = root / "leaderboard" / "results"
-    res.mkdir(parents=True)
-    for suffix in (".json", ".examples.npz"):
-        shutil.copy2(REPO / "leaderboard" / "results" / f"{ENTRY}{suffix}", res / f"{ENTRY}{suffix}")
-    pos = _weaken(res / f"{ENTRY}.json", res / f"{ENTRY}.examples.npz")
-    key = generate_key()
-    (root / "leaderboard" / "keys").mkdir()
-    (root / "leaderboard" / "keys" / "test.pub.pem").write_bytes(public_pem(key))
-    (root / "test-key.pem").write_bytes(private_pem(key))
-    sign_record(res / f"{ENTRY}.json", key)
-    return {"root": root, "weakened": pos, "key": key}
-
-
-def _model_and_data(root: Path):
-    from harness.data.loaders import load_test_data
-    from harness.models.load import load_model
-    from harness.submission.load import load_submission
-
-    sub = load_submission(root / "submissions" / ENTRY / "submission.yaml")
-    model = load_model(sub, input_shape=(1, 28, 28), num_classes=10, device=torch.device("cpu")).module.eval()
-    return model, load_test_data("mnist", 500)
-
-
-def pgd(model, x, y, eps, steps=50, alpha=0.02, seed=0):
-    """A plain Linf PGD with random start (Madry et al.), written independently of the harness."""
-    g = torch.Generator().manual_seed(seed)
-    xa = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * eps).clamp(0, 1)
-    for _ in range(steps):
-        xa.requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(model(xa), y)
-        (grad,) = torch.autograd.grad(loss, xa)
-        xa = (x + (xa.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
-    with torch.no_grad():
-        return xa, model(xa).argmax(1) != y
-
-
-def _attack_dir(root: Path, name: str, index, images) -> Path:
-    d = root / "submissions" / ENTRY / "attacks" / name
-    if d.exists():
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    (d / "attack.yaml").write_text(YAML)
-    np.savez(d / "adversarial.npz", index=np.asarray(index, dtype=np.int64), images=np.asarray(images))
-    return d / "attack.yaml"
+    return weakened_repo(tmp_path_factory.mktemp("repo"))
 
 
 @pytest.fixture(scope="module")
 def broken(repo) -> dict:
     """PGD on the weakened points: the images that break them (all 12 on this model)."""
-    model, data = _model_and_data(repo["root"])
+    model, data = model_and_data(repo["root"])
     pos = repo["weakened"]
     x, y = data.floats(pos), data.labels(pos)
     xa, wrong = pgd(model, x, y, 0.3)
