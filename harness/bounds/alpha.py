@@ -144,6 +144,8 @@ class AlphaCrown:
         self.final_alphas: dict = {}
         self.best_pre: dict = {}
         self.alpha_elements = 0
+        self._shared: dict = {}         # (start, chunk) -> the example-independent backward part
+        self._fixed_pre: Optional[dict] = None  # intermediate bounds when none is optimised
 
     # ---- one pass ---------------------------------------------------------------------------
 
@@ -169,7 +171,7 @@ class AlphaCrown:
             for s in range(0, count, chunk):
                 sl = slice(s, min(count, s + chunk))
                 relax = _StartRelax(graph, pre, alphas, sl, count)
-                cl, ch = CR._identity_rows(graph, i, order[:, sl], relax, inputs)
+                cl, ch = CR._identity_rows(graph, i, order[:, sl], relax, inputs, self._shared, (i, s))
                 new_l.append(cl)
                 new_h.append(ch)
             cl, ch = torch.cat(new_l, 1), torch.cat(new_h, 1)
@@ -183,7 +185,15 @@ class AlphaCrown:
         return lf.reshape(lo.shape), hf.reshape(hi.shape)
 
     def intermediate_bounds(self) -> dict:
+        """The intermediate bounds with the current slopes. Where no intermediate slope is
+        optimised (``intermediate=False``, or every start past ``max_alpha_elements``) they do
+        not change between iterations: computed once, without gradients, and reused."""
+        if self._fixed_pre is not None:
+            return self._fixed_pre
         _, pre = I.propagate(self.graph, self.inputs, refine=self._refine, needed=self.needed)
+        if not self.alphas:
+            self._fixed_pre = {k: (v[0].detach(), v[1].detach()) for k, v in pre.items()}
+            return self._fixed_pre
         return pre
 
     def bound(self, pre: Optional[dict] = None, record: Optional[dict] = None) -> tuple[Tensor, dict]:
@@ -222,8 +232,11 @@ class AlphaCrown:
             for _ in range(iters):
                 w = weight if weight is not None else 1.0
                 loss = -(lb * w).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # only the slopes' (multipliers') gradients: never the model's weights (no
+                # side effect on their .grad, and no work spent on them)
+                ps = [p for p, _ in params]
+                for p, gp in zip(ps, torch.autograd.grad(loss, ps, allow_unused=True), strict=True):
+                    p.grad = gp
                 opt.step()
                 sched.step()
                 with torch.no_grad():

@@ -534,8 +534,11 @@ class _BaB:
                 if time.monotonic() > self.run_.deadline:
                     break
                 loss = -(lb * open_rows).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # only the slopes' (multipliers') gradients: never the model's weights (no
+                # side effect on their .grad, and no work spent on them)
+                ps = [p for p, _ in params]
+                for p, gp in zip(ps, torch.autograd.grad(loss, ps, allow_unused=True), strict=True):
+                    p.grad = gp
                 opt.step()
                 with torch.no_grad():
                     for p, (a, b) in params:

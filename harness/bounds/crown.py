@@ -119,7 +119,8 @@ def backward_from(graph, top: int, acc: dict, lbias: Tensor, ubias: Tensor, rela
     return lo, hi
 
 
-def _identity_rows(graph, i: int, idx: Tensor, relax: _Relax, inputs: InputSet) -> tuple:
+def _identity_rows(graph, i: int, idx: Tensor, relax: _Relax, inputs: InputSet,
+                   cache: Optional[dict] = None, key=None) -> tuple:
     """Lower and upper bounds (B, k) on the neurons ``idx`` (B, k) (flat indices) of node ``i``.
 
     Until the backward pass crosses a relaxed op (ReLU, ...), the coefficients do not depend on
@@ -130,7 +131,14 @@ def _identity_rows(graph, i: int, idx: Tensor, relax: _Relax, inputs: InputSet) 
     splitting a node's coefficients into a shared and a per-example part and processing each is
     exact, and every such op and the input see their complete coefficients before being
     processed.
+
+    ``cache`` (a dict) with a ``key``: the example-independent part for these rows is stored
+    there and reused by later calls with the same key (alpha-CROWN iterations: the same rows,
+    the same weights), since it depends on neither the slopes nor the bounds.
     """
+    if cache is not None and key in cache:
+        acc0, b = cache[key]
+        return backward_from(graph, i, {j: list(v) for j, v in acc0.items()}, b, b, relax, inputs, True, True)
     node = graph.nodes[i]
     dt, dev = inputs.x.dtype, inputs.x.device
     uniq, pos = torch.unique(idx, return_inverse=True)
@@ -158,6 +166,10 @@ def _identity_rows(graph, i: int, idx: Tensor, relax: _Relax, inputs: InputSet) 
         g = A[0][pos]  # (B, k, *shape_j)
         acc[j] = [g, g]
     b = bias[0][pos]
+    if cache is not None:  # detached: the slopes' gradients never pass through this part
+        acc = {j: [v[0].detach(), v[1].detach()] for j, v in acc.items()}
+        b = b.detach()
+        cache[key] = ({j: list(v) for j, v in acc.items()}, b)
     return backward_from(graph, i, acc, b, b, relax, inputs, True, True)
 
 
