@@ -2,9 +2,9 @@
 
 >>> from harness import certifiers
 >>> certifiers.names()          # the schema's evaluation.certify vocabulary
-('ibp', 'crown', 'crown-ibp', 'lipschitz', 'smoothing')
+('ibp', 'crown', 'crown-ibp', 'complete', 'lipschitz', 'smoothing')
 >>> certifiers.sound_names()    # the sandwich check and certify-first use these
-('ibp', 'crown', 'crown-ibp', 'lipschitz')
+('ibp', 'crown', 'crown-ibp', 'complete', 'lipschitz')
 >>> c = certifiers.get("lipschitz")
 >>> prepared = c.prepare(model, (1, 28, 28), device, norm="L2", options={})   # may raise Skip
 >>> res = c.run(prepared, x, y, index=idx, eps=0.5, norm="L2", eps_max=1.0, tol=0.025, seed=0)
@@ -31,6 +31,8 @@ register(lazy("crown", "harness.certifiers.bound_methods:CROWN", sound=True, nor
               title="CROWN linear relaxation bounds"))
 register(lazy("crown-ibp", "harness.certifiers.bound_methods:CROWNIBP", sound=True, norms=("Linf", "L2"),
               title="CROWN-IBP (IBP intermediate bounds, CROWN on the margins)"))
+register(lazy("complete", "harness.certifiers.complete:Complete", sound=True, norms=("Linf",),
+              title="complete verification: IBP, CROWN, alpha-CROWN, beta-CROWN branch and bound, per example"))
 register(lazy("lipschitz", "harness.certifiers.lipschitz:Lipschitz", sound=True, norms=("L2",),
               title="Lipschitz margin (product of the layers' spectral norms)"))
 register(lazy("smoothing", "harness.certifiers.smoothing:Smoothing", sound=False, norms=("L2",),

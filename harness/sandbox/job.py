@@ -29,12 +29,16 @@ class WorkerJob:
     plan: dict | None = None  # harness.runner.schedule.Plan (attempt, stages to compute, their inputs)
     kind: str = "eval"  # "eval"; "audit" (harness.review.audit.recompute); "forward" (pr-check: run_forward);
     #                     "probe": report what code in the worker can see and do (harness.sandbox.supervisor.probe);
-    #                     "attack": classify an external attack's checked images (harness.review.attack_check)
+    #                     "attack": classify an external attack's checked images (harness.review.attack_check);
+    #                     "verify": harness verify (harness.certifiers.vnncomp.run_verify_job; submission is
+    #                     the ONNX file, submission_sha256 its hash)
     audit: dict | None = None  # the audit's inputs (kind "audit")
     attack: dict | None = None  # attack-check's inputs (kind "attack"): input_shape, num_classes, forward_passes,
     # seed; the images are <state_dir>/attack_inputs.npz
     forward: dict | None = None  # pr-check's forward pass (kind "forward"): input_shape, num_classes, n_inputs,
     # seed, count_flops
+    verify: dict | None = None  # harness verify (kind "verify"): deadline_unix, threads, seed; the property in
+    # <state_dir>/property.npz, the answer written to <state_dir>/verify.npz
     read_only: list[str] = field(default_factory=list)  # folders the worker reads (its view when root)
     extra: dict = field(default_factory=dict)  # room for launchers
 

@@ -211,7 +211,8 @@ def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> N
     options = EvalOptions(device=job.device, batch_size=job.batch_size, n_examples=job.n_examples,
                           data_dir=Path(job.data_dir) if job.data_dir else None,
                           train_data=Path(job.train_data) if job.train_data else None,
-                          progress=job.progress, sandbox="none", trust_code=job.trust_code)
+                          progress=job.progress, sandbox="none", trust_code=job.trust_code,
+                          certify_budget=job.extra.get("certify_budget_cap_s"))
     data = load_test_data(spec.dataset, job.n_examples, data_dir=options.data_dir, custom_path=sub.dataset_path(),
                           preprocessing=spec.resize_crop)
     num_classes = num_classes_of(data)
@@ -314,6 +315,30 @@ def run_forward(job: WorkerJob, sub, proto: _Protocol, status: dict) -> None:
         "logits": out.detach().float().cpu().numpy(), "seconds": np.asarray(seconds), **counts})
 
 
+def _verify(job: WorkerJob, proto: _Protocol, network: str, confined: dict, cpu: str, status: dict, log) -> int:
+    """Job kind ``verify``: preload, set the memory limit, then the verification
+    (:func:`harness.certifiers.vnncomp.run_verify_job`); errors go to :func:`main`'s handler."""
+    import importlib
+
+    import torch
+
+    for mod in ("onnx", "onnx2torch", "harness.certifiers.vnncomp", "harness.bounds.bab", "harness.models.load"):
+        importlib.import_module(mod)
+    a = torch.ones(512, 512)
+    (a @ a).add_(1).sum()
+    sandbox = {"network": network, "user": confined["user"], "memory": _set_memory_limit(job), "cpu": cpu}
+    proto.send(event="sandbox", sandbox=sandbox)
+    log.info("job %s; sandbox %s", job.to_json(), sandbox)
+    status["phase"] = "verify"
+    proto.send(event="phase", name="verify")
+    _cpu_budget(job.cpu_limit)
+    from harness.certifiers.vnncomp import run_verify_job
+
+    run_verify_job(job)
+    proto.send(event="finished", blocks=0)
+    return 0
+
+
 def main() -> int:
     from harness.sandbox.supervisor import confine, die_with_parent
 
@@ -360,6 +385,8 @@ def main() -> int:
             _spin(job.extra.get("spin_cpu_s"))
             proto.send(event="finished", blocks=0)
             return 0
+        if job.kind == "verify":  # harness verify: an ONNX file and a property, no submission
+            return _verify(job, proto, network, confined, cpu, status, log)
         from harness.core.errors import HarnessError
         from harness.submission.load import load_submission
 
