@@ -2,9 +2,9 @@
 
     python benchmarks/bench_prcheck_large.py [--threads T] [--keep DIR]
 
-Builds the fixture repository of tests/prcheck_repo.py (a base branch with two entries), adds a
+Builds the fixture repository of tests/helpers/prcheck_repo.py (a base branch with two entries), adds a
 CIFAR-10 entry of robustbench.WideResNet depth 70, widen 16 (267 M parameters) with random weights,
-saved as a 1.07 GB safetensors file and hosted over local HTTPS (tests/hosting.py, a throw-away
+saved as a 1.07 GB safetensors file and hosted over local HTTPS (tests/helpers/hosting.py, a throw-away
 trustme certificate authority), runs pr-check on it once (the cache starts empty, so the download is
 timed), and prints the time of each step of the check and the total, and the forward budget the
 harness enforced. Needs the test dependencies (trustme). Run it alone: timings on a busy machine
@@ -34,8 +34,8 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from hosting import FileServer
-    from prcheck_repo import commit, make_repo, wrn_70_16_entry
+    from helpers.hosting import FileServer
+    from helpers.prcheck_repo import commit, make_repo, wrn_70_16_entry
 
     from harness.review.prcheck import PRCheckOptions, run_pr_check
 

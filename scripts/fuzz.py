@@ -2,11 +2,11 @@
 
     python scripts/fuzz.py --n 10000 [--seed 0] [--targets yaml,schema,record,npz,signed]
 
-Feeds ``--n`` generated inputs in all, split evenly over the targets of ``tests/fuzzing.py``
+Feeds ``--n`` generated inputs in all, split evenly over the targets of ``tests/helpers/fuzzing.py``
 (YAML documents, mutated submissions, mutated result records, mutated ``.examples.npz`` files, mutated signed records),
 and prints, per target and in total: inputs, one-line errors (refused), tracebacks (target 0),
 acceptances, and false acceptances (an accepted record that breaks an invariant; target 0). Exits 1
-if there is any traceback or false acceptance, printing a few of them. ``tests/test_fuzz.py`` runs the
+if there is any traceback or false acceptance, printing a few of them. ``tests/integration/test_fuzz.py`` runs the
 same targets with a modest example count in the test command.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    import fuzzing
+    from helpers import fuzzing
 
     strategies = {"yaml": fuzzing.yaml_documents(), "schema": fuzzing.specs(), "record": fuzzing.records(),
                   "npz": fuzzing.examples_files(), "signed": fuzzing.signed_records()}

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from slowcheck import pytest_addoption, pytest_configure, pytest_runtest_makereport  # noqa: F401  (fail unmarked slow tests)
+from helpers.slowcheck import pytest_addoption, pytest_configure, pytest_runtest_makereport  # noqa: F401  (fail unmarked slow tests)
+from helpers.spec import REPO, base_spec
 
 from harness.core.files import sha256_file
 from harness.models import compat  # noqa: F401  (alias autoattack; quiet robustbench warnings)
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -20,27 +20,6 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
-
-
-def base_spec(sub_id: str, sha: str, **over) -> dict:
-    spec = {
-        "id": sub_id,
-        "name": "test model",
-        "authors": ["tester"],
-        "license": "MIT",
-        "dataset": "mnist",
-        "threat_model": {"norm": "Linf", "eps": 0.3},
-        "model": {
-            "format": "state_dict",
-            "architecture": "mnist_small_cnn",
-            "checkpoint": {"path": "model.pt", "sha256": sha},
-        },
-        "training": {"method": "standard", "epochs": 1},
-        "evaluation": {"n_examples": 20, "batch_size": 20, "seed": 0},
-    }
-    for k, v in over.items():
-        spec[k] = v
-    return spec
 
 
 @pytest.fixture
@@ -81,3 +60,14 @@ def repo_site(tmp_path_factory) -> Path:
     from leaderboard.build import build_leaderboard
 
     return build_leaderboard(REPO, tmp_path_factory.mktemp("repo-site") / "site")
+
+
+E2E = REPO / "tests" / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """tests/e2e/ runs whole commands as a user does: every test there is slow by definition, so the folder
+    marks them (the inner loop ``python -m pytest -m "not slow"`` leaves them out)."""
+    for item in items:
+        if E2E in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)

@@ -196,7 +196,7 @@ def lbgat_teacher_flops(num_classes: int) -> float:
     its stages run at 32, 32, 16 and 8 pixels (average pool 8). Convolutions: the 3->64 stem
     1,769,472; stage 1 (four 64->64 3x3 convs at 32x32) 150,994,944; stages 2-4 536,870,912 each
     (3x3 convs, 1x1 shortcut); batch norm as fvcore counts it 2,949,120; the classifier 512 x C.
-    ``tests/test_flops.py`` rebuilds the network and counts it with fvcore."""
+    ``tests/unit/compute/test_flops.py`` rebuilds the network and counts it with fvcore."""
     return 1_769_472 + 150_994_944 + 3 * 536_870_912 + 2_949_120 + 512 * num_classes
 
 

@@ -39,7 +39,7 @@ AutoAttack's own check messages become flags in :mod:`.aa_messages`.
 
 To add a rule: write a function here that returns a ``Flag`` (or None), call it from
 :class:`harness.stages.diagnostics.DiagnosticsStage`, re-export it in ``harness/diagnostics/__init__.py``
-and test it in ``tests/test_diagnostics_flags.py``.
+and test it in ``tests/unit/diagnostics/test_diagnostics_flags.py``.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Every other place that needs the stages derives from :data:`STAGES`: their order
 :class:`harness.stages.base.Stage`) and the CLI's help. To add a stage: write its class (one module
 under ``harness/stages/``), its record part (a sub-model in :mod:`harness.record`, also a base of
 ``ResultRecord``) and one :class:`StageEntry` here; :func:`check` (run at import) and
-tests/test_stage_registry.py refuse an entry that lacks one of them.
+tests/unit/stages/test_stage_registry.py refuse an entry that lacks one of them.
 
 This module imports nothing heavy (no torch, no numpy): :mod:`harness.record` and the CLI import it.
 Stage classes are loaded lazily by their dotted path.

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: fixtures that are not fixtures (servers, fixture repositories, toy nets)."""
