@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the worker's sandbox, as for harness eval (default worker)")
     vf.add_argument("--memory-limit", metavar="SIZE", help="maintainers: cap on the worker's memory (default "
                     "$ROBUST_FRONTIER_MAX_MEMORY or 16G; none: no cap)")
-    vf.set_defaults(func=cmd_verify)
+    # the model runs in the worker: no robustbench / autoattack alias here (torch is still imported)
+    vf.set_defaults(func=cmd_verify, torch_free=True)
 
     v = sub.add_parser("validate", help="check submissions without running a model")
     v.add_argument("paths", nargs="+", help="submission.yaml files or their folders")

@@ -23,30 +23,46 @@ from harness.core.errors import HarnessError, one_line
 KILL_SLACK_S = 30.0
 
 
+def process_start_unix() -> float:
+    """When this process started (Unix time, from /proc: the python start-up counts against --timeout as
+    VNN-COMP counts it); now where /proc is not there."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = float(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        start = time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+        return min(time.time(), start)
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
 def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, *, timeout: float, device: str = "cpu",
                     threads: Optional[int] = None, sandbox: str = "worker", limits: Optional[dict] = None,
-                    seed: int = 0, echo: Callable[[str], None] = lambda s: None) -> VerifyResult:
+                    seed: int = 0, echo: Callable[[str], None] = lambda s: None,
+                    started: Optional[float] = None) -> VerifyResult:
     """Verify the property ``vnnlib_path`` on the network ``onnx_path`` in the sandboxed worker, within
-    ``timeout`` seconds (wall clock, from this call). A bad input is a one-line HarnessError."""
+    ``timeout`` seconds (wall clock, from ``started``, Unix time; default this process's start). A bad
+    input is a one-line HarnessError."""
     from harness.core.files import atomic_savez
     from harness.core.settings import effective_limits, maintainer_caps
     from harness.data.npzsafe import read_npz
     from harness.sandbox.job import WorkerJob
     from harness.sandbox.supervisor import WorkerFailed, run_worker
 
-    t0 = time.monotonic()
-    end = time.time() + float(timeout) if isinstance(timeout, (int, float)) else 0.0
+    start = process_start_unix() if started is None else float(started)
+    t0 = time.monotonic() - max(0.0, time.time() - start)
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise HarnessError(f"--timeout must be a number of seconds > 0, got {one_line(timeout, 40)!r}")
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise HarnessError(f"{one_line(onnx_path, 300)}: no such file")
     prop = read_vnnlib(vnnlib_path)
+    end = start + float(timeout)
     caps = limits if limits is not None else effective_limits(None, maintainer_caps())
     work = Path(tempfile.mkdtemp(prefix="harness-verify-"))
     try:
         atomic_savez(work / "property.npz", property_arrays(prop))
-        wall = float(timeout) + KILL_SLACK_S
+        wall = max(1.0, end - time.time()) + KILL_SLACK_S
         job = WorkerJob(
             submission=str(onnx_path.resolve()), submission_sha256=file_sha256(onnx_path), state_dir=str(work),
             stages=[], device=device, n_examples=0, batch_size=1, progress=False, trust_code=False,
