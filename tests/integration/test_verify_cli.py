@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.certifiers.vnncomp import file_sha256, property_arrays, read_answer, run_verify_job
 from harness.bounds.vnnlib import read_vnnlib
+from harness.certifiers.vnncomp import file_sha256, property_arrays, read_answer, run_verify_job
 from harness.cli import main
 from harness.core.errors import HarnessError
 from harness.core.files import atomic_savez
@@ -88,12 +88,16 @@ def _job(tmp_path: Path, net: Path, text: str, seconds: float = 60.0):
     return prop, work, job
 
 
+def _answer(work: Path) -> dict:
+    return read_npz(work / "verify.npz", max_file_bytes=1 << 20, max_total_bytes=1 << 20, what="verify.npz")
+
+
 @pytest.mark.parametrize("text, word", [(UNSAT, "unsat"), (SAT, "sat")], ids=["unsat", "sat"])
 def test_the_worker_side_answers_known_properties(tmp_path, text, word):
     net = make_net(tmp_path / "net.onnx")
     prop, work, job = _job(tmp_path, net, text)
     run_verify_job(job)  # in this process: the sandboxed path is the slow test below
-    res = read_answer(prop, read_npz(work / "verify.npz", max_file_bytes=1 << 20, max_total_bytes=1 << 20, what="verify.npz"), 0.0)
+    res = read_answer(prop, _answer(work), 0.0)
     assert res.word == word
     if word == "sat":
         check_sat(res.result_text(), text)
@@ -106,7 +110,7 @@ def test_a_counterexample_outside_the_box_or_not_unsafe_is_refused(tmp_path):
     net = make_net(tmp_path / "net.onnx")
     prop, work, job = _job(tmp_path, net, SAT)
     run_verify_job(job)
-    got = dict(read_npz(work / "verify.npz", max_file_bytes=1 << 20, max_total_bytes=1 << 20, what="verify.npz"))
+    got = dict(_answer(work))
     assert read_answer(prop, got, 0.0).word == "sat"
     with pytest.raises(HarnessError, match="outside the input box"):
         read_answer(prop, {**got, "x": np.array([0.39, 0.5])}, 0.0)
