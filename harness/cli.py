@@ -37,6 +37,15 @@ def summary_table(rec) -> str:
         rows.append([f"certified accuracy, {one_line(m, 40)}{tag}",
                      pct_ci(c.certified_accuracy, c.certified_accuracy_ci95)])
         rows.append([f"ACR, {one_line(m, 40)}", f"{c.acr:.4f} ({c.acr_percent:.1f}% of eps_max {c.eps_max:g})"])
+        d = c.details or {}
+        if all(isinstance(d.get(k), int) for k in ("verified", "falsified", "unknown")):  # a verdict per example
+            rows.append([f"  verdicts, {one_line(m, 40)}",
+                         f"{d['verified']} verified, {d['falsified']} falsified, {d['unknown']} unknown"])
+            if isinstance(d.get("robust_upper_bound"), float):
+                rows.append(["  robust <= clean - (AA U falsified)", pct(d["robust_upper_bound"])])
+            if isinstance(d.get("exact_robust_accuracy"), float):
+                rows.append(["  exact robust accuracy", pct(d["exact_robust_accuracy"])
+                             + (" (the sandwich is closed)" if d.get("sandwich_closed") else "")])
     if rec.certify_skipped:
         rows.append(["certification skipped", one_line(rec.certify_skipped, 90)])
     if rec.diagnostics:

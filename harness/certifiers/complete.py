@@ -8,17 +8,19 @@ the largest" (:func:`harness.bounds.bab.robustness_spec`):
 - ``verified``: proved (``certified``); ``falsified``: a counterexample that a float64 forward pass
   confirms (in the ball, in [0, 1], another class at least as large); a misclassified example is
   falsified by its own clean input; ``unknown``: the budget ran out first;
-- per-example arrays (``<key>_complete`` in examples.npz): ``verdict`` int8 (0 unknown, 1 verified,
-  2 falsified), ``falsified`` bool, ``seconds`` float32, ``domains`` int32 (branch-and-bound domains
-  visited; 0 when decided before BaB), ``cex_linf`` float32 (the counterexample's Linf distance from
-  the example, -1 without one);
+- per-example arrays (``<key>_complete`` in examples.npz, next to ``index``, the test-set indices):
+  ``verdict`` int8 (0 unknown, 1 verified, 2 falsified), ``falsified`` bool, ``seconds`` float32 (the
+  verdict's wall clock), ``radius_seconds`` float32 (the radius search's), ``domains`` int32
+  (branch-and-bound domains visited; 0 when decided before BaB), ``cex_linf`` float32 (the
+  counterexample's Linf distance from the example, -1 without one);
 - the certified radius: bisection on [0, eps_max] to the tolerance, each step a cascade run; the
   radius search shares a second budget of the same size per example (split over its steps), so an
   example costs at most twice ``evaluation.certify_budget_s``. Each step that does not prove counts
   as not proved: the radius is the largest radius proved, a sound lower bound;
-- ``details``: verified / falsified / unknown counts, the budget and who set it, the falsified
-  examples' test-set indices, ``exact_robust_accuracy`` (= certified accuracy) when nothing is left
-  unknown, else None, and ``sandwich_closed``.
+- ``details``: verified / falsified / unknown counts, how many each step decided (``decided_by_<step>``),
+  the budget and who set it, ``exact_robust_accuracy`` (= certified accuracy) when nothing is left
+  unknown, else None; the record adds ``robust_upper_bound`` (clean - |AutoAttack's successes U
+  falsified|) and ``sandwich_closed`` (:func:`harness.certifiers.results.falsified_bound`).
 
 Resume: each decided example is written at once to the stage's state folder
 (``certify/progress/complete-<settings>/<index>.json``, atomically; the settings are eps, norm, the
@@ -46,7 +48,9 @@ from harness.models.load import check_logits
 from .base import Certifier, CertResult, Prepared
 
 VERDICTS = {"unknown": 0, "verified": 1, "falsified": 2}
-_KEYS = ("verdict", "seconds", "domains", "radius", "cex_linf", "decided_by")
+#: the steps that decide an example (bounds.bab.Verdict.decided_by, and "clean": misclassified)
+_DECIDERS = ("clean", "ibp", "crown", "alpha-crown", "attack", "bab", "budget")
+_KEYS = ("verdict", "seconds", "domains", "radius", "radius_seconds", "cex_linf", "decided_by")
 
 
 def settings_tag(*, eps: float, norm: str, budget: float, eps_max: float, tol: float) -> str:
@@ -64,11 +68,11 @@ def _read_decided(path: Path) -> Optional[dict]:
         return None
     if d["verdict"] not in (0, 1, 2) or not isinstance(d["decided_by"], str) or len(d["decided_by"]) > 40:
         return None
-    for k in ("seconds", "domains", "radius", "cex_linf"):
+    for k in ("seconds", "domains", "radius", "radius_seconds", "cex_linf"):
         v = d[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return None
-    if d["seconds"] < 0 or d["domains"] < 0 or d["radius"] < 0:
+    if d["seconds"] < 0 or d["domains"] < 0 or d["radius"] < 0 or d["radius_seconds"] < 0:
         return None
     return d
 
@@ -97,9 +101,12 @@ class Complete(Certifier):
         return verify(st["model"], lo, hi, robustness_spec(num_classes, label),
                       Budget(timeout_s=max(budget, 1e-3), device=str(st["device"]), threads=st["threads"], seed=seed))
 
-    def _radius(self, st, x, label, eps, verdict, eps_max, tol, seed, num_classes) -> float:
-        """Largest radius proved by bisection on [0, eps_max], within one budget split over its steps."""
+    def _radius(self, st, x, label, eps, verdict, eps_max, tol, seed, num_classes, cex: float = -1.0) -> float:
+        """Largest radius proved by bisection on [0, eps_max], within one budget split over its steps
+        (below the counterexample's distance ``cex`` when there is one: no larger radius can be proved)."""
         lo_r, hi_r = (eps, eps_max) if verdict == "verified" else (0.0, min(eps, eps_max))
+        if verdict == "falsified" and cex >= 0:
+            hi_r = min(hi_r, cex)
         if verdict == "verified" and eps >= eps_max:
             return float(eps_max)
         steps = max(1, math.ceil(math.log2(max(hi_r - lo_r, tol) / tol)))
@@ -151,28 +158,33 @@ class Complete(Certifier):
             certified=certified, radius=radius, correct=correct,
             arrays={"verdict": verdict, "falsified": verdict == 2,
                     "seconds": np.asarray([r["seconds"] for r in rows], np.float32),
+                    "radius_seconds": np.asarray([r["radius_seconds"] for r in rows], np.float32),
                     "domains": np.asarray([r["domains"] for r in rows], np.int32),
                     "cex_linf": np.asarray([r["cex_linf"] for r in rows], np.float32)},
-            counts={"verified": int((verdict == 1).sum()), "falsified": int((verdict == 2).sum()),
+            counts={**{f"decided_by_{k}": sum(r["decided_by"] == k for r in rows) for k in _DECIDERS},
+                    "verified": int((verdict == 1).sum()), "falsified": int((verdict == 2).sum()),
                     "unknown": int((verdict == 0).sum()), "resumed": resumed,
                     "domains": int(sum(r["domains"] for r in rows))})
 
     def _one(self, st, xi, label, correct, eps, eps_max, tol, seed, num_classes) -> dict:
         t0 = time.perf_counter()
         if not correct:  # the clean input itself is a counterexample
-            return {"verdict": 2, "seconds": time.perf_counter() - t0, "domains": 0, "radius": 0.0, "cex_linf": 0.0,
-                    "decided_by": "clean"}
+            return {"verdict": 2, "seconds": time.perf_counter() - t0, "domains": 0, "radius": 0.0,
+                    "radius_seconds": 0.0, "cex_linf": 0.0, "decided_by": "clean"}
         v = self._cascade(st, xi, label, eps, st["budget"], seed, num_classes)
         cex = -1.0
         if v.status == "falsified":
             cex = float((v.counterexample.reshape(xi.shape).double() - xi.double()).abs().max())
             if cex > eps + 1e-6:  # pragma: no cover - verify() checks its counterexamples
                 raise HarnessError(f"internal error: a counterexample at Linf distance {cex} > eps {eps}")
-        radius = self._radius(st, xi, label, eps, v.status, eps_max, tol, seed, num_classes) if eps_max > 0 else 0.0
+        seconds = time.perf_counter() - t0
+        radius = self._radius(st, xi, label, eps, v.status, eps_max, tol, seed, num_classes, cex) \
+            if eps_max > 0 else 0.0
         if v.status == "verified" and radius < eps:  # pragma: no cover - the search starts at eps
             radius = float(eps)
-        return {"verdict": VERDICTS[v.status], "seconds": time.perf_counter() - t0, "domains": int(v.domains),
-                "radius": float(radius), "cex_linf": cex, "decided_by": str(v.decided_by)[:40]}
+        return {"verdict": VERDICTS[v.status], "seconds": seconds, "domains": int(v.domains),
+                "radius": float(radius), "radius_seconds": time.perf_counter() - t0 - seconds, "cex_linf": cex,
+                "decided_by": str(v.decided_by)[:40]}
 
     def details(self, prepared: Prepared, result: CertResult) -> dict:
         d = super().details(prepared, result)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx2torch  # noqa: F401  (a slow import: at collection, not inside a test's time)
 import pytest
 
 from harness.bounds.vnnlib import read_vnnlib
