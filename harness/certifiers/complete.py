@@ -41,11 +41,12 @@ import numpy as np
 import torch
 
 from harness.bounds.bab import Budget, robustness_spec, verify
+from harness.bounds.graph import build_graph
 from harness.core.errors import HarnessError
 from harness.core.files import atomic_write_text
 from harness.models.load import check_logits
 
-from .base import Certifier, CertResult, Prepared
+from .base import Certifier, CertResult, Prepared, Skip
 
 VERDICTS = {"unknown": 0, "verified": 1, "falsified": 2}
 #: the steps that decide an example (bounds.bab.Verdict.decided_by, and "clean": misclassified)
@@ -87,6 +88,10 @@ class Complete(Certifier):
                 options: Optional[Mapping[str, Any]] = None) -> Prepared:
         self.check_norm(norm)
         opts = dict(options or {})
+        try:  # an operator the bounds do not support: skipped (for the whole job), as the other bound methods
+            build_graph(model, tuple(input_shape), device=torch.device(device)).check_modes()
+        except HarnessError as e:
+            raise Skip(str(e)) from None
         budget = float(opts.get("certify_budget_s") or 60.0)
         state = {"model": model, "device": torch.device(device), "budget": budget,
                  "progress_dir": opts.get("progress_dir"), "threads": opts.get("threads"),

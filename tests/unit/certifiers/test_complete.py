@@ -198,3 +198,9 @@ def test_the_maintainer_caps_the_budget(monkeypatch):
     monkeypatch.setenv("ROBUST_FRONTIER_MAX_CERTIFY_BUDGET_S", "nan")
     with pytest.raises(HarnessError):
         certify_budget_cap()
+
+
+def test_a_model_the_bounds_cannot_trace_is_skipped():
+    net = nn.Sequential(nn.Linear(4, 3), nn.Softplus()).eval()
+    with pytest.raises(certifiers.Skip, match="unsupported"):
+        certifiers.get("complete").prepare(net, (4,), "cpu", norm="Linf", options={})
