@@ -40,8 +40,8 @@ from harness.core.errors import HarnessError, one_line
 from harness.core.files import read_bytes_confined
 from harness.core.stats import clopper_pearson
 from harness.record.read import parse_record_json
-from harness.record.schema import MAX_RECORD_BYTES
-from harness.record.signing import RecordSignature, TrustedKey, Verified, signed_message
+from harness.record.schema import MAX_RECORD_BYTES, RecordSignature
+from harness.record.signing import TrustedKey, Verified, signed_message
 
 CI = tuple[float, float]
 ATTACKS_DIR = Path("leaderboard") / "results" / "attacks"

@@ -15,28 +15,15 @@ first ``prepare``/``run``.
 
 To add a certifier: write one module here with one :class:`Certifier` subclass (``name``,
 ``sound``, ``norms``, ``prepare``, ``run``; see :mod:`.lipschitz` for a complete example)
-and add one ``register(lazy(...))`` line below. A plug-in or a test registers an instance with
-``register(MyCertifier())``. Nothing else changes: the schema, the certify stage, the record
-checks, the sandwich check and certify-first all read the registry.
+and add one ``register(lazy(...))`` line in :mod:`.registry` (the only list). A plug-in or a
+test registers an instance with ``register(MyCertifier())``; an installed package registers through the
+entry-point group ``robust_frontier.certifiers`` (:mod:`harness.core.plugins`). Nothing else changes: the
+schema, the certify stage, the record checks, the sandwich check and certify-first all read the registry.
 """
 from __future__ import annotations
 
 from .base import NORMS, Certifier, CertResult, Prepared, Skip
 from .registry import get, is_sound, lazy, names, register, sound_names, unknown_message, unregister
-
-# ---- the registry: one line per certifier ------------------------------------------------------
-register(lazy("ibp", "harness.certifiers.bound_methods:IBP", sound=True, norms=("Linf", "L2"),
-              title="interval bound propagation"))
-register(lazy("crown", "harness.certifiers.bound_methods:CROWN", sound=True, norms=("Linf", "L2"),
-              title="CROWN linear relaxation bounds"))
-register(lazy("crown-ibp", "harness.certifiers.bound_methods:CROWNIBP", sound=True, norms=("Linf", "L2"),
-              title="CROWN-IBP (IBP intermediate bounds, CROWN on the margins)"))
-register(lazy("complete", "harness.certifiers.complete:Complete", sound=True, norms=("Linf",),
-              title="complete verification: IBP, CROWN, alpha-CROWN, beta-CROWN branch and bound, per example"))
-register(lazy("lipschitz", "harness.certifiers.lipschitz:Lipschitz", sound=True, norms=("L2",),
-              title="Lipschitz margin (product of the layers' spectral norms)"))
-register(lazy("smoothing", "harness.certifiers.smoothing:Smoothing", sound=False, norms=("L2",),
-              title="randomized smoothing (probabilistic; needs the smoothing section)"))
 
 __all__ = [
     "NORMS", "Certifier", "CertResult", "Prepared", "Skip",

@@ -16,6 +16,7 @@ import importlib
 import re
 from typing import Any, Mapping, Optional, Sequence
 
+from harness.core import plugins
 from harness.core.errors import HarnessError
 
 from .base import NORMS, Certifier, CertResult, Prepared
@@ -87,19 +88,26 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def _entries() -> dict[str, Certifier]:
+    """The registry, after the installed plug-ins (entry-point group ``robust_frontier.certifiers``,
+    :mod:`harness.core.plugins`) have registered theirs: once per process, on the first lookup."""
+    plugins.load("certifiers")
+    return _REGISTRY
+
+
 def names() -> tuple[str, ...]:
-    """Every registered certifier, in registration order."""
-    return tuple(_REGISTRY)
+    """Every registered certifier, in registration order (built-in first, then plug-ins)."""
+    return tuple(_entries())
 
 
 def sound_names() -> tuple[str, ...]:
     """The certifiers whose certificates are bounds: the sandwich and certify-first use these."""
-    return tuple(n for n, c in _REGISTRY.items() if c.sound)
+    return tuple(n for n, c in _entries().items() if c.sound)
 
 
 def is_sound(name: str) -> bool:
     """Whether ``name`` is a registered sound certifier (False for unknown names)."""
-    c = _REGISTRY.get(name)
+    c = _entries().get(name)
     return c is not None and c.sound
 
 
@@ -110,7 +118,22 @@ def unknown_message(name: Any) -> str:
 
 def get(name: str) -> Certifier:
     """The certifier registered as ``name``; a one-line HarnessError listing the known ones if none."""
-    c = _REGISTRY.get(name) if isinstance(name, str) else None
+    c = _entries().get(name) if isinstance(name, str) else None
     if c is None:
         raise HarnessError(unknown_message(name))
     return c
+
+
+# ---- the registry: one line per certifier ------------------------------------------------------
+register(lazy("ibp", "harness.certifiers.bound_methods:IBP", sound=True, norms=("Linf", "L2"),
+              title="interval bound propagation"))
+register(lazy("crown", "harness.certifiers.bound_methods:CROWN", sound=True, norms=("Linf", "L2"),
+              title="CROWN linear relaxation bounds"))
+register(lazy("crown-ibp", "harness.certifiers.bound_methods:CROWNIBP", sound=True, norms=("Linf", "L2"),
+              title="CROWN-IBP (IBP intermediate bounds, CROWN on the margins)"))
+register(lazy("complete", "harness.certifiers.complete:Complete", sound=True, norms=("Linf",),
+              title="complete verification: IBP, CROWN, alpha-CROWN, beta-CROWN branch and bound, per example"))
+register(lazy("lipschitz", "harness.certifiers.lipschitz:Lipschitz", sound=True, norms=("L2",),
+              title="Lipschitz margin (product of the layers' spectral norms)"))
+register(lazy("smoothing", "harness.certifiers.smoothing:Smoothing", sound=False, norms=("L2",),
+              title="randomized smoothing (probabilistic; needs the smoothing section)"))

@@ -160,6 +160,11 @@ def _checked(model, x, lo, hi, unsafe) -> Optional[tuple[np.ndarray, np.ndarray]
     return x64.numpy().reshape(-1), y.numpy().astype(np.float64)
 
 
+def worker_verify(ctx) -> None:
+    """Job kind ``verify`` (harness.sandbox.job.JOB_KINDS): the handler inside the sandboxed worker."""
+    run_verify_job(ctx.job)
+
+
 def run_verify_job(job) -> None:
     """Job kind ``verify`` in the worker: load the ONNX (sanitised), verify each case, save verify.npz."""
     import onnx

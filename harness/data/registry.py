@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.core import plugins
 from harness.core.errors import HarnessError
 
 # --------------------------------------------------------------------------------------------
@@ -146,30 +147,37 @@ def unregister(name: str) -> None:
     REGISTRY.pop(name, None)
 
 
+def _entries() -> dict[str, DatasetSpec]:
+    """The registry, after the installed plug-ins (entry-point group ``robust_frontier.datasets``,
+    :mod:`harness.core.plugins`) have registered theirs: once per process, on the first lookup."""
+    plugins.load("datasets")
+    return REGISTRY
+
+
 def names(*, evaluable: bool = True) -> list[str]:
     """The registered names (in leaderboard order); ``evaluable``: only those the harness can load."""
-    return [d.name for d in sorted(REGISTRY.values(), key=lambda d: (d.order, d.name))
+    return [d.name for d in sorted(_entries().values(), key=lambda d: (d.order, d.name))
             if d.loader is not None or not evaluable]
 
 
 def get(name: str) -> DatasetSpec:
     try:
-        return REGISTRY[name]
+        return _entries()[name]
     except KeyError:
         raise HarnessError(f"unknown dataset {str(name)[:60]!r}; known: {', '.join(names())}", field="dataset")
 
 
 def find(name: str) -> DatasetSpec | None:
-    return REGISTRY.get(name)
+    return _entries().get(name)
 
 
 def title(name: str) -> str:
-    d = REGISTRY.get(name)
+    d = _entries().get(name)
     return d.title if d is not None else name
 
 
 def order(name: str) -> int:
-    d = REGISTRY.get(name)
+    d = _entries().get(name)
     return d.order if d is not None else 99
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from harness.core import plugins
 from harness.core.errors import HarnessError, one_line
 
 
@@ -66,7 +67,18 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {
 ROBUSTBENCH_CLASSES = ("ResNet18", "ResNet34", "ResNet50", "PreActResNet18", "WideResNet")
 
 
+def register(name: str, builder: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Add an architecture ``builder(num_classes=..., **architecture_kwargs) -> nn.Module`` (plug-ins:
+    entry-point group ``robust_frontier.architectures``, :mod:`harness.core.plugins`; tests)."""
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("robustbench"):
+        raise ValueError(f"architecture names are Python identifiers not starting with 'robustbench', got {name!r}")
+    if name in BUILTIN and not replace:
+        raise ValueError(f"architecture {name!r} is already registered")
+    BUILTIN[name] = builder
+
+
 def known_architectures() -> list[str]:
+    plugins.load("architectures")
     return sorted(BUILTIN) + [f"robustbench.{c}" for c in ROBUSTBENCH_CLASSES] + [
         "robustbench.zoo:<dataset>/<threat_model>/<model_name>"
     ]
@@ -88,6 +100,7 @@ def build_architecture(name: str, kwargs: dict[str, Any] | None = None, *,
     kwargs = dict(kwargs or {})
     if name.startswith("robustbench.zoo:"):
         return _build_zoo(name.split(":", 1)[1], kwargs)
+    plugins.load("architectures")
     if name in BUILTIN:
         builder = BUILTIN[name]
     elif name.startswith("robustbench.") and name.split(".", 1)[1] in ROBUSTBENCH_CLASSES:

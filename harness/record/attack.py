@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from harness.core.errors import HarnessError, one_line
 from harness.core.files import read_bytes_confined
-from harness.record.signing import RecordSignature
+from harness.record.schema import RecordSignature
 from harness.submission.schema import Line, Url
 
 ATTACK_SCHEMA_VERSION = 1

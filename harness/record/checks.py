@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness import certifiers
+from harness.certifiers import registry as certifiers
 from harness.core.errors import HarnessError
 from harness.data import registry as datasets
 from harness.record.schema import ResultRecord

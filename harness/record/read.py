@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import ValidationError
 
-from harness import certifiers
+from harness.certifiers import registry as certifiers
 from harness.core.errors import HarnessError, field_path
 from harness.core.files import read_bytes_confined
 from harness.record.checks import record_problems, verdict_problems

@@ -19,6 +19,7 @@ the folder digest of :mod:`harness.submission.manifest`). Every refusal is one l
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -27,7 +28,6 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from harness.core.errors import field_path
 from harness.data import registry as datasets
-from harness.record.signing import RecordSignature
 from harness.stages.registry import STAGE_NAMES, STAGES
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ class Provenance(_Rec):
     world_size: int = Field(default=1, ge=1, le=100_000)
     backend: Short | None = None
     ranks: list[RankRecord] = Field(default_factory=list, max_length=100_000)
-    #: the work split: blocks of ``block_size`` consecutive examples per stage (harness.runner.blocks),
+    #: the work split: blocks of ``block_size`` consecutive examples per stage (harness.stages.blocks),
     #: and how many of them a previous, interrupted run had already finished
     block_size: int | None = Field(default=None, ge=1, le=10**9)
     blocks: dict[str, Count] = Field(default_factory=dict)
@@ -284,6 +284,33 @@ _check_parts_disjoint()
 
 # the bases in reverse order of the JSON layout (pydantic lists inherited fields base by base,
 # from the last base to the first)
+_SIGNED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+class RecordSignature(BaseModel):
+    """The ``signature`` block of a record (:mod:`harness.record.signing` makes and checks it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    algorithm: Literal["ed25519"]
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    examples_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    signed_at: str = Field(max_length=20)
+    value: str = Field(pattern=r"^[A-Za-z0-9+/]{86}==$")  # base64 of exactly 64 bytes
+
+    @field_validator("signed_at")
+    @classmethod
+    def _utc_time(cls, v: str) -> str:
+        if not _SIGNED_AT.fullmatch(v):
+            raise ValueError("must be a UTC time YYYY-MM-DDTHH:MM:SSZ")
+        try:
+            datetime.datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            raise ValueError("is not a valid date and time") from None
+        return v
+
+
+
 class ResultRecord(DiagnosticsPart, CertifyPart, FlopsPart, AutoAttackPart, CleanPart, RecordHead):
     provenance: Provenance
     examples_file: str | None = None

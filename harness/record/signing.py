@@ -63,10 +63,11 @@ from typing import Any, Literal, Mapping
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from harness.core.errors import HarnessError, one_line
 from harness.core.files import atomic_write_bytes, read_bytes_confined
+from harness.record.schema import RecordSignature
 
 ALGORITHM = "ed25519"
 DOMAIN = "robust-frontier/result-record/v1"
@@ -77,30 +78,6 @@ KEYS_DIR = Path("leaderboard") / "keys"
 PUBLIC_SUFFIX = ".pub.pem"
 MAX_KEY_BYTES = 16 << 10
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
-
-
-class RecordSignature(BaseModel):
-    """The ``signature`` block of a record (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    algorithm: Literal["ed25519"]
-    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
-    examples_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    signed_at: str = Field(max_length=20)
-    value: str = Field(pattern=r"^[A-Za-z0-9+/]{86}==$")  # base64 of exactly 64 bytes
-
-    @field_validator("signed_at")
-    @classmethod
-    def _utc_time(cls, v: str) -> str:
-        if not _TIME.fullmatch(v):
-            raise ValueError("must be a UTC time YYYY-MM-DDTHH:MM:SSZ")
-        try:
-            _dt.datetime.strptime(v, "%Y-%m-%dT%H:%M:%SZ")
-        except ValueError:
-            raise ValueError("is not a valid date and time") from None
-        return v
 
 
 # ---------------------------------------------------------------------------------------------

@@ -178,6 +178,12 @@ def check_ball(where: str, index: np.ndarray, adv: np.ndarray, orig: np.ndarray,
 
 
 # ------------------------------------------------------------------------------------------ worker
+def worker_attack(ctx) -> None:
+    """Job kind ``attack`` in the sandboxed worker (:data:`harness.sandbox.job.JOB_KINDS`): attack-check's
+    model work, the checked images classified, into ``<state>/attack_result.npz``."""
+    run_attack_job(ctx.job)
+
+
 def run_attack_job(job) -> None:
     """In the worker (job kind ``attack``): load the model as an evaluation does, classify the checked
     images ``forward_passes`` times, save ``<state>/attack_result.npz`` (``pred``: (passes, k))."""

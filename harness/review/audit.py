@@ -575,8 +575,15 @@ def _recompute_kwargs(a: dict[str, Any]) -> dict[str, Any]:
             "flops": bool(a.get("flops", False)), "probes": bool(a.get("probes", True))}
 
 
+def worker_audit(ctx) -> None:
+    """Job kind ``audit`` in the sandboxed worker (:data:`harness.sandbox.job.JOB_KINDS`): the audit's model
+    work (:func:`recompute`), its result saved in the state folder for the supervisor to read back as
+    untrusted data."""
+    run_audit_job(ctx.job)
+
+
 def run_audit_job(job) -> None:
-    """In the worker (:func:`harness.sandbox.worker.run_audit`): :func:`recompute` for the job's inputs, the
+    """In the worker (job kind ``audit``: :func:`worker_audit`): :func:`recompute` for the job's inputs, the
     result saved as ``<state>/audit.npz`` for the supervisor to read back as untrusted data."""
     from harness.core.files import atomic_savez
 

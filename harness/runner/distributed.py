@@ -9,7 +9,7 @@ through its own sandboxed worker, and uses the group only for small control mess
 - at the end every rank sends its device and block count to all (``all_gather_object``, which also
   acts as the final barrier), and rank 0 writes the record.
 
-The workers never join the group: they share work through the state folder (:mod:`harness.runner.blocks`),
+The workers never join the group: they share work through the state folder (:mod:`harness.stages.blocks`),
 which must be on a filesystem every node sees. Without a torchrun environment there is no group, and
 world size 1 runs exactly as before.
 """

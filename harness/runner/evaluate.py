@@ -14,7 +14,7 @@
 Without torchrun there is one rank. Under ``torchrun`` (:mod:`harness.runner.distributed`) every rank runs
 this same function: rank 0 plans and, once every block of every stage is in the state folder,
 reduces and writes the record; the others compute blocks and exit. The record does not depend on the
-number of ranks (:mod:`harness.runner.blocks`).
+number of ranks (:mod:`harness.stages.blocks`).
 
 Every finished block, and every reduced stage, is stored in the run's state folder
 (``<results>/.state/<id>/<run key>/``), whose key covers everything a result depends on (the result-
@@ -50,11 +50,9 @@ from harness.models.load import load_model, resolve_device
 from harness.record.read import parse_record_json, read_examples, read_record, validate_record
 from harness.record.schema import MAX_RECORD_BYTES, STAGE_PARTS, Provenance, ResultRecord
 from harness.record.write import record_paths, write_record
-from harness.runner.blocks import StageStore, first_error, new_generation, write_error
 from harness.runner.distributed import Distributed
 from harness.runner.schedule import (
     POLL_S,
-    Aborted,
     Plan,
     gather,
     other_rank_failed,
@@ -63,8 +61,10 @@ from harness.runner.schedule import (
     snapshot,
     stage_finished,
 )
+from harness.sandbox.job import Aborted
 from harness.stages import STAGE_ORDER, EvalContext, EvalOptions, StageResult, get_stage, ordered, stage_class
 from harness.stages.base import concat_blocks
+from harness.stages.blocks import StageStore, first_error, new_generation, write_error
 from harness.submission.load import LoadedSubmission, load_submission
 
 

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.runner.blocks import StageStore, first_error, make_block, unit_count
+from harness.sandbox.job import Aborted
+from harness.stages.blocks import StageStore, first_error, make_block, unit_count
 from harness.stages.registry import entry
 
 #: seconds between two looks at the state folder while a worker or a supervisor waits
@@ -52,12 +53,6 @@ class Plan:
         return cls(**d)
 
 
-class Aborted(HarnessError):
-    """Another rank of this attempt failed: this one stops too. ``after``: when that rank failed."""
-
-    def __init__(self, message: str, after: float | None = None):
-        super().__init__(message)
-        self.after = after
 
 
 def reduced_paths(state_dir: Path, stage: str) -> tuple[Path, Path]:

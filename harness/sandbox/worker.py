@@ -3,7 +3,7 @@ blocks of the stages (or, for ``harness audit``, the audit's model work; for ``h
 forward pass on random inputs), inside the sandbox the supervisor (:mod:`harness.sandbox.supervisor`) set up.
 
 It reads one :class:`WorkerJob` (JSON) on stdin, then, before importing anything large:
-dies with its parent (Linux), confines itself (:func:`harness.sandbox.supervisor.confine`: a new network
+dies with its parent (Linux), confines itself (:func:`harness.sandbox.jail.confine`: a new network
 namespace; started as root, a private view of the folders it needs and an unprivileged user), sets
 the hard ``RLIMIT_CPU`` to the whole job's budget, and keeps its stdout for the protocol (anything
 else printed goes to stderr). Then it imports torch and the stages' libraries,
@@ -19,7 +19,7 @@ folder (atomically; finished AutoAttack attacks within a block too). Protocol li
     {"event": "block", "stage": "<stage>", "block": b, "seconds": 1.5}
     {"event": "error", "message": "<one line>", "aborted": false}   (then exit status 3; aborted:
                                                          another rank failed first)
-    {"event": "probe", "report": {...}}                  (job kind "probe" only: harness.sandbox.supervisor.probe)
+    {"event": "probe", "report": {...}}                  (job kind "probe" only: harness.sandbox.jail.probe)
     (job kind "attack", for ``harness attack-check``: the checked images classified, into
     ``<state>/attack_result.npz``; harness.review.attack_check.run_attack_job)
     {"event": "finished", "blocks": k}                   (then exit status 0)
@@ -32,12 +32,22 @@ starts one worker with its own ``device`` (``cuda:<LOCAL_RANK>``) and ``rank``.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
-from harness.sandbox.job import WorkerJob, _Protocol, log_name
+from harness.sandbox.job import (
+    Aborted,
+    JobContext,
+    WorkerJob,
+    _Protocol,
+    cpu_hard_limit,
+    cpu_now,
+    handler_of,
+    job_kind,
+    log_name,
+    set_cpu_budget,
+)
 
 
 def _setup_log(state_dir: str, rank: int = 0):
@@ -74,20 +84,18 @@ def _preload(job: WorkerJob, spec) -> None:
     stages = [entry(name) for name in job.stages if name in STAGE_NAMES]
     wanted = [e.module for e in stages]
     wanted += {"onnx": ["onnx", "onnx2torch"], "state_dict": ["safetensors.torch", "harness.models.architectures"]
-               }.get(spec.model.format, [])
-    if (spec.model.architecture or "").startswith("robustbench."):
+               }.get(spec.model.format, []) if spec is not None else []
+    if spec is not None and (spec.model.architecture or "").startswith("robustbench."):
         wanted += ["robustbench.model_zoo.architectures.resnet", "robustbench.model_zoo.architectures.wide_resnet"]
         if spec.model.architecture.startswith("robustbench.zoo:"):
             wanted.append("robustbench.model_zoo")
     for e in stages:  # each stage's libraries, after its module (harness.stages.registry)
         wanted += e.preload[1:]
-    if job.kind == "audit":
-        # the audit recounts FLOPs and re-checks certificates with the stages' own code
-        wanted += ["pyautoattack", "pyautoattack.square", "harness.review.audit", *entry("flops").preload,
-                   *entry("certify").preload, "harness.certifiers.bound_methods", "harness.diagnostics"]
-    if job.kind == "forward" and (job.forward or {}).get("count_flops"):
-        wanted.append("fvcore.nn")
-    wanted.append("harness.runner.schedule")
+    kind = job_kind(job.kind)
+    wanted.append(kind.handler.partition(":")[0])
+    for name in kind.preload_stages:
+        wanted += [entry(name).module, *entry(name).preload[1:]]
+    wanted += kind.preload
     if job.progress:
         wanted.append("tqdm.auto")
     for mod in dict.fromkeys(wanted):
@@ -106,7 +114,7 @@ def _set_memory_limit(job: WorkerJob) -> str:
     import resource
 
     from harness.core.units import format_size
-    from harness.sandbox.supervisor import vm_size
+    from harness.sandbox.jail import vm_size
 
     if job.memory_limit is None:
         return "no limit"
@@ -119,53 +127,6 @@ def _set_memory_limit(job: WorkerJob) -> str:
     limit = base + job.memory_limit
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     return f"{format_size(job.memory_limit)} of address space above the libraries' {format_size(base)} (RLIMIT_AS)"
-
-
-def _cpu_now() -> float:
-    import resource
-
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    return used.ru_utime + used.ru_stime
-
-
-def job_cpu_budget(job: WorkerJob) -> float | None:
-    """CPU seconds the whole job may use, the worker's hard ``RLIMIT_CPU`` (None: no CPU limit): a
-    phase's budget for loading and for each stage (and one more), plus the waiting allowance. The
-    soft limit moves per phase within it; the supervisor checks each phase's own budget."""
-    if job.cpu_limit is None:
-        return None
-    return job.cpu_limit * (len(job.stages) + 2) + WAIT_CPU_S
-
-
-def _cpu_hard_limit(job: WorkerJob) -> str:
-    """Set ``RLIMIT_CPU``'s hard limit to what is used so far plus the job's budget. Without
-    CAP_SYS_RESOURCE (an unprivileged worker) it cannot be raised again."""
-    import math
-    import resource
-
-    budget = job_cpu_budget(job)
-    if budget is None:
-        return "no limit"
-    hard = int(math.ceil(_cpu_now() + budget))
-    _, old = resource.getrlimit(resource.RLIMIT_CPU)
-    if old != resource.RLIM_INFINITY:
-        hard = min(hard, old)
-    resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
-    return f"{budget:g} s for the job (hard RLIMIT_CPU), {job.cpu_limit:g} s per stage"
-
-
-def _cpu_budget(seconds: float | None) -> None:
-    """Let this phase use ``seconds`` more CPU time (all threads); the kernel sends SIGXCPU after."""
-    import math
-    import resource
-
-    if seconds is None:
-        return
-    soft = int(math.ceil(_cpu_now() + max(seconds, 1.0)))
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 def _one_line(e: BaseException, phase: str, job: WorkerJob, log_path: str) -> str:
@@ -190,157 +151,8 @@ def _one_line(e: BaseException, phase: str, job: WorkerJob, log_path: str) -> st
     return f"{where} failed: {type(e).__name__}: {first} (traceback in {log_path})"
 
 
-#: CPU seconds a worker may use while it waits for other ranks' blocks (it only polls files)
-WAIT_CPU_S = 600.0
-
-
-def run(job: WorkerJob, sub, proto: _Protocol, sandbox: dict, status: dict) -> None:
-    from pathlib import Path
-
-    import torch
-
-    from harness.core.files import atomic_write_text
-    from harness.data.loaders import load_test_data, num_classes_of
-    from harness.models.load import load_model
-    from harness.runner.evaluate import runtime_info
-    from harness.runner.schedule import Plan, run_blocks
-    from harness.stages import EvalContext, EvalOptions
-
-    state_dir = Path(job.state_dir)
-    spec = sub.spec
-    options = EvalOptions(device=job.device, batch_size=job.batch_size, n_examples=job.n_examples,
-                          data_dir=Path(job.data_dir) if job.data_dir else None,
-                          train_data=Path(job.train_data) if job.train_data else None,
-                          progress=job.progress, sandbox="none", trust_code=job.trust_code,
-                          certify_budget=job.extra.get("certify_budget_cap_s"))
-    data = load_test_data(spec.dataset, job.n_examples, data_dir=options.data_dir, custom_path=sub.dataset_path(),
-                          preprocessing=spec.resize_crop)
-    num_classes = num_classes_of(data)
-    device = torch.device(job.device)
-    torch.manual_seed(spec.evaluation.seed)
-    model = load_model(sub, input_shape=data.input_shape, num_classes=num_classes, device=device,
-                       trust_code=job.trust_code, max_model_bytes=job.max_model_bytes)
-    runtime = {**runtime_info(device), "sandbox": sandbox}
-    if job.rank == 0:
-        atomic_write_text(state_dir / "runtime.json", json.dumps(runtime))
-    proto.send(event="loaded", runtime=runtime)
-    ctx = EvalContext(sub, model, data, options, state_dir, rank=job.rank, world_size=job.world_size)
-    plan = Plan.from_dict(job.plan) if job.plan is not None else None
-    if plan is None:
-        raise ValueError("the job has no plan")
-
-    cpu_used: dict[str, float] = {}  # CPU seconds each stage has used in this worker
-    current = {"stage": None, "cpu0": 0.0}
-
-    def close_phase() -> None:
-        if current["stage"] is not None:
-            cpu_used[current["stage"]] = cpu_used.get(current["stage"], 0.0) + _cpu_now() - current["cpu0"]
-            current["stage"] = None
-
-    def on_start(name: str, b: int) -> None:
-        close_phase()
-        status["phase"] = name
-        proto.send(event="phase", name=name, block=b)
-        current["stage"], current["cpu0"] = name, _cpu_now()
-        if job.cpu_limit is not None:
-            _cpu_budget(job.cpu_limit - cpu_used.get(name, 0.0))
-
-    def on_done(name: str, b: int, seconds: float) -> None:
-        proto.send(event="block", stage=name, block=b, seconds=seconds)
-
-    def on_wait() -> None:
-        close_phase()
-        status["phase"] = "wait"
-        proto.send(event="phase", name="wait")
-        if job.cpu_limit is not None:
-            _cpu_budget(WAIT_CPU_S)
-
-    blocks = run_blocks(ctx, plan, on_start=on_start, on_done=on_done, on_wait=on_wait)
-    close_phase()
-    status["blocks"] = blocks
-
-
-def run_audit(job: WorkerJob, proto: _Protocol, status: dict) -> None:
-    """The audit's model work (:func:`harness.review.audit.run_audit_job`: :func:`harness.review.audit.recompute`),
-    its result saved in the state folder for the supervisor to read back as untrusted data."""
-    from harness.review.audit import run_audit_job
-
-    status["phase"] = "audit"
-    proto.send(event="phase", name="audit")
-    run_audit_job(job)
-
-
-def run_forward(job: WorkerJob, sub, proto: _Protocol, status: dict) -> None:
-    """pr-check's model work (kind "forward"): load the model as an evaluation does (hashes, safe
-    loading, the 2-input output check), count its FLOPs if asked (fvcore, for models the supervisor
-    cannot build on the meta device: ONNX, some zoo entries), then one timed forward pass of
-    ``n_inputs`` random inputs in [0, 1] with the logits check. The logits, the time and the counts
-    go to ``forward.npz`` in the state folder, which the supervisor reads back and checks again as
-    untrusted data."""
-    from pathlib import Path
-
-    import numpy as np
-    import torch
-
-    from harness.core.files import atomic_savez
-    from harness.models.load import check_logits, load_model
-
-    f = job.forward or {}
-    shape = tuple(int(d) for d in f["input_shape"])
-    num_classes, n = int(f["num_classes"]), int(f["n_inputs"])
-    device = torch.device(job.device)
-    torch.manual_seed(int(f.get("seed", 0)))
-    model = load_model(sub, input_shape=shape, num_classes=num_classes, device=device, trust_code=False,
-                       max_model_bytes=job.max_model_bytes)
-    counts = {"flops": np.asarray(-1.0), "params": np.asarray(-1, dtype=np.int64)}
-    if f.get("count_flops"):
-        from harness.compute.flops import count_inference_flops
-
-        try:
-            fc = count_inference_flops(model.module, shape, device)
-            counts = {"flops": np.asarray(float(fc.total)), "params": np.asarray(int(fc.params), dtype=np.int64)}
-        except Exception:  # noqa: BLE001 - fvcore cannot trace some modules: the counts stay unknown
-            pass
-    status["phase"] = "forward"
-    proto.send(event="phase", name="forward")
-    _cpu_budget(job.cpu_limit)
-    x = torch.rand((n, *shape), generator=torch.Generator().manual_seed(int(f.get("seed", 0)))).to(device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model.module(x)
-    seconds = time.perf_counter() - t0
-    check_logits(out, n, num_classes, stage=f"forward pass on {n} random inputs")
-    proto.send(event="block", stage="forward", block=0, seconds=seconds)
-    atomic_savez(Path(job.state_dir) / "forward.npz", {
-        "logits": out.detach().float().cpu().numpy(), "seconds": np.asarray(seconds), **counts})
-
-
-def _verify(job: WorkerJob, proto: _Protocol, network: str, confined: dict, cpu: str, status: dict, log) -> int:
-    """Job kind ``verify``: preload, set the memory limit, then the verification
-    (:func:`harness.certifiers.vnncomp.run_verify_job`); errors go to :func:`main`'s handler."""
-    import importlib
-
-    import torch
-
-    for mod in ("onnx", "onnx2torch", "harness.certifiers.vnncomp", "harness.bounds.bab", "harness.models.load"):
-        importlib.import_module(mod)
-    a = torch.ones(512, 512)
-    (a @ a).add_(1).sum()
-    sandbox = {"network": network, "user": confined["user"], "memory": _set_memory_limit(job), "cpu": cpu}
-    proto.send(event="sandbox", sandbox=sandbox)
-    log.info("job %s; sandbox %s", job.to_json(), sandbox)
-    status["phase"] = "verify"
-    proto.send(event="phase", name="verify")
-    _cpu_budget(job.cpu_limit)
-    from harness.certifiers.vnncomp import run_verify_job
-
-    run_verify_job(job)
-    proto.send(event="finished", blocks=0)
-    return 0
-
-
 def main() -> int:
-    from harness.sandbox.supervisor import confine, die_with_parent
+    from harness.sandbox.jail import confine, die_with_parent
 
     die_with_parent()
     proto = _Protocol(os.fdopen(os.dup(1), "w", encoding="utf-8"))
@@ -363,7 +175,7 @@ def main() -> int:
         die_with_parent()  # a change of user clears the parent-death signal
         if job.parent_pid is not None and os.getppid() != job.parent_pid:
             return 3
-        cpu = _cpu_hard_limit(job)
+        cpu = cpu_hard_limit(job)
     except OSError as e:
         proto.send(event="error", message=f"the evaluation worker could not confine itself: {e.strerror or e}")
         return 3
@@ -374,47 +186,37 @@ def main() -> int:
     try:
         log = _setup_log(job.state_dir, job.rank)
         if job.kind == "probe":
-            from harness.sandbox.supervisor import probe
+            from harness.sandbox.jail import probe
 
             sandbox = {"network": network, "user": confined["user"], "memory": _set_memory_limit(job), "cpu": cpu}
             proto.send(event="sandbox", sandbox=sandbox)
             status["phase"] = "probe"
             proto.send(event="phase", name="probe")
-            _cpu_budget(job.cpu_limit)
+            set_cpu_budget(job.cpu_limit)
             proto.send(event="probe", report=probe(job.extra, held))
             _spin(job.extra.get("spin_cpu_s"))
             proto.send(event="finished", blocks=0)
             return 0
-        if job.kind == "verify":  # harness verify: an ONNX file and a property, no submission
-            return _verify(job, proto, network, confined, cpu, status, log)
         from harness.core.errors import HarnessError
         from harness.submission.load import load_submission
 
-        sub = load_submission(job.submission)
-        if sub.yaml_sha256 != job.submission_sha256:
+        kind = job_kind(job.kind)
+
+        sub = load_submission(job.submission) if kind.submission else None
+        if sub is not None and sub.yaml_sha256 != job.submission_sha256:
             raise HarnessError(f"{job.submission} changed while the evaluation started; run it again")
-        _preload(job, sub.spec)
+        _preload(job, sub.spec if sub is not None else None)
         sandbox = {"network": network, "user": confined["user"], "memory": _set_memory_limit(job),
                    "cpu_seconds_per_stage": job.cpu_limit, "cpu": cpu}
         proto.send(event="sandbox", sandbox=sandbox)
         log.info("job %s; sandbox %s", job.to_json(), sandbox)
         proto.send(event="phase", name="load")
-        _cpu_budget(job.cpu_limit)
+        set_cpu_budget(job.cpu_limit)
         t0 = time.perf_counter()
-        if job.kind == "audit":
-            run_audit(job, proto, status)
-        elif job.kind == "eval":
-            run(job, sub, proto, sandbox, status)
-        elif job.kind == "forward":
-            run_forward(job, sub, proto, status)
-        elif job.kind == "attack":
-            from harness.review.attack_check import run_attack_job
-
-            status["phase"] = "attack-check"
-            proto.send(event="phase", name="attack-check")
-            run_attack_job(job)
-        else:
-            raise ValueError(f"unknown job kind {job.kind!r}")
+        if kind.phase is not None:
+            status["phase"] = kind.phase
+            proto.send(event="phase", name=kind.phase)
+        handler_of(kind)(JobContext(job, sub, proto, sandbox, status))
         log.info("finished in %.1f s (%s blocks)", time.perf_counter() - t0, status.get("blocks", 0))
         proto.send(event="finished", blocks=status.get("blocks", 0))
         return 0
@@ -426,8 +228,6 @@ def main() -> int:
                 log.error("%s failed:\n%s", status["phase"], "".join(traceback.format_exception(e)))
         except Exception:  # noqa: BLE001
             pass
-        from harness.runner.schedule import Aborted
-
         if isinstance(e, KeyboardInterrupt):
             message = "interrupted"
         else:
@@ -448,8 +248,8 @@ def _spin(seconds) -> None:
         return
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
-    end = _cpu_now() + seconds
-    while _cpu_now() < end:
+    end = cpu_now() + seconds
+    while cpu_now() < end:
         pass
 
 

@@ -5,7 +5,7 @@ How it runs:
   ``evaluation.certify_first`` (the default), points already certified by an exact bound method are
   skipped too: no attack can succeed there. The record says how many were skipped and estimates the
   attack time that saved.
-- The points are cut into fixed blocks of ``batch_size`` consecutive examples (:mod:`harness.runner.blocks`),
+- The points are cut into fixed blocks of ``batch_size`` consecutive examples (:mod:`harness.stages.blocks`),
   and each block goes through all the attacks as a unit, with AutoAttack seeded with
   ``block_seed(seed, b)``: a block's result does not depend on which rank runs it, and with
   N <= batch_size (one block, seeded with the submission's seed) it is exactly what a plain
@@ -41,7 +41,7 @@ import torch
 from harness.core.errors import HarnessError
 from harness.core.files import atomic_savez, atomic_write_text
 from harness.core.stats import accuracy_with_ci
-from harness.runner.blocks import Block
+from harness.stages.blocks import Block
 
 from .. import certifiers
 from ..diagnostics.aa_messages import AutoAttackCapture

@@ -1,6 +1,6 @@
 """The stage interface: every evaluation step is one module with a ``map`` and a ``reduce``.
 
-The N examples are cut into fixed blocks of ``batch_size`` consecutive indices (:mod:`harness.runner.blocks`).
+The N examples are cut into fixed blocks of ``batch_size`` consecutive indices (:mod:`harness.stages.blocks`).
 
 - ``prepare(ctx)``: done once per worker before its first block of the stage (e.g. building the
   bound graph); returns anything ``map`` needs.
@@ -39,7 +39,7 @@ import numpy as np
 
 from harness.data.loaders import EvalData
 from harness.models.load import LoadedModel
-from harness.runner.blocks import Block, StageStore, make_block, unit_count
+from harness.stages.blocks import Block, StageStore, make_block, unit_count
 from harness.submission.load import LoadedSubmission
 from harness.submission.schema import Submission
 

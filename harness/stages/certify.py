@@ -47,7 +47,7 @@ from typing import Any, Optional
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.runner.blocks import Block
+from harness.stages.blocks import Block
 
 from .. import certifiers
 from ..certifiers import CertResult, Prepared, Skip

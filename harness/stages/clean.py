@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from harness.core.stats import accuracy_with_ci
-from harness.runner.blocks import Block
+from harness.stages.blocks import Block
 
 from .base import BlockResult, EvalContext, Stage, StageResult
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from harness.core.errors import HarnessError
-from harness.runner.blocks import Block
+from harness.stages.blocks import Block
 
 from .base import BlockResult, EvalContext, Stage, StageResult
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from harness.compute.flops import count_inference_flops, count_params
 from harness.compute.training_cost import training_flops
 from harness.record.schema import FLOPS_CONVENTION, FlopsPart
-from harness.runner.blocks import Block
+from harness.stages.blocks import Block
 
 from .base import BlockResult, EvalContext, Stage, StageResult
 

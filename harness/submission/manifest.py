@@ -142,7 +142,7 @@ def legacy_digest(sub: "LoadedSubmission") -> str | None:
 
 def _check(sub: "LoadedSubmission") -> tuple[list[FileProblem], tuple[str, str] | None]:
     """The problems, and the (folder digest, legacy folder digest) when there are none."""
-    from harness.submission.load import resolve_checkpoint
+    from harness.submission.checkpoint import resolve_checkpoint
 
     spec = sub.spec
     problems: list[FileProblem] = []
@@ -261,7 +261,7 @@ def _cache_key(sub: "LoadedSubmission", root: Path, found: dict[str, Path]) -> t
     try:
         stats = [(rel, *_stat(path)) for rel, path in sorted(found.items())]
         if ck.package is not None:
-            from harness.submission.load import resolve_checkpoint
+            from harness.submission.checkpoint import resolve_checkpoint
 
             stats.append(("package:", *_stat(resolve_checkpoint(spec, sub.folder))))
     except (OSError, ValueError, HarnessError):

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness import certifiers
+from harness.certifiers import registry as certifiers
+from harness.core import plugins
 from harness.core.errors import field_path
 from harness.core.settings import DEFAULT_MAX_MEMORY, DEFAULT_MAX_STAGE_TIMEOUT_S
 from harness.core.units import parse_size
@@ -306,6 +307,8 @@ def architecture_problem(name: str) -> str | None:
     """Why ``name`` is not an architecture the harness can build, or None: a built-in name, a
     RobustBench class ``robustbench.<Class>``, or an existing RobustBench model-zoo entry
     ``robustbench.zoo:<dataset>/<threat_model>/<name>``."""
+    if plugins.GROUPS["architectures"] in plugins.installed_groups():  # a plug-in registers into the live registry
+        plugins.load("architectures")
     live = sys.modules.get("harness.models.architectures")  # the registry, once imported (plug-ins add to it)
     builtin = set(BUILTIN_ARCHITECTURES) | set(getattr(live, "BUILTIN", ()))
     classes = set(ROBUSTBENCH_CLASSES) | set(getattr(live, "ROBUSTBENCH_CLASSES", ()))

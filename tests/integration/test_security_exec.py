@@ -585,7 +585,7 @@ def test_worker_network_namespace_has_no_network(tmp_path):
     port = server.getsockname()[1]
     probe = textwrap.dedent(f'''
         import socket, sys
-        from harness.sandbox.supervisor import isolate_network
+        from harness.sandbox.jail import isolate_network
         state = isolate_network() if sys.argv[1] == "isolate" else "not asked"
         try:
             socket.create_connection(("127.0.0.1", {port}), timeout=5).close()
@@ -606,7 +606,7 @@ def test_worker_network_namespace_has_no_network(tmp_path):
 
 # ------------------------------------------------------------------ what code in the worker can do
 def _probe(tmp_path, mode="worker", cpu_limit=30.0, **extra) -> dict:
-    """Run the worker's probe job (harness.sandbox.supervisor.probe) as the supervisor would run a model:
+    """Run the worker's probe job (harness.sandbox.jail.probe) as the supervisor would run a model:
     the same environment, confinement and limits. Returns the worker's runtime with its report."""
     import os
 
@@ -691,7 +691,7 @@ def test_a_phase_that_lifts_its_soft_cpu_limit_is_stopped_by_the_supervisor(tmp_
 
 # ------------------------------------------------------------------------------- bubblewrap
 def _bwrap_skip():
-    from harness.sandbox.supervisor import bwrap_problem
+    from harness.sandbox.jail import bwrap_problem
 
     why = bwrap_problem()
     if why is not None:

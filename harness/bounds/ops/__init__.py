@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib
 
+from harness.core import plugins
+
 from .base import (
     ElementwiseRelaxedOp,
     Getter,
@@ -59,6 +61,10 @@ from .normalization import BatchNormOp  # noqa: E402
 from .pooling import AvgPool2dOp, MeanOp  # noqa: E402
 from .relu import ReLUOp  # noqa: E402
 from .shape import IdentityOp, ReshapeOp  # noqa: E402
+
+# the installed plug-ins' operators (entry-point group ``robust_frontier.operators``: a function that
+# calls register_op, or a module whose import does), after the built-in ones
+plugins.load("operators")
 
 __all__ = [
     "OP_MODULES", "Op", "AffineOp", "ElementwiseRelaxedOp", "register_op", "unregister_op",

@@ -17,11 +17,11 @@ from harness.data.loaders import load_test_data
 from harness.models import architectures
 from harness.models.load import load_model
 from harness.record.read import read_record
-from harness.runner.blocks import make_block
 from harness.runner.evaluate import evaluate
 from harness.stages import EvalContext, EvalOptions
 from harness.stages.autoattack import certified_mask
 from harness.stages.base import concat_blocks
+from harness.stages.blocks import make_block
 from harness.stages.certify import CertifyStage
 from harness.submission.load import load_submission
 

@@ -71,9 +71,9 @@ def test_every_registered_stage_is_complete():
 
 
 def test_the_per_example_rule_is_the_registrys():
-    from harness.runner.blocks import unit_count
     from harness.runner.schedule import Plan
     from harness.stages import get_stage
+    from harness.stages.blocks import unit_count
 
     plan = Plan(n=10, batch_size=4, seed=0, generation=1, todo=list(STAGE_NAMES), available=list(STAGE_NAMES))
     for e in STAGES:
