@@ -44,8 +44,10 @@ def summary_table(rec) -> str:
             if isinstance(d.get("robust_upper_bound"), float):
                 rows.append(["  robust <= clean - (AA U falsified)", pct(d["robust_upper_bound"])])
             if isinstance(d.get("exact_robust_accuracy"), float):
-                rows.append(["  exact robust accuracy", pct(d["exact_robust_accuracy"])
-                             + (" (the sandwich is closed)" if d.get("sandwich_closed") else "")])
+                rows.append(["  exact robust accuracy", pct(d["exact_robust_accuracy"]) + " (every example decided)"])
+            elif d.get("sandwich_closed") is True:
+                rows.append(["  exact robust accuracy", pct(c.certified_accuracy)
+                             + " (certified = the upper bound: AutoAttack broke the unknown ones)"])
     if rec.certify_skipped:
         rows.append(["certification skipped", one_line(rec.certify_skipped, 90)])
     if rec.diagnostics:

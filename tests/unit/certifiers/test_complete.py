@@ -170,10 +170,10 @@ def test_robust_upper_bound_is_clean_minus_aa_successes_union_falsified():
     falsified_bound({"complete": rec}, arrays)
     # survivors: correct, not broken by AA, not falsified: examples 0 and 1 -> 2 / 6
     assert rec.details["robust_upper_bound"] == pytest.approx(2 / 6)
-    assert rec.details["sandwich_closed"] is False  # something is unknown
-    rec.details["exact_robust_accuracy"] = 2 / 6
+    assert rec.details["sandwich_closed"] is True  # certified 2/6 = the upper bound: robust accuracy is 2/6
+    rec.certified_accuracy = 1 / 6
     falsified_bound({"complete": rec}, arrays)
-    assert rec.details["sandwich_closed"] is True
+    assert rec.details["sandwich_closed"] is False
 
 
 def test_a_counterexample_on_a_certified_example_breaks_the_sandwich():
