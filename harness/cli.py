@@ -1,4 +1,4 @@
-"""The ``harness`` command line: eval, validate, schema, fetch, pr-check, audit, attack-check, sign, keygen,
+"""The ``harness`` command line: eval, verify, validate, schema, fetch, pr-check, audit, attack-check, sign, keygen,
 leaderboard build / import-robustbench."""
 from __future__ import annotations
 
@@ -37,6 +37,17 @@ def summary_table(rec) -> str:
         rows.append([f"certified accuracy, {one_line(m, 40)}{tag}",
                      pct_ci(c.certified_accuracy, c.certified_accuracy_ci95)])
         rows.append([f"ACR, {one_line(m, 40)}", f"{c.acr:.4f} ({c.acr_percent:.1f}% of eps_max {c.eps_max:g})"])
+        d = c.details or {}
+        if all(isinstance(d.get(k), int) for k in ("verified", "falsified", "unknown")):  # a verdict per example
+            rows.append([f"  verdicts, {one_line(m, 40)}",
+                         f"{d['verified']} verified, {d['falsified']} falsified, {d['unknown']} unknown"])
+            if isinstance(d.get("robust_upper_bound"), float):
+                rows.append(["  robust <= clean - (AA U falsified)", pct(d["robust_upper_bound"])])
+            if isinstance(d.get("exact_robust_accuracy"), float):
+                rows.append(["  exact robust accuracy", pct(d["exact_robust_accuracy"]) + " (every example decided)"])
+            elif d.get("sandwich_closed") is True:
+                rows.append(["  exact robust accuracy", pct(c.certified_accuracy)
+                             + " (certified = the upper bound: AutoAttack broke the unknown ones)"])
     if rec.certify_skipped:
         rows.append(["certification skipped", one_line(rec.certify_skipped, 90)])
     if rec.diagnostics:
@@ -71,6 +82,58 @@ def _limit_flags(args: argparse.Namespace) -> tuple[int | None, float | None, fl
     return memory, timeout, cpu
 
 
+def _certify_budget_flag(args: argparse.Namespace) -> float | None:
+    from harness.core.settings import parse_seconds
+
+    value = getattr(args, "certify_budget", None)
+    return None if value is None else parse_seconds(value, "--certify-budget")
+
+
+def _write_result(out: str | None, text: str) -> None:
+    if out is None:
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise HarnessError(f"cannot write the result file {one_line(out, 300)}: {one_line(e.strerror or e, 100)}")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``harness verify NET.onnx PROP.vnnlib --timeout S [--out RESULT]``: one word on stdout (unsat, sat,
+    timeout, unknown, error), the VNN-COMP result file at RESULT; an error is also one line on stderr."""
+    from harness.core.settings import effective_limits, maintainer_caps, parse_bytes, parse_seconds
+
+    try:
+        timeout = parse_seconds(args.timeout, "--timeout")
+        if not timeout > 0:
+            raise HarnessError(f"--timeout must be > 0 seconds, got {one_line(args.timeout, 40)}")
+        if args.threads is not None and not 1 <= args.threads <= 4096:
+            raise HarnessError(f"--threads must be between 1 and 4096, got {args.threads}")
+        check_device(args.device)
+        memory = None
+        if args.memory_limit is not None:
+            memory = parse_bytes(args.memory_limit, "--memory-limit", allow_none=True) or 0
+        limits = effective_limits(None, maintainer_caps(memory=memory))
+        from harness.runner.verify import verify_instance
+
+        res = verify_instance(args.onnx, args.vnnlib, timeout=timeout, device=args.device, threads=args.threads,
+                              sandbox=args.sandbox, limits=limits, seed=args.seed)
+    except HarnessError as e:
+        try:
+            _write_result(args.out, "error\n")
+        except HarnessError:
+            pass
+        print("error")
+        print(f"error: {one_line(e, 2000)}", file=sys.stderr)
+        return 2
+    _write_result(args.out, res.result_text())
+    print(res.word)
+    extra = f", {res.domains} domains" if res.domains else ""
+    print(f"verify: {res.word} in {res.seconds:.2f} s ({res.cases} input box(es){extra}"
+          f"{', decided by ' + one_line(res.decided_by, 40) if res.decided_by else ''})", file=sys.stderr)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from harness.runner.evaluate import evaluate
 
@@ -94,7 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                        data_dir=Path(args.data_dir) if args.data_dir else None,
                        train_data=Path(args.train_data) if args.train_data else None, progress=show_progress(args),
                        sandbox=args.sandbox, trust_code=args.trust_code, memory_limit=memory,
-                       stage_timeout=timeout, cpu_limit=cpu)
+                       stage_timeout=timeout, cpu_limit=cpu, certify_budget=_certify_budget_flag(args))
     command = "harness " + " ".join(shlex.quote(a) for a in args.argv)
     try:
         outcome = evaluate(submission, opts, stages=stages, out=Path(args.out) if args.out else None,
@@ -406,10 +469,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"wall-clock seconds per stage (default {lim_defaults.DEFAULT_MAX_STAGE_TIMEOUT_S:g})")
     lim.add_argument("--cpu-limit", metavar="S",
                      help="CPU seconds per stage, all threads (default: the wall-clock limit x the CPU cores)")
+    lim.add_argument("--certify-budget", metavar="S",
+                     help="cap on the complete certifier's seconds per example (default "
+                          "$ROBUST_FRONTIER_MAX_CERTIFY_BUDGET_S or 600); a submission's evaluation.certify_budget_s "
+                          "above it is lowered to it")
     lim.add_argument("--trust-code", action="store_true",
                      help="UNSAFE: allow TorchScript checkpoints, which can read and write any file; "
                      "only for your own models, never for a submission from someone else")
     e.set_defaults(func=cmd_eval)
+
+    vf = sub.add_parser(
+        "verify", help="verify a VNN-LIB property of an ONNX network (VNN-COMP interface): unsat, sat, timeout, ...",
+        description="Prove or refute a VNN-LIB 1.0 property of an ONNX network. The network is loaded and run "
+                    "only in the sandboxed worker, as a submission's. Prints one word (unsat, sat, timeout, unknown "
+                    "or error) and writes the VNN-COMP result file (after sat: the counterexample).")
+    vf.add_argument("onnx", metavar="NET.onnx")
+    vf.add_argument("vnnlib", metavar="PROP.vnnlib")
+    vf.add_argument("--timeout", required=True, metavar="S", help="wall-clock seconds for the whole instance")
+    vf.add_argument("--out", metavar="RESULT", help="the result file to write (VNN-COMP's results file)")
+    vf.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    vf.add_argument("--threads", type=int, metavar="N", help="CPU threads for the bound computations")
+    vf.add_argument("--seed", type=int, default=0, help="attack seed (default 0)")
+    vf.add_argument("--sandbox", choices=("worker", "bwrap"), default="worker",
+                    help="the worker's sandbox, as for harness eval (default worker)")
+    vf.add_argument("--memory-limit", metavar="SIZE", help="maintainers: cap on the worker's memory (default "
+                    "$ROBUST_FRONTIER_MAX_MEMORY or 16G; none: no cap)")
+    # the model runs in the worker: no robustbench / autoattack alias here (torch is still imported)
+    vf.set_defaults(func=cmd_verify, torch_free=True)
 
     v = sub.add_parser("validate", help="check submissions without running a model")
     v.add_argument("paths", nargs="+", help="submission.yaml files or their folders")

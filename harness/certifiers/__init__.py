@@ -2,9 +2,9 @@
 
 >>> from harness import certifiers
 >>> certifiers.names()          # the schema's evaluation.certify vocabulary
-('ibp', 'crown', 'crown-ibp', 'lipschitz', 'smoothing')
+('ibp', 'crown', 'crown-ibp', 'complete', 'lipschitz', 'smoothing')
 >>> certifiers.sound_names()    # the sandwich check and certify-first use these
-('ibp', 'crown', 'crown-ibp', 'lipschitz')
+('ibp', 'crown', 'crown-ibp', 'complete', 'lipschitz')
 >>> c = certifiers.get("lipschitz")
 >>> prepared = c.prepare(model, (1, 28, 28), device, norm="L2", options={})   # may raise Skip
 >>> res = c.run(prepared, x, y, index=idx, eps=0.5, norm="L2", eps_max=1.0, tol=0.025, seed=0)

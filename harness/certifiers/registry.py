@@ -131,6 +131,8 @@ register(lazy("crown", "harness.certifiers.bound_methods:CROWN", sound=True, nor
               title="CROWN linear relaxation bounds"))
 register(lazy("crown-ibp", "harness.certifiers.bound_methods:CROWNIBP", sound=True, norms=("Linf", "L2"),
               title="CROWN-IBP (IBP intermediate bounds, CROWN on the margins)"))
+register(lazy("complete", "harness.certifiers.complete:Complete", sound=True, norms=("Linf",),
+              title="complete verification: IBP, CROWN, alpha-CROWN, beta-CROWN branch and bound, per example"))
 register(lazy("lipschitz", "harness.certifiers.lipschitz:Lipschitz", sound=True, norms=("L2",),
               title="Lipschitz margin (product of the layers' spectral norms)"))
 register(lazy("smoothing", "harness.certifiers.smoothing:Smoothing", sound=False, norms=("L2",),

@@ -94,3 +94,28 @@ def summarize(certifier: Certifier, prepared: Prepared, result: CertResult, *, e
     arrays = {f"certified_{name}": certified, f"radius_{name}": radius.astype(np.float32)}
     arrays.update({f"{k}_{name}": np.asarray(v) for k, v in result.arrays.items()})
     return rec, arrays
+
+
+# ------------------------------------------------------------------ verdicts (the complete certifier)
+def falsified_bound(certified: dict, arrays: dict) -> None:
+    """For each certifier with a ``falsified_<m>`` array (checked counterexamples): the empirical upper
+    bound ``robust <= clean - |AutoAttack's successes U falsified|`` as ``details.robust_upper_bound``
+    (over all examples), and ``sandwich_closed`` when it meets the certified accuracy: then the robust
+    accuracy is known exactly, whether the complete certifier decided every example
+    (``exact_robust_accuracy``) or AutoAttack broke the ones it left unknown.
+    ``certified``: the record's entries (objects with ``details``)."""
+    correct = arrays.get("clean_correct")
+    aa = arrays.get("autoattack_robust")
+    for name, rec in (certified or {}).items():
+        f = arrays.get(f"falsified_{name}")
+        if f is None or correct is None or not f.size:
+            continue
+        survives = correct.astype(bool) & ~f.astype(bool)
+        if aa is not None:
+            survives &= aa.astype(bool)
+        upper = float(survives.mean())
+        d = rec.details
+        d["robust_upper_bound"] = upper
+        d["robust_upper_bound_from"] = ("clean - (AutoAttack successes U falsified)" if aa is not None
+                                        else "clean - falsified")
+        d["sandwich_closed"] = abs(upper - rec.certified_accuracy) < 1e-12  # certified <= robust <= upper

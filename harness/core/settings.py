@@ -172,3 +172,30 @@ def max_download_bytes() -> int:
     size = parse_bytes(env, DOWNLOAD_ENV, allow_none=False)
     assert size is not None
     return size
+
+
+# ---------------------------------------------------------------------- the complete certifier's budget
+#: seconds per example for the ``complete`` certifier when the submission sets no
+#: ``evaluation.certify_budget_s``, and the maintainer's default cap on it
+DEFAULT_CERTIFY_BUDGET_S = 60.0
+DEFAULT_MAX_CERTIFY_BUDGET_S = 600.0
+CERTIFY_BUDGET_ENV = "ROBUST_FRONTIER_MAX_CERTIFY_BUDGET_S"
+
+
+def certify_budget_cap(flag: Any = None) -> tuple[float, str]:
+    """The maintainer's cap on the per-example budget of ``complete``: ``--certify-budget``, else
+    ``ROBUST_FRONTIER_MAX_CERTIFY_BUDGET_S``, else :data:`DEFAULT_MAX_CERTIFY_BUDGET_S`; (seconds, source)."""
+    if flag is not None:
+        return parse_seconds(flag, "--certify-budget"), "--certify-budget"
+    if (env := _env(CERTIFY_BUDGET_ENV)) is not None:
+        return parse_seconds(env, CERTIFY_BUDGET_ENV), CERTIFY_BUDGET_ENV
+    return DEFAULT_MAX_CERTIFY_BUDGET_S, "default"
+
+
+def certify_budget(requested: float | None, cap: float) -> tuple[float, str]:
+    """The per-example budget of ``complete``: the submission's ``evaluation.certify_budget_s`` (else
+    :data:`DEFAULT_CERTIFY_BUDGET_S`), never above the maintainer's ``cap``; (seconds, set_by)."""
+    asked = DEFAULT_CERTIFY_BUDGET_S if requested is None else float(requested)
+    if asked <= cap:
+        return asked, "submission" if requested is not None else "default"
+    return float(cap), "maintainer"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from harness.certifiers import registry as certifiers
 from harness.core.errors import HarnessError
 from harness.data import registry as datasets
@@ -96,6 +98,8 @@ def record_problems(rec: ResultRecord) -> list[tuple[str, str]]:
             out.append((f"{f}.eps", f"{c.eps} differs from threat_model.eps {rec.threat_model.eps}"))
         out += _accuracy_problems(f"{f}.certified_accuracy", c.certified_accuracy, c.certified_accuracy_ci95, n,
                                   f"{f}.certified_accuracy_ci95")
+        if "verified" in (c.details or {}):  # a verdict per example (the complete certifier)
+            out += verdict_problems(key, c, n)
         if not c.probabilistic:
             if robust is not None and c.certified_accuracy > robust:
                 out.append((f"{f}.certified_accuracy", f"{c.certified_accuracy} exceeds robust_accuracy {robust}"))
@@ -103,6 +107,51 @@ def record_problems(rec: ResultRecord) -> list[tuple[str, str]]:
                 out.append((f"{f}.certified_accuracy", f"{c.certified_accuracy} exceeds clean_accuracy {clean}"))
     if rec.training_flops is not None and rec.training_flops.source != "unknown" and rec.training_flops.value is None:
         out.append(("training_flops.value", f"missing for source {rec.training_flops.source!r}"))
+    return out
+
+
+def verdict_problems(name: str, c, n: int, arrays: dict | None = None) -> list[tuple[str, str]]:
+    """What is inconsistent in a verdict certifier's record entry ``c`` (``certified.<name>``, the
+    complete certifier) and, when given, its per-example arrays: verified + falsified + unknown = n,
+    verified / n = certified_accuracy, ``exact_robust_accuracy`` given exactly when nothing is unknown
+    (and then equal to it), ``verdict_<name>`` agreeing with ``certified_<name>``, ``falsified_<name>``
+    and the counts, and ``robust_upper_bound`` = the fraction correct, not falsified and not broken by
+    AutoAttack."""
+    out = []
+    d = c.details or {}
+    f = f"certified.{name}.details"
+    counts = [d.get(k) for k in ("verified", "falsified", "unknown")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
+        return [(f, "verified, falsified and unknown must be counts")]
+    verified, falsified, unknown = counts
+    if verified + falsified + unknown != n:
+        out.append((f, f"verified + falsified + unknown = {verified + falsified + unknown}, not n_examples = {n}"))
+    if abs(verified / max(n, 1) - c.certified_accuracy) > 1e-9:
+        out.append((f"{f}.verified", f"{verified} of {n} differs from certified_accuracy {c.certified_accuracy}"))
+    exact = d.get("exact_robust_accuracy")
+    if (exact is None) != (unknown > 0):
+        out.append((f"{f}.exact_robust_accuracy", "is given exactly when nothing is unknown"))
+    elif exact is not None and (not isinstance(exact, (int, float)) or abs(exact - c.certified_accuracy) > 1e-9):
+        out.append((f"{f}.exact_robust_accuracy", f"{exact} differs from certified_accuracy {c.certified_accuracy}"))
+    if arrays is not None:
+        v = arrays.get(f"verdict_{name}")
+        fa = arrays.get(f"falsified_{name}")
+        cert = arrays.get(f"certified_{name}")
+        if v is None or fa is None or cert is None or v.shape != (n,) or fa.shape != (n,):
+            return out + [("examples_file", f"lacks verdict_{name} or falsified_{name} of {n} examples")]
+        if not np.array_equal(v == 1, cert.astype(bool)) or not np.array_equal(v == 2, fa.astype(bool)):
+            out.append(("examples_file", f"verdict_{name} disagrees with certified_{name} / falsified_{name}"))
+        if [int((v == k).sum()) for k in (1, 2, 0)] != counts:
+            out.append((f, f"the counts differ from verdict_{name}"))
+        correct = arrays.get("clean_correct")
+        upper = d.get("robust_upper_bound")
+        if upper is not None and correct is not None:
+            survives = correct.astype(bool) & ~fa.astype(bool)
+            if (aa := arrays.get("autoattack_robust")) is not None:
+                survives &= aa.astype(bool)
+            if not isinstance(upper, (int, float)) or abs(float(upper) - float(survives.mean())) > 1e-9:
+                out.append((f"{f}.robust_upper_bound", f"{upper} differs from the fraction {float(survives.mean())} "
+                            "of examples correct, not falsified and not broken by AutoAttack"))
     return out
 
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from harness.certifiers import registry as certifiers
 from harness.core.errors import HarnessError, field_path
 from harness.core.files import read_bytes_confined
-from harness.record.checks import record_problems
+from harness.record.checks import record_problems, verdict_problems
 from harness.record.schema import (
     MAX_EXAMPLES_ARRAY_BYTES,
     MAX_EXAMPLES_BYTES,
@@ -230,6 +230,10 @@ def read_examples(rec: ResultRecord, json_path: Path) -> dict[str, np.ndarray]:
         for k, v in robust.items():
             if (idx := np.nonzero(v & ~correct)[0]).size:
                 raise bad("examples_file", f"{k} marks misclassified examples {idx[:5].tolist()} robust")
+    for m, c in (rec.certified or {}).items():
+        if "verified" in (c.details or {}):  # a verdict per example (the complete certifier)
+            for field, msg in verdict_problems(m, c, n, arrays):
+                raise bad(field, msg)
     for m in certifiers.sound_names():
         cert = flags.get(f"certified_{m}")
         if cert is None:

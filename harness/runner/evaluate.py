@@ -246,6 +246,16 @@ def check_sandwich(ctx: EvalContext) -> None:
                 for rname, rob in robust_arrays.items():
                     if (bad := np.nonzero(cert & ~rob.astype(bool))[0]).size:
                         problems.append(f"{key} certifies examples {bad[:5].tolist()} that {rname} broke")
+    sound = [a.astype(bool) for r in ctx.results.values() for k, a in r.arrays.items()
+             if k.startswith("certified_") and certifiers.is_sound(k.removeprefix("certified_"))]
+    for _stage, res in ctx.results.items():  # a checked counterexample on a certified example: a bug
+        for key, arr in res.arrays.items():
+            if key.startswith("falsified_") and certifiers.is_sound(key.removeprefix("falsified_")):
+                for cert in sound:
+                    if (bad := np.nonzero(cert & arr.astype(bool))[0]).size:
+                        problems.append(f"{key} has counterexamples for examples {bad[:5].tolist()} that a "
+                                        "sound certifier certified")
+                        break
     if correct is not None:
         for rname, rob in robust_arrays.items():
             if (bad := np.nonzero(rob.astype(bool) & ~correct)[0]).size:
@@ -567,6 +577,7 @@ def metadata_update(out: Path, sub: LoadedSubmission, *, n: int, data_source: st
 def _run_in_worker(sub, options: EvalOptions, data, device, batch_size: int, limits: dict, state_dir: Path,
                    plan: Plan, dist: Distributed, *, echo, tick) -> dict:
     """This rank's blocks, computed by a sandboxed worker (harness.sandbox.worker)."""
+    from harness.core.settings import certify_budget_cap
     from harness.sandbox.job import WorkerJob
     from harness.sandbox.supervisor import run_worker
 
@@ -578,7 +589,8 @@ def _run_in_worker(sub, options: EvalOptions, data, device, batch_size: int, lim
         progress=False, trust_code=options.trust_code, memory_limit=limits["memory"],
         cpu_limit=limits["cpu"], isolate_network=options.sandbox != "bwrap", parent_pid=None
         if options.sandbox == "bwrap" else os.getpid(), max_model_bytes=limits["memory"],
-        rank=dist.rank, world_size=dist.world_size, plan=plan.to_dict())
+        rank=dist.rank, world_size=dist.world_size, plan=plan.to_dict(),
+        extra={"certify_budget_cap_s": certify_budget_cap(options.certify_budget)[0]})
     read_only = [sub.folder, sub.checkpoint_path().parent] + [
         p.resolve() for p in (options.data_dir, options.train_data) if p is not None]
     runtime = run_worker(job, mode=options.sandbox, stage_timeout=limits["stage_timeout"],
@@ -609,6 +621,9 @@ def build_record(ctx: EvalContext, *, started: str, command: str, runtime: dict,
             part = STAGE_PARTS[name].model_validate(ctx.results[name].summary)
             fields.update({k: getattr(part, k) for k in part.model_fields_set})
             arrays.update(ctx.results[name].arrays)
+    from harness.certifiers.results import falsified_bound
+
+    falsified_bound(fields.get("certified") or {}, arrays)  # robust <= clean - |AA successes U falsified|
     prov = Provenance(
         harness_version=__version__,
         python=python_version(),

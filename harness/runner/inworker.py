@@ -27,7 +27,8 @@ def run_eval(ctx: JobContext) -> None:
     options = EvalOptions(device=job.device, batch_size=job.batch_size, n_examples=job.n_examples,
                           data_dir=Path(job.data_dir) if job.data_dir else None,
                           train_data=Path(job.train_data) if job.train_data else None,
-                          progress=job.progress, sandbox="none", trust_code=job.trust_code)
+                          progress=job.progress, sandbox="none", trust_code=job.trust_code,
+                          certify_budget=job.extra.get("certify_budget_cap_s"))
     data = load_test_data(spec.dataset, job.n_examples, data_dir=options.data_dir, custom_path=sub.dataset_path(),
                           preprocessing=spec.resize_crop)
     num_classes = num_classes_of(data)

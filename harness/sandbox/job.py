@@ -43,6 +43,8 @@ class WorkerJob:
     # seed; the images are <state_dir>/attack_inputs.npz
     forward: dict | None = None  # pr-check's forward pass (kind "forward"): input_shape, num_classes, n_inputs,
     # seed, count_flops
+    verify: dict | None = None  # harness verify (kind "verify"): deadline_unix, threads, seed; the property in
+    # <state_dir>/property.npz, the answer written to <state_dir>/verify.npz; ``submission`` is the ONNX file
     read_only: list[str] = field(default_factory=list)  # folders the worker reads (its view when root)
     extra: dict = field(default_factory=dict)  # room for launchers
 
@@ -90,6 +92,9 @@ class JobKind:
     phase: str | None = None  # the phase the worker announces before calling it (None: the handler does)
     preload: tuple[str, ...] = ()  # modules to import before the memory limit is set (after the handler's)
     preload_stages: tuple[str, ...] = ()  # stages whose modules and libraries it also needs (stages.registry)
+    #: job.submission is a submission.yaml, loaded and checked by the worker; False: another file (the
+    #: handler checks it against job.submission_sha256) and JobContext.submission is None
+    submission: bool = True
 
 
 #: every job kind the worker runs ("probe" is the sandbox's own and needs no submission)
@@ -101,6 +106,8 @@ JOB_KINDS: dict[str, JobKind] = {
                               "harness.diagnostics")),
     "forward": JobKind("harness.review.forward:run_forward", preload=("fvcore.nn",)),
     "attack": JobKind("harness.review.attack_check:worker_attack", phase="attack-check"),
+    "verify": JobKind("harness.certifiers.vnncomp:worker_verify", phase="verify", submission=False,
+                      preload=("onnx", "onnx2torch", "harness.bounds.bab", "harness.models.load")),
 }
 PROBE = "probe"
 
@@ -122,7 +129,8 @@ def handler_of(kind: JobKind):
 class JobContext:
     """What a job kind's handler gets inside the worker."""
     job: WorkerJob
-    submission: Any  # harness.submission.load.LoadedSubmission, checked against job.submission_sha256
+    submission: Any  # harness.submission.load.LoadedSubmission, checked against job.submission_sha256 (None
+    #                  for a kind with submission=False)
     proto: _Protocol
     sandbox: dict  # the confinement in effect (reported in the record's provenance)
     status: dict  # "phase" (for the error line) and "blocks" (how many blocks this worker computed)

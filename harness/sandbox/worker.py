@@ -84,8 +84,8 @@ def _preload(job: WorkerJob, spec) -> None:
     stages = [entry(name) for name in job.stages if name in STAGE_NAMES]
     wanted = [e.module for e in stages]
     wanted += {"onnx": ["onnx", "onnx2torch"], "state_dict": ["safetensors.torch", "harness.models.architectures"]
-               }.get(spec.model.format, [])
-    if (spec.model.architecture or "").startswith("robustbench."):
+               }.get(spec.model.format, []) if spec is not None else []
+    if spec is not None and (spec.model.architecture or "").startswith("robustbench."):
         wanted += ["robustbench.model_zoo.architectures.resnet", "robustbench.model_zoo.architectures.wide_resnet"]
         if spec.model.architecture.startswith("robustbench.zoo:"):
             wanted.append("robustbench.model_zoo")
@@ -202,10 +202,10 @@ def main() -> int:
 
         kind = job_kind(job.kind)
 
-        sub = load_submission(job.submission)
-        if sub.yaml_sha256 != job.submission_sha256:
+        sub = load_submission(job.submission) if kind.submission else None
+        if sub is not None and sub.yaml_sha256 != job.submission_sha256:
             raise HarnessError(f"{job.submission} changed while the evaluation started; run it again")
-        _preload(job, sub.spec)
+        _preload(job, sub.spec if sub is not None else None)
         sandbox = {"network": network, "user": confined["user"], "memory": _set_memory_limit(job),
                    "cpu_seconds_per_stage": job.cpu_limit, "cpu": cpu}
         proto.send(event="sandbox", sandbox=sandbox)

@@ -63,6 +63,9 @@ class EvalOptions:
     memory_limit: int | None = None  # bytes; 0 = no limit
     stage_timeout: float | None = None  # wall-clock seconds per stage
     cpu_limit: float | None = None  # CPU seconds per stage
+    #: maintainer cap on the complete certifier's seconds per example (--certify-budget; None: the
+    #: environment's ROBUST_FRONTIER_MAX_CERTIFY_BUDGET_S, else the default, harness.core.settings.certify_budget_cap)
+    certify_budget: float | None = None
 
 
 @dataclass

@@ -74,9 +74,16 @@ def selected_methods(spec) -> list[str]:
 
 def certifier_options(ctx: EvalContext, cache: dict) -> dict:
     """The options every certifier's ``prepare`` gets (one ``cache`` per model per process)."""
+    from harness.core.settings import certify_budget, certify_budget_cap
+
     sm = ctx.spec.smoothing
+    cap, _ = certify_budget_cap(ctx.options.certify_budget)
+    budget, set_by = certify_budget(ctx.spec.evaluation.certify_budget_s, cap)
     return {
         "cache": cache,
+        # the complete certifier: seconds per example, who set them, and where decided examples are kept
+        "certify_budget_s": budget, "certify_budget_set_by": set_by,
+        "progress_dir": str(ctx.store("certify").dir / "progress"),
         "batch_size": ctx.batch_size,  # smoothing: noisy copies per forward pass
         "num_classes": ctx.model.num_classes,
         "smoothing": sm.model_dump() if sm is not None else None,
@@ -111,8 +118,12 @@ class CertifyStage(Stage):
     def __init__(self, budget_s: Optional[float] = None):
         self.budget_s = budget_s
 
-    def _budget(self, ctx: EvalContext) -> float:
-        return self.budget_s if self.budget_s is not None else BUDGET_S.get(ctx.model.device.type, 900.0)
+    def _budget(self, ctx: EvalContext, prep: Optional[dict] = None, name: str = "") -> float:
+        base = self.budget_s if self.budget_s is not None else BUDGET_S.get(ctx.model.device.type, 900.0)
+        per_example = (prep or {}).get("per_example_budget", {}).get(name)
+        if per_example is not None:  # a certifier bounded per example (complete): never skipped by projection
+            return max(base, 2.0 * per_example * len(ctx.data) / max(1, ctx.world_size) + 60.0)
+        return base
 
     # ------------------------------------------------------------------------------------------
     def prepare(self, ctx: EvalContext) -> dict:
@@ -132,6 +143,8 @@ class CertifyStage(Stage):
                 store.share(f"skip-{name}", " ".join(str(s).split()) or "not applicable")
                 continue
             prep["methods"][name] = (c, p)
+            if p.info.get("budget_s_per_example") is not None:
+                prep.setdefault("per_example_budget", {})[name] = float(p.info["budget_s_per_example"])
         return prep
 
     def _over_budget(self, ctx: EvalContext, prep: dict, name: str, seconds: float, examples: int,
@@ -140,7 +153,7 @@ class CertifyStage(Stage):
         skip for every worker and return True."""
         prep["elapsed"][name] = prep["elapsed"].get(name, 0.0) + seconds
         prep["examples"][name] = done = prep["examples"].get(name, 0) + examples
-        n, budget = len(ctx.data), self._budget(ctx)
+        n, budget = len(ctx.data), self._budget(ctx, prep, name)
         projected = prep["elapsed"][name] / done * n / max(1, ctx.world_size)
         if more_to_do and projected > budget:
             ctx.store(self.name).share(f"skip-{name}", f"projected {projected:.0f} s for {n} examples on "

@@ -493,6 +493,10 @@ class Evaluation(_Strict):
     eps_max: float | None = Field(default=None, gt=0, le=1000, description="upper end of the radius search")
     radius_tol: float | None = Field(default=None, gt=0, le=1000, description="radius search tolerance")
     certify_first: bool = Field(default=True, description="skip AutoAttack on certified points")
+    certify_budget_s: float | None = Field(
+        default=None, gt=0, le=86400, description="wall-clock seconds per example for the complete certifier "
+        "(IBP, CROWN, alpha-CROWN, then branch and bound); default 60; the maintainer's cap wins "
+        "(--certify-budget or ROBUST_FRONTIER_MAX_CERTIFY_BUDGET_S, default 600)")
     limits: Limits = Field(default_factory=Limits, description="the evaluation worker's resource limits")
 
     @field_validator("eps_max", mode="before")

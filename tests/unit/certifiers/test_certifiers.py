@@ -28,7 +28,7 @@ from harness.record.schema import CertifiedRecord
 from harness.submission.load import parse_submission
 from harness.submission.schema import json_schema
 
-BUILTIN = ("ibp", "crown", "crown-ibp", "lipschitz", "smoothing")
+BUILTIN = ("ibp", "crown", "crown-ibp", "complete", "lipschitz", "smoothing")
 
 
 # ---- the registry --------------------------------------------------------------------------------
@@ -44,8 +44,8 @@ def test_registry_and_schema_import_without_torch():
 
 
 def test_names_and_soundness():
-    assert certifiers.names()[:5] == BUILTIN
-    assert certifiers.sound_names()[:4] == ("ibp", "crown", "crown-ibp", "lipschitz")
+    assert certifiers.names()[:6] == BUILTIN
+    assert certifiers.sound_names()[:5] == ("ibp", "crown", "crown-ibp", "complete", "lipschitz")
     assert "smoothing" not in certifiers.sound_names()
     assert certifiers.is_sound("crown") and not certifiers.is_sound("smoothing")
     assert not certifiers.is_sound("magic")
@@ -55,7 +55,7 @@ def test_unknown_name_is_a_one_line_error_listing_the_known_ones():
     with pytest.raises(HarnessError) as e:
         certifiers.get("magic")
     msg = str(e.value)
-    assert "\n" not in msg and "'magic'" in msg and "ibp, crown, crown-ibp, lipschitz, smoothing" in msg
+    assert "\n" not in msg and "'magic'" in msg and "ibp, crown, crown-ibp, complete, lipschitz, smoothing" in msg
     with pytest.raises(HarnessError):
         certifiers.get(None)
 
