@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     max_stage_timeout_s: str | None = None  # seconds: the cap on a stage's wall clock
     max_cpu_s: str | None = None  # seconds: the cap on a stage's CPU time
     max_download_bytes: str | None = None  # a size: the cap on one download
+    max_certify_budget_s: str | None = None  # seconds: the cap on the complete certifier's budget per example
     cache: str | None = None  # the checkpoint cache folder (default ~/.cache/robust-frontier)
     fetch_allow_hosts: str = ""  # host:port origins a fetch may reach although not public (tests)
     plugins: str = "1"  # "0": load no plug-in (harness.core.plugins)
@@ -99,7 +100,7 @@ def settings() -> Settings:
 
 
 _FIELD_OF = {MEMORY_ENV: "max_memory", STAGE_TIMEOUT_ENV: "max_stage_timeout_s", CPU_ENV: "max_cpu_s",
-             DOWNLOAD_ENV: "max_download_bytes"}
+             DOWNLOAD_ENV: "max_download_bytes", "ROBUST_FRONTIER_MAX_CERTIFY_BUDGET_S": "max_certify_budget_s"}
 
 
 def _env(name: str) -> str | None:
