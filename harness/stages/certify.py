@@ -77,13 +77,13 @@ def certifier_options(ctx: EvalContext, cache: dict) -> dict:
     from harness.core.settings import certify_budget, certify_budget_cap
 
     sm = ctx.spec.smoothing
-    cap, _ = certify_budget_cap(ctx.options.certify_budget)
+    cap, _ = certify_budget_cap(getattr(getattr(ctx, "options", None), "certify_budget", None))
     budget, set_by = certify_budget(ctx.spec.evaluation.certify_budget_s, cap)
     return {
         "cache": cache,
         # the complete certifier: seconds per example, who set them, and where decided examples are kept
         "certify_budget_s": budget, "certify_budget_set_by": set_by,
-        "progress_dir": str(ctx.store("certify").dir / "progress"),
+        "progress_dir": str(ctx.store("certify").dir / "progress") if hasattr(ctx, "store") else None,  # audit: none
         "batch_size": ctx.batch_size,  # smoothing: noisy copies per forward pass
         "num_classes": ctx.model.num_classes,
         "smoothing": sm.model_dump() if sm is not None else None,
