@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-VNNCOMP = Path("/work/.mirror/stanleybak+vnncomp2021/repo")
-LIRPA = Path("/work/.mirror/Verified-Intelligence+auto_LiRPA/repo")
+MIRROR = Path(__file__).resolve().parents[2] / ".mirror"  # fetched snapshots, beside the checkout (like ../shared)
+VNNCOMP = MIRROR / "stanleybak+vnncomp2021" / "repo"
+LIRPA = MIRROR / "Verified-Intelligence+auto_LiRPA" / "repo"
 _TMP = Path(os.environ.get("BENCH_VNN_TMP", Path(tempfile.gettempdir()) / "bench_vnn"))
 
 

@@ -39,8 +39,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path("/work/.mirror/stanleybak+vnncomp2021/repo")
-RESULTS = Path("/work/.mirror/stanleybak+vnncomp2021_results/repo")
+MIRROR = Path(__file__).resolve().parents[2] / ".mirror"  # fetched snapshots, beside the checkout (like ../shared)
+REPO = MIRROR / "stanleybak+vnncomp2021" / "repo"
+RESULTS = MIRROR / "stanleybak+vnncomp2021_results" / "repo"
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_TOOL = "a-b-CROWN"
 _WORD = {"holds": "unsat", "unsat": "unsat", "violated": "sat", "sat": "sat"}
